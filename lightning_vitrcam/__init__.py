@@ -1,0 +1,6 @@
+"""lightning-vitrcam: watch what a Vision Transformer looks at while it trains."""
+
+from lightning_vitrcam.explainer import ReciproCAMResult, ViTReciproCAM
+
+__all__ = ["ReciproCAMResult", "ViTReciproCAM"]
+__version__ = "0.1.0"
