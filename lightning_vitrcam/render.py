@@ -1,0 +1,581 @@
+"""Pictures of saliency maps for loggers and files.
+
+:func:`overlay` colours maps and blends them onto the de-normalised images on the images'
+device. :func:`saliency_grid`, :func:`heatmap` and :func:`timeline` build one ``uint8
+[3, H, W]`` CPU picture each, with captions drawn into the pixels because TensorBoard images
+have no caption field; :func:`row_captions` gives the same text per row for W&B. :func:`to_png`
+and :func:`save_png` write PNGs.
+
+Example:
+    >>> import torch
+    >>> images, maps = torch.randn(2, 3, 32, 32), torch.rand(2, 4, 4)
+    >>> overlay(images, maps).shape, overlay(images, maps).dtype
+    (torch.Size([2, 3, 32, 32]), torch.uint8)
+    >>> grid = saliency_grid(images, maps, preds=torch.tensor([0, 1]),
+    ...                      probs=torch.tensor([0.9, 0.4]), labels=torch.tensor([0, 2]))
+    >>> grid.dtype, grid.shape[0]
+    (torch.uint8, 3)
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.utils import make_grid
+
+__all__ = [
+    "colorize",
+    "denormalize",
+    "heatmap",
+    "overlay",
+    "resolve_mean_std",
+    "row_captions",
+    "saliency_grid",
+    "save_png",
+    "timeline",
+    "to_png",
+]
+
+# Tiles smaller than this are upscaled (nearest) so that captions and token cells stay legible.
+MIN_TILE = 96
+_PAD = 2
+_BG = (24, 24, 24)
+_FG = (235, 235, 235)
+_RED = (255, 70, 70)
+_GREEN = (120, 220, 120)
+
+
+# --------------------------------------------------------------------------- normalisation
+def _imagenet_mean_std() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return tuple(map(float, IMAGENET_DEFAULT_MEAN)), tuple(map(float, IMAGENET_DEFAULT_STD))
+
+
+def _pretrained_cfg(model: Any) -> Mapping[str, Any] | None:
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, Mapping):
+        return cfg
+    # a LightningModule (or any wrapper) holding a timm model: use the first cfg found
+    modules = getattr(model, "modules", None)
+    if callable(modules):
+        for sub in modules():
+            cfg = getattr(sub, "pretrained_cfg", None)
+            if isinstance(cfg, Mapping):
+                return cfg
+    return None
+
+
+def resolve_mean_std(
+    model: Any = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation to undo: explicit ``mean``/``std`` win, then a timm model's
+    ``pretrained_cfg["mean"/"std"]`` (searched in submodules too), then ImageNet defaults.
+
+    Example:
+        >>> resolve_mean_std(mean=(0.5, 0.5, 0.5))[0], resolve_mean_std()[1][0]
+        ((0.5, 0.5, 0.5), 0.229)
+    """
+    default_mean, default_std = _imagenet_mean_std()
+    cfg = _pretrained_cfg(model) if model is not None else None
+    if mean is None:
+        mean = cfg.get("mean") if cfg is not None else None
+        mean = default_mean if mean is None else mean
+    if std is None:
+        std = cfg.get("std") if cfg is not None else None
+        std = default_std if std is None else std
+    mean_t, std_t = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    if len(mean_t) != len(std_t):
+        raise ValueError(f"mean has {len(mean_t)} values but std has {len(std_t)}")
+    if any(s == 0 for s in std_t):
+        raise ValueError(f"std must be non-zero, got {std_t}")
+    return mean_t, std_t
+
+
+def denormalize(
+    images: torch.Tensor,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Undo ``(x - mean) / std``: float ``[B, 3, H, W]`` in [0, 1] on the images' device.
+
+    ``mean``/``std`` default to ImageNet's. One-channel images are repeated to three channels.
+
+    Example:
+        >>> x = torch.zeros(1, 3, 2, 2)
+        >>> denormalize(x, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))[0, :, 0, 0].tolist()
+        [0.5, 0.5, 0.5]
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(f"images must be [B, C, H, W], got {getattr(images, 'shape', None)}")
+    mean_t, std_t = resolve_mean_std(None, mean, std)
+    c = images.shape[1]
+    if len(mean_t) != c:
+        raise ValueError(f"images have {c} channels but mean/std have {len(mean_t)} values")
+    x = images.float()
+    m = torch.tensor(mean_t, device=x.device).view(1, c, 1, 1)
+    s = torch.tensor(std_t, device=x.device).view(1, c, 1, 1)
+    x = (x * s + m).clamp(0.0, 1.0)
+    if c == 1:
+        x = x.expand(-1, 3, -1, -1)
+    elif c != 3:
+        raise ValueError(f"images must have 1 or 3 channels to display, got {c}")
+    return x
+
+
+# --------------------------------------------------------------------------- colour
+@lru_cache(maxsize=32)
+def _lut_cpu(name: str) -> torch.Tensor:
+    import matplotlib
+    import numpy as np
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown colormap {name!r}; any matplotlib colormap name works, e.g. 'inferno',"
+            " 'viridis', 'jet', 'magma' (list them with: import matplotlib;"
+            " print(sorted(matplotlib.colormaps)))"
+        ) from None
+    rgba = cmap(np.linspace(0.0, 1.0, 256))
+    return torch.from_numpy(np.ascontiguousarray(rgba[:, :3])).float()
+
+
+def _lut(cmap: Any, device: torch.device) -> torch.Tensor:
+    """``[256, 3]`` float colour table in [0, 1] for a colormap name (or Colormap object)."""
+    if isinstance(cmap, str):
+        return _lut_cpu(cmap).to(device)
+    if callable(cmap):  # a matplotlib Colormap instance
+        import numpy as np
+
+        rgba = cmap(np.linspace(0.0, 1.0, 256))
+        return torch.as_tensor(np.asarray(rgba)[:, :3], dtype=torch.float32, device=device)
+    raise ValueError(f"cmap must be a matplotlib colormap name, got {cmap!r}")
+
+
+def _as_maps(maps: torch.Tensor) -> torch.Tensor:
+    if maps.dim() == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if maps.dim() == 2:
+        maps = maps[None]
+    if maps.dim() != 3:
+        raise ValueError(f"maps must be [B, h, w] or [B, 1, h, w], got {tuple(maps.shape)}")
+    return maps
+
+
+def colorize(
+    maps: torch.Tensor,
+    size: tuple[int, int] | None = None,
+    cmap: Any = "inferno",
+    mode: str = "bilinear",
+) -> torch.Tensor:
+    """Colour ``[B, h, w]`` maps in [0, 1] (clipped) with a colormap: float ``[B, 3, H, W]``.
+
+    ``size`` upsamples first (``mode`` ``"bilinear"``, ``align_corners=False``, or
+    ``"nearest"``). The 256-entry table is indexed on the maps' device.
+
+    Example:
+        >>> colorize(torch.tensor([[[0.0, 1.0]]]), cmap="gray")[0, :, 0].tolist()
+        [[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]
+    """
+    maps = _as_maps(maps).float()
+    if size is not None and tuple(maps.shape[-2:]) != tuple(size):
+        kwargs = {"align_corners": False} if mode == "bilinear" else {}
+        maps = F.interpolate(maps[:, None], size=tuple(size), mode=mode, **kwargs)[:, 0]
+    lut = _lut(cmap, maps.device)
+    idx = (maps.nan_to_num(0.0).clamp(0.0, 1.0) * 255.0).round().long()
+    return lut[idx].permute(0, 3, 1, 2)
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return (x * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def overlay(
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    model: Any = None,
+    cmap: Any = "inferno",
+    alpha: float = 0.5,
+) -> torch.Tensor:
+    """Blend coloured maps onto the images: ``uint8 [B, 3, H, W]`` on the images' device.
+
+    The images are de-normalised (:func:`resolve_mean_std` picks the statistics), each map is
+    upsampled bilinearly to the image size and coloured with ``cmap`` (any matplotlib name),
+    then ``(1 - alpha) * image + alpha * colour``.
+
+    Example:
+        >>> out = overlay(torch.zeros(1, 3, 8, 8), torch.ones(1, 2, 2), cmap="gray", alpha=1.0)
+        >>> int(out.min()), int(out.max())
+        (255, 255)
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    mean_t, std_t = resolve_mean_std(model, mean, std)
+    base = denormalize(images, mean_t, std_t)
+    maps = _as_maps(maps).to(base.device)
+    if maps.shape[0] != base.shape[0]:
+        raise ValueError(f"{maps.shape[0]} maps for {base.shape[0]} images")
+    heat = colorize(maps, tuple(base.shape[-2:]), cmap)
+    return _to_uint8((1.0 - alpha) * base + alpha * heat)
+
+
+# --------------------------------------------------------------------------- text
+@lru_cache(maxsize=16)
+def _font(size: int) -> Any:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _font_size(tile: int) -> int:
+    # about an eighth of a tile, bounded so that 96 px tiles and 512 px tiles both read well
+    return int(min(22, max(11, round(tile / 8))))
+
+
+def _text_width(font: Any, text: str) -> float:
+    if hasattr(font, "getlength"):
+        return float(font.getlength(text))
+    box = font.getbbox(text)
+    return float(box[2] - box[0])
+
+
+def _line_height(font: Any) -> int:
+    box = font.getbbox("Ag|")
+    return int(box[3] - min(box[1], 0)) + 3
+
+
+def _fit(font: Any, text: str, width: float) -> str:
+    """``text`` cut with ``..`` so that it fits ``width`` pixels."""
+    if _text_width(font, text) <= width:
+        return text
+    while text and _text_width(font, text + "..") > width:
+        text = text[:-1]
+    return text + ".."
+
+
+def _font_fitting(text: str, width: int, start: int) -> Any:
+    """The largest default font from ``start`` down to 10 px that fits ``text`` in ``width``."""
+    for size in range(start, 9, -1):
+        font = _font(size)
+        if _text_width(font, text) <= width - 8:
+            return font
+    return _font(10)
+
+
+def _draw_cross(
+    draw: ImageDraw.ImageDraw, x: int, y: int, size: int, color: tuple[int, int, int]
+) -> None:
+    # drawn as lines: the default font has no glyph for "✗"
+    w = max(2, size // 5)
+    draw.line([(x, y), (x + size, y + size)], fill=color, width=w)
+    draw.line([(x, y + size), (x + size, y)], fill=color, width=w)
+
+
+def _strip(
+    lines: Sequence[tuple[str, tuple[int, int, int]]],
+    width: int,
+    font: Any,
+    cross: bool = False,
+    align: str = "left",
+) -> torch.Tensor:
+    """A caption strip ``uint8 [3, h, width]``: one coloured line of text per entry."""
+    lh = _line_height(font)
+    height = lh * len(lines) + 4
+    img = Image.new("RGB", (width, height), _BG)
+    draw = ImageDraw.Draw(img)
+    mark = lh - 4 if cross else 0
+    room = width - 8 - (mark + 6 if cross else 0)
+    for i, (text, color) in enumerate(lines):
+        text = _fit(font, text, room)
+        x = 4 if align == "left" else max(4, int((width - _text_width(font, text)) / 2))
+        draw.text((x, 2 + i * lh), text, font=font, fill=color)
+    if cross:
+        _draw_cross(draw, width - mark - 5, 4, mark, _RED)
+        # a red bar on the left makes a mismatching row visible even in a thumbnail
+        draw.rectangle([(0, 0), (2, height - 1)], fill=_RED)
+    return _pil_to_tensor(img)
+
+
+def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    import numpy as np
+
+    arr = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def _upscale(tiles: torch.Tensor, min_size: int = MIN_TILE) -> torch.Tensor:
+    """Nearest upscaling by an integer factor until the smaller side is at least ``min_size``."""
+    side = min(tiles.shape[-2:])
+    factor = max(1, math.ceil(min_size / max(1, side)))
+    if factor == 1:
+        return tiles
+    return tiles.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+# --------------------------------------------------------------------------- captions
+def _name(index: int, class_names: Sequence[str] | Mapping[int, str] | None) -> str:
+    if class_names is not None:
+        try:
+            return str(class_names[index])
+        except (IndexError, KeyError):
+            pass
+    return str(index)
+
+
+def _as_list(values: Any, n: int, what: str) -> list[Any]:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().reshape(-1).cpu().tolist()
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"{what} has {len(values)} entries for {n} images")
+    return values
+
+
+def _caption_parts(
+    preds: Any, probs: Any, labels: Any, class_names: Any
+) -> list[tuple[str, str | None, bool]]:
+    p = (
+        preds.detach().reshape(-1).cpu().tolist()
+        if isinstance(preds, torch.Tensor)
+        else list(preds)
+    )
+    n = len(p)
+    q = _as_list(probs, n, "probs")
+    y = _as_list(labels, n, "labels") if labels is not None else [None] * n
+    rows = []
+    for pi, qi, yi in zip(p, q, y, strict=True):
+        pred = f"pred: {_name(int(pi), class_names)} ({float(qi):.2f})"
+        true = None if yi is None else f"true: {_name(int(yi), class_names)}"
+        rows.append((pred, true, yi is not None and int(yi) != int(pi)))
+    return rows
+
+
+def row_captions(
+    preds: Any,
+    probs: Any,
+    labels: Any = None,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+) -> list[str]:
+    """One caption per image, e.g. ``"pred: cat (0.93) | true: dog ✗ MISMATCH"``.
+
+    Example:
+        >>> row_captions(torch.tensor([1, 0]), torch.tensor([0.9, 0.5]), torch.tensor([1, 1]),
+        ...              ["cat", "dog"])
+        ['pred: dog (0.90) | true: dog', 'pred: cat (0.50) | true: dog ✗ MISMATCH']
+    """
+    out = []
+    for pred, true, wrong in _caption_parts(preds, probs, labels, class_names):
+        text = pred if true is None else f"{pred} | {true}"
+        out.append(text + (" ✗ MISMATCH" if wrong else ""))
+    return out
+
+
+# --------------------------------------------------------------------------- pictures
+def saliency_grid(
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    *,
+    preds: Any,
+    probs: Any,
+    labels: Any = None,
+    true_maps: torch.Tensor | None = None,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    model: Any = None,
+    cmap: Any = "inferno",
+    alpha: float = 0.5,
+    captions: bool = True,
+) -> torch.Tensor:
+    """One captioned picture ``uint8 [3, H, W]`` (CPU) of a batch's explanations.
+
+    Rows are images; columns are the input, the overlay of ``maps`` (predicted class) and,
+    when ``true_maps`` is given, the overlay for the true class. A header names the columns;
+    a strip under each row says the predicted class and its probability and, with ``labels``,
+    the true class; a wrong prediction is written in red with ``MISMATCH``, a drawn cross and
+    a red bar. Tiles under 96 px are upscaled (nearest) so small images stay readable.
+    ``captions=False`` leaves out the header and the strips (the bare tile grid).
+
+    Example:
+        >>> g = saliency_grid(torch.randn(2, 3, 32, 32), torch.rand(2, 4, 4),
+        ...                   preds=[0, 1], probs=[0.9, 0.6], labels=[0, 0],
+        ...                   true_maps=torch.rand(2, 4, 4), class_names=["cat", "dog"])
+        >>> g.dtype, g.shape[0], g.shape[2] > 3 * 96
+        (torch.uint8, 3, True)
+    """
+    if true_maps is not None and labels is None:
+        raise ValueError("true_maps needs labels (the class each true-class map explains)")
+    mean_t, std_t = resolve_mean_std(model, mean, std)
+    n = images.shape[0]
+    parts = _caption_parts(preds, probs, labels, class_names)
+    if len(parts) != n:
+        raise ValueError(f"preds has {len(parts)} entries for {n} images")
+    columns = [
+        _to_uint8(denormalize(images, mean_t, std_t)),
+        overlay(images, maps, mean_t, std_t, cmap=cmap, alpha=alpha),
+    ]
+    titles = ["input", "predicted class"]
+    if true_maps is not None:
+        columns.append(overlay(images, true_maps, mean_t, std_t, cmap=cmap, alpha=alpha))
+        titles.append("true class")
+    ncol = len(columns)
+    tiles = _upscale(torch.stack([c.cpu() for c in columns], dim=1).flatten(0, 1))
+    th, tw = tiles.shape[-2:]
+    if not captions:
+        return make_grid(tiles, nrow=ncol, padding=_PAD, pad_value=0)
+    font = _font(_font_size(min(th, tw)))
+    row_width = ncol * (tw + _PAD) + _PAD
+
+    header = torch.cat([_strip([(t, _FG)], tw + _PAD, font, align="center") for t in titles], dim=2)
+    header = F.pad(header, (0, row_width - header.shape[2]), value=_BG[0])
+    rows = [header]
+    tiles = tiles.view(n, ncol, 3, th, tw)
+    for i, (pred, true, wrong) in enumerate(parts):
+        row = make_grid(tiles[i], nrow=ncol, padding=_PAD, pad_value=0)
+        lines = [(pred, _RED if wrong else _FG)]
+        if true is not None:
+            lines.append((f"{true}  MISMATCH" if wrong else true, _RED if wrong else _GREEN))
+        rows.append(row)
+        rows.append(_strip(lines, row_width, font, cross=wrong))
+    return torch.cat(rows, dim=1)
+
+
+def heatmap(
+    mean_map: torch.Tensor,
+    size: int = 256,
+    cmap: Any = "inferno",
+    title: str | None = None,
+) -> torch.Tensor:
+    """Picture ``uint8 [3, H, W]`` (CPU) of an ``[h, w]`` map, e.g. the mean saliency map.
+
+    The map is min-max scaled for colour (a constant map takes the colormap's lowest colour)
+    and upsampled with nearest by an integer factor so the token cells stay visible; the
+    longer side is about ``size`` pixels. ``title`` adds a text strip on top.
+
+    Example:
+        >>> tuple(heatmap(torch.rand(4, 4), size=64).shape)
+        (3, 64, 64)
+        >>> heatmap(torch.rand(4, 4), size=64, title="mean").shape[1] > 64
+        True
+    """
+    m = mean_map.detach().float()
+    if m.dim() == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.dim() != 2:
+        raise ValueError(f"mean_map must be [h, w], got {tuple(mean_map.shape)}")
+    m = m.nan_to_num(0.0)
+    lo, hi = m.min(), m.max()
+    m = torch.where(
+        hi > lo, (m - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi)), torch.zeros_like(m)
+    )
+    h, w = m.shape
+    factor = max(1, round(size / max(h, w)))
+    pic = _to_uint8(colorize(m[None], (h * factor, w * factor), cmap, mode="nearest")[0]).cpu()
+    if title:
+        font = _font_fitting(title, pic.shape[-1], _font_size(min(pic.shape[-2:])))
+        pic = torch.cat([_strip([(title, _FG)], pic.shape[-1], font), pic], dim=1)
+    return pic
+
+
+def timeline(
+    frames: Sequence[torch.Tensor], labels: Sequence[str], max_columns: int = 8
+) -> torch.Tensor:
+    """One probe image's overlays across evaluations, in a row: ``uint8 [3, H, W]`` (CPU).
+
+    At most ``max_columns`` evenly spaced frames are kept, always the first and the last (with
+    ``max_columns=1`` only the last). Each gets its label (e.g. ``"ep 3"``) above it. Frames
+    must share one size; tiles under 96 px are upscaled (nearest).
+
+    Example:
+        >>> frames = [torch.full((3, 8, 8), 10 * i, dtype=torch.uint8) for i in range(20)]
+        >>> timeline(frames, [f"ep {i}" for i in range(20)], max_columns=4).shape[-1]
+        394
+    """
+    if len(frames) == 0:
+        raise ValueError("timeline needs at least one frame")
+    if len(labels) != len(frames):
+        raise ValueError(f"{len(labels)} labels for {len(frames)} frames")
+    if max_columns < 1:
+        raise ValueError(f"max_columns must be >= 1, got {max_columns}")
+    n = len(frames)
+    if max_columns == 1:
+        keep = [n - 1]
+    elif n <= max_columns:
+        keep = list(range(n))
+    else:
+        keep = sorted({round(i * (n - 1) / (max_columns - 1)) for i in range(max_columns)})
+    shapes = {tuple(f.shape) for f in frames}
+    if len(shapes) != 1:
+        raise ValueError(f"frames must share one shape, got {sorted(shapes)}")
+    picked = []
+    for i in keep:
+        f = frames[i].detach().cpu()
+        if f.dim() != 3 or f.shape[0] != 3:
+            raise ValueError(f"frames must be [3, h, w] uint8, got {tuple(f.shape)}")
+        picked.append(f if f.dtype == torch.uint8 else _to_uint8(f.float()))
+    tiles = _upscale(torch.stack(picked))
+    th, tw = tiles.shape[-2:]
+    font = _font(_font_size(min(th, tw)))
+    cells = []
+    for i, tile in zip(keep, tiles, strict=True):
+        label = _strip([(str(labels[i]), _FG)], tw, font, align="center")
+        cells.append(torch.cat([label, tile], dim=1))
+    return make_grid(torch.stack(cells), nrow=len(cells), padding=_PAD, pad_value=0)
+
+
+# --------------------------------------------------------------------------- files
+def _to_pil(image: torch.Tensor) -> Image.Image:
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image must be a torch.Tensor, got {type(image).__name__}")
+    if image.dtype != torch.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype} (see overlay/saliency_grid)")
+    img = image.detach().cpu()
+    if img.dim() == 2:
+        return Image.fromarray(img.numpy(), mode="L")
+    if img.dim() != 3 or img.shape[0] not in (1, 3, 4):
+        raise ValueError(f"image must be [C, H, W] with C in (1, 3, 4), got {tuple(img.shape)}")
+    if img.shape[0] == 1:
+        return Image.fromarray(img[0].numpy())
+    return Image.fromarray(img.permute(1, 2, 0).contiguous().numpy())
+
+
+def to_png(image: torch.Tensor) -> bytes:
+    """PNG bytes of a ``uint8 [3, H, W]`` (or ``[1|4, H, W]``, ``[H, W]``) image.
+
+    Example:
+        >>> to_png(torch.zeros(3, 4, 4, dtype=torch.uint8))[:4]
+        b'\\x89PNG'
+    """
+    buf = io.BytesIO()
+    _to_pil(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(image: torch.Tensor, path: str | Path) -> Path:
+    """Write a ``uint8 [3, H, W]`` image as PNG (parent folders are created); returns the path.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = save_png(torch.zeros(3, 4, 4, dtype=torch.uint8),
+        ...              os.path.join(tempfile.mkdtemp(), "a", "x.png"))
+        >>> p.exists()
+        True
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _to_pil(image).save(path, format="PNG")
+    return path
