@@ -230,6 +230,9 @@ class ViTReciproCAM:
                 " patch_embed.patch_size or patch_size; pass grid_size=(h, w) or patch_size="
             )
 
+        # timm ViTs end with blocks -> norm -> forward_head, so the general path can restart
+        # from the target block instead of re-running the whole forward per chunk
+        self._timm_tail = type(self.model) in vit_classes and target_layer is None
         reason = self._fast_path_blocker(vit_classes, block_cls, attn_cls)
         if fast_path and reason:
             raise ValueError(f"fast_path=True but the fast path is not exact here: {reason}")
@@ -383,7 +386,19 @@ class ViTReciproCAM:
     def _general(
         self, images: torch.Tensor, targets: TargetsLike, h: int, w: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = self._check_logits(self.model(images))
+        captured: dict[str, torch.Tensor] = {}
+
+        def grab(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            captured["x"] = args[0]
+
+        handle = self.block.register_forward_pre_hook(grab) if self._timm_tail else None
+        try:
+            logits = self._check_logits(self.model(images))
+        finally:
+            if handle is not None:
+                handle.remove()
+        if self._timm_tail:
+            self._check_tokens(captured["x"].shape[1], h, w)
         tgt = self._targets(targets, logits)
         n, P, B = h * w, self.num_prefix_tokens, images.shape[0]
         device = images.device
@@ -404,18 +419,28 @@ class ViTReciproCAM:
 
         scores = []
         total = B * n
-        handles = [
-            self.block.register_forward_pre_hook(expand_input),
-            self.norm1.register_forward_hook(mask_output),
-        ]
+        handles = [self.norm1.register_forward_hook(mask_output)]
+        if not self._timm_tail:
+            handles.append(self.block.register_forward_pre_hook(expand_input))
         try:
             for start in range(0, total, self.max_batch):
                 stop = min(start + self.max_batch, total)
                 ids = torch.arange(start, stop, device=device)
-                first, last = start // n, (stop - 1) // n
-                state["image"] = ids // n - first
                 state["weight"] = weights[ids % n]
-                out = self._check_logits(self.model(images[first : last + 1]))
+                if self._timm_tail:
+                    # a timm ViT's forward after its blocks is norm + forward_head: run only
+                    # the target block onwards on the block input kept from the forward above
+                    y = captured["x"].index_select(0, ids // n)
+                    for blk in self.model.blocks[self.target_block_index :]:
+                        y = blk(y)
+                    out = self.model.forward_head(self.model.norm(y))
+                else:
+                    # any other model: its own forward on the images of this chunk, with the
+                    # block input expanded to one row per copy
+                    first, last = start // n, (stop - 1) // n
+                    state["image"] = ids // n - first
+                    out = self.model(images[first : last + 1])
+                out = self._check_logits(out)
                 target = tgt[ids // n]
                 scores.append(self.score_fn(out).gather(1, target[:, None]).squeeze(1))
         finally:
@@ -450,115 +475,86 @@ class ViTReciproCAM:
         B, T, D = x.shape
         self._check_tokens(T, h, w)
         P, n = self.num_prefix_tokens, h * w
-        blk, attn = self.block, self.block.attn
-        feats = blk.norm1(x)
+        attn = self.block.attn
+        H, d = attn.num_heads, attn.head_dim
+        feats = self.block.norm1(x)
         # keys/values of a token scaled by a window weight are affine in that weight, so every
-        # token is projected once per image (bias-free) and copies only rescale the projections.
+        # token is projected once per image (bias-free) and copies only rescale the projections
         proj = F.linear(feats, attn.qkv.weight)
         # under autocast the projections come back in low precision; the per-copy rescaling and
         # the folded attention run in float32 so they add no rounding of their own
-        proj = proj.to(torch.promote_types(proj.dtype, torch.float32))
-        A = attn.num_heads * attn.head_dim
-        q0, k0, v0 = proj.split(A, dim=-1)
+        acc = torch.promote_types(proj.dtype, torch.float32)
+        proj = proj.to(acc)
         bias = attn.qkv.bias
-        bq, bk, bv = (
-            torch.zeros(3, A, device=x.device, dtype=proj.dtype)
-            if bias is None
-            else bias.to(proj.dtype).split(A)
-        )
-        q = q0[:, :P] + bq
+        zeros = torch.zeros(3 * H * d, device=x.device, dtype=acc)
+        bq, bk, bv = (zeros if bias is None else bias.to(acc)).view(3, H, d)
+        heads = proj.view(B, T, 3, H, d).permute(2, 0, 3, 1, 4)  # [3, B, H, T, d]
+        q = heads[0, :, :, :P] + bq[:, None]  # [B, H, P, d]: prefix queries, same in every copy
+        k0, v0 = heads[1], heads[2]
+        qk = q @ k0.transpose(-1, -2) * attn.scale  # [B, H, P, T]: q . (bias-free key)
+        qb = (q * bk[:, None]).sum(-1) * attn.scale  # [B, H, P]: q . key bias
+        vb = bv.reshape(1, H, 1, d)
         gate = (
             attn.gate(feats[:, :P]).sigmoid() if getattr(attn, "gate", None) is not None else None
         )
 
-        # the unmasked prediction: prefix queries over all T tokens (one "copy")
-        logits = self._prefix_tail(
-            x[:, None, :P], q, (k0 + bk)[:, None], (v0 + bv)[:, None], None, gate
-        )[:, 0]
-        logits = self._check_logits(logits)
+        # the unmasked prediction: prefix queries over all T tokens; softmax weights sum to 1,
+        # so every value's bias adds up to the bias itself
+        prob = (qk + qb[..., None]).softmax(dim=-1)
+        out = (prob @ v0 + vb)[:, :, None]  # [B, H, 1, P, d]
+        logits = self._check_logits(self._prefix_tail(x[:, :P], out, gate)[:, 0])
         tgt = self._targets(targets, logits)
 
-        index, weight, valid = window_slots(h, w, self.kernel, device=x.device, dtype=torch.float64)
+        index, weight, valid = window_slots(h, w, self.kernel, device=x.device, dtype=acc)
         count = valid.sum(dim=1)
         # every masked-out token is the exact zero vector, so all of them share key bk and value
         # bv: one slot whose logit gets +log(multiplicity), -inf when no such token exists
-        zero_bias = torch.where(
-            count < n,
-            (n - count).double().log(),
-            torch.full_like(count, -math.inf, dtype=torch.float64),
-        )
-        slot_bias = torch.cat(
-            [
-                torch.zeros(n, P, device=x.device, dtype=torch.float64),
-                torch.where(valid, 0.0, -math.inf).double(),
-                zero_bias[:, None],
-            ],
-            dim=1,
-        )
-        weight = weight.to(proj.dtype)[..., None]
-        k_pre, v_pre = k0[:, :P] + bk, v0[:, :P] + bv
+        inf = torch.tensor(-math.inf, device=x.device, dtype=acc)
+        zero_bias = torch.where(count < n, (n - count).to(acc).log(), inf)  # [n]
+        win_bias = torch.where(valid, torch.zeros((), device=x.device, dtype=acc), inf)
         # same token budget per pass as the general path: max_batch sequences of T tokens
-        per_image = n * (P + 10)
-        step = max(1, (self.max_batch * T) // per_image)
+        step = max(1, (self.max_batch * T) // (n * (P + 10) + n * T // 8))
         scores = []
         for s in range(0, B, step):
             sl = slice(s, min(s + step, B))
             b = sl.stop - sl.start
-            ks = torch.cat(
-                [
-                    k_pre[sl, None].expand(b, n, P, A),
-                    k0[sl, P:][:, index] * weight + bk,
-                    bk.expand(b, n, 1, A),
-                ],
-                dim=2,
+            qk_b, qb_b = qk[sl], qb[sl, :, :, None, None]
+            # attention logits over each copy's P + 9 + 1 slots: prefix, window, folded zeros
+            pre = (qk_b[..., :P] + qb_b[..., 0]).unsqueeze(-2).expand(b, H, P, n, P)
+            win = qk_b[..., P:][..., index] * weight + qb_b + win_bias  # [b, H, P, n, 9]
+            zero = qb_b[..., 0] + zero_bias  # [b, H, P, n]
+            prob = torch.cat([pre, win, zero.unsqueeze(-1)], dim=-1).softmax(dim=-1)
+            p_pre, p_win = prob[..., :P], prob[..., P : P + 9]
+            # the window's values are weight * bias-free value (+ bias, folded below): gather
+            # the 9 coefficients into a dense copy x token matrix and multiply once
+            coef = torch.zeros(b, H, P, n, n, device=x.device, dtype=acc)
+            coef.scatter_add_(-1, index.expand(b, H, P, n, 9), p_win * weight)
+            out = p_pre @ v0[sl, :, None, :P] + (coef.flatten(2, 3) @ v0[sl, :, P:]).view(
+                b, H, P, n, d
             )
-            vs = torch.cat(
-                [
-                    v_pre[sl, None].expand(b, n, P, A),
-                    v0[sl, P:][:, index] * weight + bv,
-                    bv.expand(b, n, 1, A),
-                ],
-                dim=2,
-            )
-            out = self._prefix_tail(
-                x[sl, None, :P], q[sl], ks, vs, slot_bias, None if gate is None else gate[sl]
-            )
+            out = (out + vb[..., None, :]).transpose(2, 3)  # [b, H, n, P, d]
+            logit = self._prefix_tail(x[sl, :P], out, None if gate is None else gate[sl])
             target = tgt[sl].repeat_interleave(n)
-            sc = self.score_fn(out.reshape(b * n, -1)).gather(1, target[:, None]).squeeze(1)
+            sc = self.score_fn(logit.reshape(b * n, -1)).gather(1, target[:, None]).squeeze(1)
             scores.append(sc.reshape(b, n))
         return logits, torch.cat(scores), tgt
 
     def _prefix_tail(
-        self,
-        x_pre: torch.Tensor,
-        q: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        slot_bias: torch.Tensor | None,
-        gate: torch.Tensor | None,
+        self, x_pre: torch.Tensor, attn_out: torch.Tensor, gate: torch.Tensor | None
     ) -> torch.Tensor:
         """Logits ``[B, N, C]`` of N copies per image from the prefix rows of the last block.
 
-        x_pre ``[B, 1, P, D]`` block input rows, q ``[B, P, A]`` queries, keys/values
-        ``[B, N, S, A]`` over S slots, slot_bias ``[N, S]`` additive attention logits.
+        ``x_pre`` ``[B, P, D]``: the block input's prefix rows; ``attn_out`` ``[B, H, N, P, d]``:
+        each copy's attention output (before the heads are merged) for those rows.
         """
         blk, attn, m = self.block, self.block.attn, self.model
-        B, N, S, A = keys.shape
-        P = q.shape[1]
-        H, d = attn.num_heads, attn.head_dim
-        acc = torch.promote_types(q.dtype, torch.float32)
-        qh = q.reshape(B, P, H, d).to(acc)
-        kh = keys.reshape(B, N, S, H, d).to(acc)
-        logit = torch.einsum("bphd,bnshd->bnhps", qh, kh) * attn.scale
-        if slot_bias is not None:
-            logit = logit + slot_bias.to(acc)[None, :, None, None, :]
-        prob = logit.softmax(dim=-1)
-        out = torch.einsum("bnhps,bnshd->bnphd", prob, values.reshape(B, N, S, H, d).to(acc))
-        out = attn.norm(out.reshape(B, N, P, A))
+        B, H, N, P, d = attn_out.shape
+        out = attn_out.permute(0, 2, 3, 1, 4).reshape(B, N, P, H * d).to(x_pre.dtype)
+        out = attn.norm(out)
         if gate is not None:
             out = out * gate[:, None]
         out = attn.proj_drop(attn.proj(out))
-        y = x_pre + blk.drop_path1(blk.ls1(out))
+        y = x_pre[:, None] + blk.drop_path1(blk.ls1(out))
         y = y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))
         y = m.norm(y.reshape(B * N, P, -1))
         return m.forward_head(y).reshape(B, N, -1)

@@ -309,3 +309,13 @@ def test_call_errors():
     if torch.device("meta") is not None:
         with pytest.raises(ValueError, match="model is on cpu"):
             cam(torch.empty(1, 3, 32, 32, device="meta"))
+
+
+def test_target_layer_rerun_path_matches_timm_tail():
+    model = make_vit(global_pool="avg", depth=3)
+    images = _images(model, batch=3)
+    generic = ViTReciproCAM(model, target_layer=model.blocks[1].norm1, max_batch=5)
+    assert not generic._timm_tail
+    a = generic(images)
+    b = ViTReciproCAM(model, target_block=1)(images)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-6, rtol=0)
