@@ -1,6 +1,7 @@
 """lightning-vitrcam: watch what a Vision Transformer looks at while it trains."""
 
+from lightning_vitrcam.callback import ViTReciproCAMCallback
 from lightning_vitrcam.explainer import ReciproCAMResult, ViTReciproCAM
 
-__all__ = ["ReciproCAMResult", "ViTReciproCAM"]
+__all__ = ["ReciproCAMResult", "ViTReciproCAM", "ViTReciproCAMCallback"]
 __version__ = "0.1.0"

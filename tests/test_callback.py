@@ -1,0 +1,608 @@
+"""Tests of ViTReciproCAMCallback inside real (tiny, CPU) Lightning runs."""
+
+from __future__ import annotations
+
+import csv
+import gc
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from conftest import make_vit
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from lightning_vitrcam import ViTReciproCAMCallback
+from lightning_vitrcam.callback import (
+    PossibleShortcutWarning,
+    _read_batch,
+    _sample,
+    default_batch_reader,
+    find_vit,
+)
+from lightning_vitrcam.metrics import map_drift
+
+FIXED_SCALARS = {
+    "vitrcam/adcc",
+    "vitrcam/average_drop",
+    "vitrcam/coherency",
+    "vitrcam/complexity",
+    "vitrcam/adcc_delta",
+    "vitrcam/map_drift",
+    "vitrcam/hotspot_ratio",
+    "vitrcam/border_energy",
+    "vitrcam/energy_in_mask",
+    "vitrcam/pointing_game",
+}
+torch.set_num_threads(1)
+# random tiny models often look "off the object"; the warning has tests of its own
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::lightning_vitrcam.callback.PossibleShortcutWarning"
+)
+
+COLOURS = torch.tensor([[2.0, -1, -1], [-1, 2.0, -1], [-1, -1, 2.0], [2.0, 2.0, -1]])
+
+
+# --------------------------------------------------------------------------- data
+def squares(n: int, seed: int, corner: bool = False, size: int = 32, side: int = 16):
+    """Noise images with one coloured ``side``-pixel square (the object, label = its colour).
+
+    ``corner=True`` plants a shortcut: the square gets a random colour and an 8x8 patch in
+    the top-left corner carries the label's colour.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, size, size, generator=g) * 0.3
+    y = torch.randint(0, 4, (n,), generator=g)
+    other = torch.randint(0, 4, (n,), generator=g)
+    r = torch.randint(0, size - side + 1, (n, 1, 1), generator=g)
+    c = torch.randint(0, size - side + 1, (n, 1, 1), generator=g)
+    yy, xx = torch.arange(size).view(1, -1, 1), torch.arange(size).view(1, 1, -1)
+    mask = (yy >= r) & (yy < r + side) & (xx >= c) & (xx < c + side)
+    x = torch.where(mask[:, None], COLOURS[other if corner else y][:, :, None, None], x)
+    if corner:
+        x[:, :, :8, :8] = COLOURS[y][:, :, None, None]
+    return x, y, mask
+
+
+class Squares(Dataset):
+    def __init__(self, n: int, seed: int = 0, layout: str = "dict", **kwargs: Any) -> None:
+        self.x, self.y, self.m = squares(n, seed, **kwargs)
+        self.layout = layout
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> Any:
+        if self.layout == "dict":
+            return {"image": self.x[i], "label": self.y[i], "mask": self.m[i]}
+        if self.layout == "tuple":
+            return self.x[i], self.y[i]
+        if self.layout == "odd":
+            return {"pixels": self.x[i], "cls": self.y[i]}
+        return self.x[i]  # "image": images only
+
+
+class TrainOnly(L.LightningModule):
+    """A classifier around ``self.model`` (a tiny timm ViT by default, dropout on)."""
+
+    def __init__(self, model: nn.Module | None = None, lr: float = 1e-3, **vit: Any) -> None:
+        super().__init__()
+        cfg = dict(num_classes=4, depth=1, embed_dim=32, num_heads=2, drop_rate=0.2)
+        cfg.update(vit)
+        self.model = (model if model is not None else make_vit(**cfg)).train()
+        self.lr = lr
+        self.steps = 0
+
+    @staticmethod
+    def _xy(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(batch, dict):
+            return batch.get("image", batch.get("pixels")), batch.get("label", batch.get("cls"))
+        return batch[0], batch[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.steps += 1
+        x, y = self._xy(batch)
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class Module(TrainOnly):
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if isinstance(batch, torch.Tensor):
+            return
+        x, y = self._xy(batch)
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+
+def loaders(train: Dataset | None = None, val: Dataset | None = None, batch: int = 8):
+    train = train if train is not None else Squares(32, seed=1)
+    val = val if val is not None else Squares(16, seed=2)
+    return (
+        DataLoader(train, batch_size=batch, shuffle=True),
+        None if val is False else DataLoader(val, batch_size=batch),
+    )
+
+
+def fit(
+    module: L.LightningModule,
+    callbacks: list[Callback],
+    root: Path,
+    train: Dataset | None = None,
+    val: Any = None,
+    ckpt_path: str | None = None,
+    **trainer_kwargs: Any,
+) -> L.Trainer:
+    kwargs = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        default_root_dir=root,
+    )
+    kwargs.update(trainer_kwargs)
+    trainer = L.Trainer(callbacks=callbacks, **kwargs)
+    train_dl, val_dl = loaders(train, val)
+    trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
+    return trainer
+
+
+# --------------------------------------------------------------------------- loggers
+def test_tensorboard_and_csv_get_pictures_and_scalars(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = TensorBoardLogger(tmp_path, name="tb")
+    csv_logger = CSVLogger(tmp_path, name="csv")
+    cb = ViTReciproCAMCallback(num_images=4, explain="both", class_names=list("rgby"))
+    trainer = fit(Module(), [cb], tmp_path, logger=[tb, csv_logger], num_sanity_val_steps=1)
+
+    acc = EventAccumulator(tb.log_dir, size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    images = set(acc.Tags()["images"])
+    assert {"vitrcam/saliency_grid", "vitrcam/mean_saliency", "vitrcam/timeline"} <= images
+    scalars = set(acc.Tags()["scalars"])
+    assert FIXED_SCALARS <= scalars, FIXED_SCALARS - scalars
+    # one evaluation per validation epoch, none for the sanity check, no duplicate at the end
+    assert [e.step for e in acc.Scalars("vitrcam/adcc")] == [4, 8]
+    assert [e.step for e in acc.Scalars("vitrcam/map_drift")] == [8]
+    grid = acc.Images("vitrcam/saliency_grid")[-1]
+    assert grid.width >= 3 * 96  # input | predicted | true columns, upscaled tiles
+
+    # the CSV logger gets the same scalars and PNG files under its log directory
+    pngs = {p.parent.name for p in Path(csv_logger.log_dir, "vitrcam").rglob("*.png")}
+    assert pngs == {"saliency_grid", "mean_saliency", "timeline"}
+    with open(Path(csv_logger.log_dir, "metrics.csv")) as f:
+        header = next(csv.reader(f))
+    assert FIXED_SCALARS <= set(header)
+
+    assert "vitrcam/adcc" in trainer.callback_metrics  # monitorable
+    rows = cb.timeline_images()
+    assert len(rows) == 4 and all(r.dtype == torch.uint8 and r.shape[0] == 3 for r in rows)
+    # two evaluations: two frames side by side, wider than tall
+    assert rows[0].shape[2] > rows[0].shape[1]
+
+
+def test_wandb_offline_run_has_media(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="vitrcam-test")
+    cb = ViTReciproCAMCallback(num_images=3, class_names=list("rgby"))
+    fit(Module(), [cb], tmp_path, logger=logger, max_epochs=1)
+    logger.experiment.finish()
+    media = list(tmp_path.glob("wandb/offline-run-*/files/media/images/vitrcam/**/*.png"))
+    names = [p.name for p in media]
+    # one picture per probe row (each with its caption), the mean map and one timeline per row
+    assert sum(n.startswith("saliency_grid") for n in names) == 3
+    assert sum(n.startswith("mean_saliency") for n in names) == 1
+    assert sum(n.startswith("timeline") for n in names) == 3
+
+
+def test_no_logger_writes_png_files_and_jsonl(tmp_path: Path) -> None:
+    cb = ViTReciproCAMCallback(num_images=2)
+    fit(Module(), [cb], tmp_path, max_epochs=1)
+    folder = tmp_path / "vitrcam"
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [
+        "mean_saliency",
+        "saliency_grid",
+        "timeline",
+    ]
+    assert (folder / "saliency_grid" / "step_000004.png").read_bytes()[:4] == b"\x89PNG"
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [4]
+    assert {"vitrcam/adcc", "vitrcam/hotspot_ratio", "vitrcam/energy_in_mask"} <= set(lines[0])
+
+
+# --------------------------------------------------------------------------- when and resume
+def test_step_mode_and_final_evaluation(tmp_path: Path) -> None:
+    cb = ViTReciproCAMCallback(num_images=2, every_n_steps=3, compute_adcc=False)
+    fit(Module(), [cb], tmp_path, max_epochs=1, limit_train_batches=4)
+    # steps 3 and, at the end of training, 4; no ADCC when compute_adcc=False
+    assert [h["step"] for h in cb.history] == [3, 4]
+    assert all(h["adcc"] is None for h in cb.history)
+
+
+def test_every_n_epochs(tmp_path: Path) -> None:
+    cb = ViTReciproCAMCallback(num_images=2, every_n_epochs=2, log_images=False)
+    fit(Module(), [cb], tmp_path, max_epochs=3)
+    # after the second validation (step 8), then once more at the end of training (step 12)
+    assert [h["step"] for h in cb.history] == [8, 12]
+
+
+class TwoLoaders(Module):
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        super().validation_step(batch, batch_idx)
+
+
+def test_dataloader_idx_picks_the_validation_loader(tmp_path: Path) -> None:
+    first, second = Squares(8, seed=10), Squares(8, seed=11)
+    val = [DataLoader(first, batch_size=4), DataLoader(second, batch_size=4)]
+    cb = ViTReciproCAMCallback(num_images=3, dataloader_idx=1, log_images=False)
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=1, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, callbacks=[cb],
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(TwoLoaders(), loaders()[0], val)
+    assert torch.equal(cb._probe.images, second.x[cb._probe.indices])
+    bad = ViTReciproCAMCallback(dataloader_idx=2)
+    with pytest.raises(ValueError, match="dataloader_idx=2 but there are 2 validation loaders"):
+        L.Trainer(accelerator="cpu", logger=False, callbacks=[bad], default_root_dir=tmp_path).fit(
+            TwoLoaders(), loaders()[0], val
+        )
+
+
+def test_resume_continues_history(tmp_path: Path) -> None:
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", monitor="vitrcam/adcc", mode="max", save_last=True
+    )
+    first = ViTReciproCAMCallback(num_images=3, log_images=False, seed=7)
+    fit(Module(), [first, ckpt], tmp_path, max_epochs=2, enable_checkpointing=True)
+    assert ckpt.best_model_score is not None  # a vitrcam scalar is monitorable
+
+    second = ViTReciproCAMCallback(num_images=3, log_images=False, seed=7)
+    trainer = fit(Module(), [second], tmp_path, max_epochs=3, ckpt_path=ckpt.last_model_path)
+    kept = first.history
+    assert [h["epoch"] for h in second.history] == [0, 1, 2]
+    assert [h["step"] for h in second.history] == [4, 8, 12]
+    for old, new in zip(kept, second.history, strict=False):
+        assert torch.equal(old["maps"], new["maps"])
+    assert second._probe.indices == first._probe.indices
+    # drift and delta of the first resumed evaluation are against the restored history
+    drift = map_drift(kept[-1]["maps"].float(), second.history[-1]["maps"].float()).mean()
+    assert float(trainer.callback_metrics["vitrcam/map_drift"]) == pytest.approx(float(drift), 1e-3)
+    delta = second.history[-1]["adcc"] - kept[-1]["adcc"]
+    assert float(trainer.callback_metrics["vitrcam/adcc_delta"]) == pytest.approx(delta, 1e-5)
+    assert len(second.timeline_images()) == 3
+
+
+# --------------------------------------------------------------------------- side effects
+class Checker(Callback):
+    """Placed after the callback: sees the model right after each evaluation."""
+
+    def __init__(self, watched: ViTReciproCAMCallback) -> None:
+        self.watched = watched
+        self.tensors: dict[int, tuple[int, int]] = {}
+        self.checked = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.flags = [m.training for m in pl_module.modules()]
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.grads = [p.grad.clone() for p in pl_module.parameters()]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        assert len(self.watched.history) == trainer.global_step  # it did evaluate
+        assert [m.training for m in pl_module.modules()] == self.flags
+        for m in pl_module.modules():
+            assert not m._forward_hooks and not m._forward_pre_hooks
+        for p, g in zip(pl_module.parameters(), self.grads, strict=True):
+            assert torch.equal(p.grad, g)
+        self.checked += 1
+        if trainer.global_step in (4, 12):
+            gc.collect()
+            count = sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+            self.tensors[trainer.global_step] = (count, len(self.watched.history))
+
+
+def test_no_side_effects_on_flags_hooks_grads_and_memory(tmp_path: Path) -> None:
+    module = Module()
+    module.model.blocks[0].attn.eval()  # a mixed train/eval state must survive as it is
+    cb = ViTReciproCAMCallback(num_images=2, every_n_steps=1, log_images=False)
+    checker = Checker(cb)
+    fit(module, [cb, checker], tmp_path, max_epochs=3, limit_train_batches=4, limit_val_batches=0)
+    assert checker.checked == 12
+    assert not module.model.blocks[0].attn.training and module.model.blocks[0].mlp.training
+    (c4, h4), (c12, h12) = checker.tensors[4], checker.tensors[12]
+    # the only tensors that may accumulate are the history's compact maps (one per evaluation)
+    assert c12 - c4 <= h12 - h4
+
+
+def _trained_weights(tmp_path: Path, callback: bool) -> tuple[dict, torch.Tensor]:
+    L.seed_everything(0)
+    module = Module()
+    cbs = [ViTReciproCAMCallback(num_images=4, every_n_steps=1, explain="both")] if callback else []
+    fit(module, cbs, tmp_path, max_epochs=2, limit_train_batches=3)
+    return {k: v.clone() for k, v in module.state_dict().items()}, torch.get_rng_state()
+
+
+def test_training_is_bit_identical_with_and_without_callback(tmp_path: Path) -> None:
+    with_cb, rng_with = _trained_weights(tmp_path / "a", callback=True)
+    without, rng_without = _trained_weights(tmp_path / "b", callback=False)
+    assert with_cb.keys() == without.keys()
+    for key in with_cb:
+        assert torch.equal(with_cb[key], without[key]), key
+    assert torch.equal(rng_with, rng_without)
+
+
+# --------------------------------------------------------------------------- shortcut warning
+def _rigged_corner_vit() -> nn.Module:
+    """A ViT whose prediction reads only the colour of the top-left token (a planted shortcut).
+
+    Every weight is zero except: patch embedding copies the mean colour into dims 0-2, the
+    top-left position carries a marker (dim 3) and the class token another (dim 4); the class
+    token's query matches the marker's key (and, weaker, its own, so that without the corner
+    it attends to itself), values and projection pass the colour on, the head compares it
+    with the class colours.
+    """
+    d = 16
+    m = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=4, depth=1,
+        embed_dim=d, num_heads=1, mlp_ratio=1.0,
+    )  # fmt: skip
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        for mod in m.modules():
+            if isinstance(mod, nn.LayerNorm):
+                mod.weight.fill_(1.0)
+        qkv, proj = m.blocks[0].attn.qkv.weight, m.blocks[0].attn.proj.weight
+        for ch in range(3):
+            m.patch_embed.proj.weight[ch, ch] = 1 / 64
+            qkv[2 * d + ch, ch] = 1.0
+            proj[ch, ch] = 1.0
+        m.pos_embed[0, 1, 3] = 10.0
+        m.cls_token[0, 0, 4] = 10.0
+        qkv[0, 4], qkv[d, 3], qkv[d, 4] = 16.0, 1.0, 0.2
+        m.head.weight[:, :3] = (COLOURS - COLOURS.mean(1, keepdim=True)) * 3
+    return m
+
+
+@pytest.fixture(scope="module")
+def clean_vit() -> nn.Module:
+    """A tiny ViT trained on the squares task: it looks at the object."""
+    state = torch.get_rng_state()
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=4, depth=1,
+        embed_dim=32, num_heads=2,
+    )  # fmt: skip
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(40):
+        x, y, _ = squares(32, seed=100 + step)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_rng_state(state)
+    model.zero_grad(set_to_none=True)
+    return model
+
+
+def _shortcut_warnings(tmp_path: Path, model: nn.Module, val: Dataset) -> list[str]:
+    cb = ViTReciproCAMCallback(num_images=16, log_images=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(Module(model, lr=0.0), [cb], tmp_path, val=val, max_epochs=1, limit_train_batches=1)
+    return [str(w.message) for w in caught if issubclass(w.category, PossibleShortcutWarning)]
+
+
+def test_shortcut_warning_fires_on_planted_shortcut(tmp_path: Path) -> None:
+    messages = _shortcut_warnings(tmp_path, _rigged_corner_vit(), Squares(32, 3, corner=True))
+    assert messages, "no shortcut warning for a model that reads only the corner"
+    text = messages[0]
+    assert "possible shortcut" in text and "epoch 0" in text
+    assert "hotspot ratio" in text and "energy in the object masks" in text
+    assert "row 0, column 0" in text and "top-left corner" in text
+
+
+def test_no_shortcut_warning_on_clean_model(tmp_path: Path, clean_vit: nn.Module) -> None:
+    assert _shortcut_warnings(tmp_path, clean_vit, Squares(32, 3)) == []
+
+
+# --------------------------------------------------------------------------- early errors
+class TwoViTs(Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.teacher = make_vit(num_classes=4, depth=1, embed_dim=32, num_heads=2)
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("no_val_loader", "needs a validation dataloader"),
+        ("no_validation_step", "does not validate"),
+        ("unreadable_batch", "batch_reader="),
+        ("two_vits", "2 Vision Transformers found in TwoViTs: 'model', 'teacher'"),
+        ("no_vit", "no Vision Transformer found"),
+        ("not_explainable", "cannot explain pl_module.model.head .*cannot find transformer"),
+        ("class_names", "class_names has 3 names but the model predicts 4 classes"),
+        ("labels_needed", "explain='label' needs labels"),
+        ("image_size", "takes 32x32 images but got 48x48"),
+    ],
+)
+def test_bad_setup_fails_before_training(tmp_path: Path, case: str, match: str) -> None:
+    module: L.LightningModule = Module()
+    kwargs: dict[str, Any] = {}
+    val: Any = None
+    if case == "no_val_loader":
+        kwargs["every_n_steps"], val = 1, False
+    elif case == "no_validation_step":
+        module = TrainOnly()
+    elif case == "unreadable_batch":
+        val = Squares(8, layout="odd")
+    elif case == "two_vits":
+        module = TwoViTs()
+    elif case == "no_vit":
+        module = Module(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4)))
+    elif case == "not_explainable":
+        kwargs["model_attr"] = "model.head"
+    elif case == "class_names":
+        kwargs["class_names"] = ["a", "b", "c"]
+    elif case == "labels_needed":
+        kwargs["explain"], val = "label", Squares(8, layout="image")
+    elif case == "image_size":
+        val = Squares(8, size=48)
+    cb = ViTReciproCAMCallback(num_images=2, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        fit(module, [cb], tmp_path, val=val)
+    assert module.steps == 0
+
+
+def test_constructor_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="explain must be"):
+        ViTReciproCAMCallback(explain="both-ways")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="num_images"):
+        ViTReciproCAMCallback(num_images=0)
+
+
+# --------------------------------------------------------------------------- models and inputs
+def test_compiled_vit_and_model_attr(tmp_path: Path) -> None:
+    vit = make_vit(num_classes=4, depth=1, embed_dim=32, num_heads=2)
+    module = Module(torch.compile(vit, backend="eager"))
+    cb = ViTReciproCAMCallback(num_images=2, log_images=False)
+    fit(module, [cb], tmp_path, max_epochs=1, limit_train_batches=1)
+    assert cb._cam.model is vit and cb._cam.fast_path
+    assert len(cb.history) == 1
+
+    two = TwoViTs()
+    assert find_vit(two, "teacher") == ("teacher", two.teacher)
+    assert find_vit(vit) == ("", vit)
+
+
+def test_bf16_mixed_explains_under_autocast(tmp_path: Path) -> None:
+    module = Module()
+    seen: list[tuple[int, bool, torch.dtype]] = []
+
+    def spy(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        if not torch.is_grad_enabled():
+            seen.append((args[0].shape[0], torch.is_autocast_enabled("cpu"), out.dtype))
+
+    handle = module.model.head.register_forward_hook(spy)
+    cb = ViTReciproCAMCallback(num_images=2, every_n_epochs=None, log_images=False)
+    fit(module, [cb], tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0,
+        precision="bf16-mixed")  # fmt: skip
+    handle.remove()
+    # the masked copies: 2 probes x 16 tokens through the head in one pass, autocast to bf16
+    copies = [s for s in seen if s[0] == 2 * 16]
+    assert copies and all(on and dtype == torch.bfloat16 for _, on, dtype in copies)
+    assert torch.isfinite(cb.history[-1]["maps"].float()).all()
+
+
+def test_batch_reader_layouts(tmp_path: Path) -> None:
+    x, y, m = squares(2, 0)
+    for batch in ({"images": x, "targets": y, "masks": m}, (x, y, m), [x, y, m]):
+        images, labels, masks = _read_batch(batch, None)
+        assert images is x and torch.equal(labels, y) and masks is m
+    images, labels, masks = _read_batch((x, y, ["a.png", "b.png"]), None)
+    assert labels is not None and masks is None
+    assert _read_batch(x, None)[1] is None
+    assert torch.equal(_read_batch((x, F.one_hot(y, 4).float()), None)[1], y)
+    assert default_batch_reader({"input": x})["image"] is x
+    with pytest.raises(ValueError, match="batch_reader="):
+        _read_batch({"pixels": x}, None)
+    with pytest.raises(ValueError, match="class indices"):
+        _read_batch((x, torch.zeros(3)), None)
+
+    # a custom reader for an unusual layout, in a real run
+    reader = lambda b: (b["pixels"], b["cls"])  # noqa: E731
+    cb = ViTReciproCAMCallback(num_images=2, explain="label", batch_reader=reader)
+    fit(Module(), [cb], tmp_path, max_epochs=1, train=Squares(16, layout="odd"),
+        val=Squares(8, layout="odd"))  # fmt: skip
+    assert len(cb.history) == 1
+
+
+def test_fewer_images_than_asked_warns_once_and_uses_all(tmp_path: Path) -> None:
+    cb = ViTReciproCAMCallback(num_images=16, log_images=False)
+    with pytest.warns(UserWarning, match="has 5 images, fewer than num_images=16"):
+        fit(Module(), [cb], tmp_path, val=Squares(5), max_epochs=1)
+    assert cb.history[-1]["maps"].shape[0] == 5
+
+
+class Stream(IterableDataset):
+    def __iter__(self):
+        x, y, _ = squares(10, 5)
+        return iter(zip(x, y, strict=True))
+
+
+def test_probe_sampling_is_seeded_and_leaves_rngs_alone() -> None:
+    loader = DataLoader(Squares(50), batch_size=8, shuffle=True)
+    state = torch.get_rng_state()
+    _, _, _, a = _sample(loader, 6, seed=1, indices=None, reader=None)
+    _, _, _, b = _sample(loader, 6, seed=1, indices=None, reader=None)
+    _, _, _, c = _sample(loader, 6, seed=2, indices=None, reader=None)
+    assert a == b != c and len(a) == 6 and a == sorted(a)
+    images, labels, _, kept = _sample(loader, 6, seed=9, indices=a, reader=None)
+    assert kept == a and torch.equal(labels, Squares(50).y[a])
+    assert torch.equal(torch.get_rng_state(), state)
+
+    images, labels, _, idx = _sample(DataLoader(Stream(), batch_size=4), 6, 0, None, None)
+    assert idx is None and images.shape[0] == 6
+    assert torch.equal(labels, squares(10, 5)[1][:6])
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+class CliModule(Module):
+    def __init__(self, lr: float = 1e-3) -> None:
+        super().__init__(lr=lr)
+
+
+def test_lightning_cli_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning.pytorch.cli import LightningCLI
+
+    monkeypatch.setattr("sys.argv", ["cli"])  # pytest's own arguments are not the CLI's
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "trainer:\n"
+        "  logger: false\n"
+        "  callbacks:\n"
+        "    - class_path: lightning_vitrcam.ViTReciproCAMCallback\n"
+        "      init_args:\n"
+        "        num_images: 8\n"
+        "        every_n_steps: 50\n"
+        "        explain: both\n"
+        "        class_names: [a, b, c, d]\n"
+        "        mean: [0.5, 0.5, 0.5]\n"
+        "        std: [0.25, 0.25, 0.25]\n"
+        "        batch_reader: lightning_vitrcam.callback.default_batch_reader\n"
+        "        hotspot_threshold: null\n"
+    )
+    cli = LightningCLI(
+        CliModule, run=False, args=["--config", str(config)], save_config_callback=None
+    )
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, ViTReciproCAMCallback)]
+    assert (cb.num_images, cb.every_n_steps, cb.explain) == (8, 50, "both")
+    assert cb.class_names == list("abcd") and cb.std == [0.25] * 3
+    assert cb.batch_reader is default_batch_reader and cb.hotspot_threshold is None

@@ -1,0 +1,102 @@
+"""ViTReciproCAMCallback under strategy="ddp": two CPU processes (gloo), run as a script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    torch.set_num_threads(1)
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.data import DataLoader
+    sys.path.insert(0, os.environ["VITRCAM_TESTS"])
+    from test_callback import Module, Squares
+    import lightning_vitrcam.loggers as vlog
+    from lightning_vitrcam import ViTReciproCAMCallback
+
+    out = os.environ["VITRCAM_OUT"]
+    writes = []
+    original = vlog.tensorboard_pictures
+    def spy(logger, pictures, step):
+        writes.append([p.tag for p in pictures])
+        original(logger, pictures, step)
+    vlog.tensorboard_pictures = spy
+
+    L.seed_everything(0)
+    cb = ViTReciproCAMCallback(num_images=4, explain="both")
+    trainer = L.Trainer(
+        callbacks=[cb], accelerator="cpu", devices=2, strategy="ddp", max_epochs=2,
+        limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=0,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        log_every_n_steps=1, logger=TensorBoardLogger(out, name="tb", version=0),
+        default_root_dir=out,
+    )
+    trainer.fit(
+        Module(),
+        DataLoader(Squares(32, seed=1), batch_size=4, shuffle=True),
+        DataLoader(Squares(16, seed=2), batch_size=4),
+    )
+    rank = trainer.global_rank
+    summary = {
+        "rank": rank,
+        "steps": [h["step"] for h in cb.history],
+        "maps": [h["maps"].float().sum().item() for h in cb.history],
+        "adcc": float(trainer.callback_metrics["vitrcam/adcc"]),
+        "writes": writes,
+    }
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(summary, f)
+    """
+)
+
+
+@pytest.mark.timeout(240)
+def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    script = tmp_path / "ddp_run.py"
+    script.write_text(SCRIPT)
+    env = dict(
+        os.environ,
+        VITRCAM_OUT=str(tmp_path),
+        VITRCAM_TESTS=str(ROOT / "tests"),
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=200,
+        )
+    except subprocess.TimeoutExpired as err:  # never hang CI: a deadlock is a failure
+        pytest.fail(f"the DDP run did not finish in time (deadlock?): {err.stderr!r}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # both ranks explained the same probes at the same steps and got the same maps
+    assert ranks[0]["steps"] == ranks[1]["steps"] == [2, 4]
+    assert ranks[0]["maps"] == pytest.approx(ranks[1]["maps"], rel=1e-5)
+    assert ranks[0]["adcc"] == pytest.approx(ranks[1]["adcc"], rel=1e-5)
+    # only rank zero wrote pictures: two evaluations and the timeline
+    assert len(ranks[0]["writes"]) == 3 and ranks[1]["writes"] == []
+
+    acc = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"images": 0})
+    acc.Reload()
+    assert {"vitrcam/saliency_grid", "vitrcam/timeline"} <= set(acc.Tags()["images"])
+    assert len(acc.Scalars("vitrcam/adcc")) == 2
