@@ -1,0 +1,146 @@
+"""Tests of the demo data (shapes with a planted corner shortcut) and the ViT classifier."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_vitrcam.demo import (
+    CORNERS,
+    PATCH_COLORS,
+    ShapesDataModule,
+    ShapesDataset,
+    ViTClassifier,
+    corner_slices,
+    denormalize,
+)
+
+TINY_VIT = {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+
+
+def _tiny_dm(**kwargs) -> ShapesDataModule:
+    args = {"num_train": 64, "num_val": 32, "num_patch_free": 32, "batch_size": 16}
+    args.update(kwargs)
+    return ShapesDataModule(**args)
+
+
+def test_batch_format() -> None:
+    dm = _tiny_dm()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"image", "label", "mask", "has_patch"}
+    assert batch["image"].shape == (16, 3, 64, 64) and batch["image"].dtype == torch.float32
+    assert batch["label"].shape == (16,) and batch["label"].dtype == torch.long
+    assert batch["mask"].shape == (16, 64, 64) and batch["mask"].dtype == torch.bool
+    assert batch["has_patch"].shape == (16,) and batch["has_patch"].dtype == torch.bool
+    assert int(batch["label"].min()) >= 0 and int(batch["label"].max()) < 4
+    assert dm.class_names == ("circle", "square", "triangle", "cross")
+    # Normalised, then denormalised back to the stored uint8 pixels.
+    ds = dm.val_set
+    item = ds[3]
+    back = denormalize(item["image"], ds.mean, ds.std)
+    assert torch.allclose(back, ds.images[3].float() / 255.0, atol=1e-5)
+    assert isinstance(dm.val_dataloader(), torch.utils.data.DataLoader)
+
+
+def test_deterministic_and_seed_dependent() -> None:
+    a = ShapesDataset(40, shortcut_p=0.5, seed=3)
+    b = ShapesDataset(40, shortcut_p=0.5, seed=3)
+    c = ShapesDataset(40, shortcut_p=0.5, seed=4)
+    for name in ("images", "labels", "masks", "has_patch"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    assert not torch.equal(a.images, c.images)
+    assert not torch.equal(a.masks, c.masks)
+    # The data module's splits are distinct but reproducible.
+    d1, d2 = _tiny_dm(seed=1), _tiny_dm(seed=1)
+    d1.setup()
+    d2.setup()
+    assert torch.equal(d1.val_set.images, d2.val_set.images)
+    assert torch.equal(d1.patch_free_set.images, d2.patch_free_set.images)
+    assert not torch.equal(d1.val_set.images, d1.patch_free_set.images[: len(d1.val_set)])
+
+
+def test_global_rng_untouched() -> None:
+    state = torch.get_rng_state()
+    dm = _tiny_dm()
+    dm.setup()
+    ShapesDataset(16, seed=9)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_masks_cover_objects() -> None:
+    ds = ShapesDataset(64, shortcut_p=0.0, seed=2)
+    img = ds.images.float() / 255.0
+    # Objects are light colours on a darker grey texture: brightness separates them.
+    brightness = img.mean(1)
+    assert bool(ds.masks.flatten(1).any(1).all())
+    inside = (brightness * ds.masks).flatten(1).sum(1) / ds.masks.flatten(1).sum(1)
+    outside = (brightness * ~ds.masks).flatten(1).sum(1) / (~ds.masks).flatten(1).sum(1)
+    assert bool((inside > outside + 0.25).all())
+
+
+@pytest.mark.parametrize("corner", CORNERS)
+def test_patch_corner_colour_and_rate(corner: str) -> None:
+    ds = ShapesDataset(200, shortcut_p=0.8, shortcut_corner=corner, patch_size=8, seed=5)
+    rows, cols = corner_slices(corner, 64, 8)
+    assert abs(ds.has_patch.float().mean().item() - 0.8) < 0.1
+    # Shapes stay clear of the corner area whether or not the patch is drawn.
+    assert not bool(ds.masks[:, rows, cols].any())
+    colors = torch.tensor(PATCH_COLORS[:4], dtype=torch.uint8)
+    region = ds.images[:, :, rows, cols]
+    want = colors[ds.labels].view(-1, 3, 1, 1).expand_as(region)
+    exact = (region == want).flatten(1).all(1)
+    assert torch.equal(exact, ds.has_patch)
+
+
+def test_no_patch_when_p_zero() -> None:
+    clean = ShapesDataset(64, shortcut_p=0.0, seed=5)
+    patched = ShapesDataset(64, shortcut_p=1.0, seed=5)
+    assert not bool(clean.has_patch.any()) and bool(patched.has_patch.all())
+    # shortcut_p only adds the patch: shapes and everything outside the corner are the same.
+    assert torch.equal(clean.masks, patched.masks)
+    assert torch.equal(clean.images[:, :, 8:, :], patched.images[:, :, 8:, :])
+    dm = _tiny_dm(shortcut_p=1.0)
+    dm.setup()
+    assert not bool(dm.patch_free_set.has_patch.any())
+    assert bool(dm.val_set.has_patch.all())
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError):
+        ShapesDataset(4, shortcut_corner="middle")
+    with pytest.raises(ValueError):
+        ShapesDataset(4, num_classes=7)
+    with pytest.raises(ValueError):
+        ShapesDataset(4, image_size=16)
+    with pytest.raises(ValueError):
+        ViTClassifier(model_kwargs={**TINY_VIT, "pretrained": True})
+
+
+def test_fit_logs_and_checkpoint_reload(tmp_path) -> None:
+    L.seed_everything(0, verbose=False)
+    dm = _tiny_dm(num_train=64, num_val=32, num_patch_free=32, batch_size=32)
+    model = ViTClassifier(model_kwargs=TINY_VIT)
+    trainer = L.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert "val/acc" in trainer.callback_metrics and "train/loss" in trainer.callback_metrics
+    assert 0.0 <= float(trainer.callback_metrics["val/acc"]) <= 1.0
+
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = ViTClassifier.load_from_checkpoint(path)
+    assert loaded.hparams.model_kwargs == TINY_VIT
+    images = next(iter(dm.val_dataloader()))["image"]
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(images), loaded(images))
+
+    acc = loaded.evaluate_accuracy(dm.patch_free_dataloader())
+    assert 0.0 <= acc <= 1.0 and not loaded.training
+    pairs = [(b["image"], b["label"]) for b in dm.patch_free_dataloader()]
+    assert loaded.evaluate_accuracy(pairs) == acc
