@@ -326,7 +326,8 @@ class ViTReciproCAMCallback(Callback):
         target_block: block whose ``norm1`` output is masked (see ``ViTReciproCAM``).
         kernel: ``"gaussian"`` (3x3, paper) or ``"point"``.
         cmap: matplotlib colormap of the overlays.
-        class_names: one name per class for the captions.
+        class_names: one name per class for the captions (default: the datamodule's
+            ``class_names`` attribute when it has one, else class indices).
         mean: normalisation mean of the images (default: the ViT's timm ``pretrained_cfg``).
         std: normalisation std of the images (same default).
         dataloader_idx: which validation dataloader the probes come from.
@@ -449,6 +450,10 @@ class ViTReciproCAMCallback(Callback):
                 " Point model_attr at the Vision Transformer to explain."
             ) from err
         self._mean_std = resolve_mean_std(vit, self.mean, self.std)
+        datamodule_names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
+        if self.class_names is None and datamodule_names is not None:
+            # a datamodule that names its classes saves the user from repeating them
+            self.class_names = [str(c) for c in datamodule_names]
         self._probe = self._read_probes(trainer, pl_module).to(pl_module.device)
         self._check_setup(trainer)
         # no cross-process sync: every rank explains the same probes

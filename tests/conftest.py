@@ -48,8 +48,12 @@ def blob_batch(n: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, tor
     cols = torch.randint(0, size - 8, (n,), generator=g)
     yy = torch.arange(size).view(1, size, 1)
     xx = torch.arange(size).view(1, 1, size)
-    inside = ((yy >= rows.view(-1, 1, 1)) & (yy < rows.view(-1, 1, 1) + 8)
-              & (xx >= cols.view(-1, 1, 1)) & (xx < cols.view(-1, 1, 1) + 8))
+    inside = (
+        (yy >= rows.view(-1, 1, 1))
+        & (yy < rows.view(-1, 1, 1) + 8)
+        & (xx >= cols.view(-1, 1, 1))
+        & (xx < cols.view(-1, 1, 1) + 8)
+    )
     labels = torch.randint(0, 4, (n,), generator=g)
     colours = torch.tensor([[2.0, -1, -1], [-1, 2.0, -1], [-1, -1, 2.0], [2.0, 2.0, -1]])
     images = images + colours[labels][:, :, None, None] * inside[:, None].float()
@@ -79,6 +83,14 @@ def trained_vit() -> torch.nn.Module:
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
-                              patch_size=8, num_classes=4, depth=2, embed_dim=64, num_heads=4)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        num_classes=4,
+        depth=2,
+        embed_dim=64,
+        num_heads=4,
+    )
     return train_vit(model)

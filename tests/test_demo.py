@@ -13,8 +13,8 @@ from lightning_vitrcam.demo import (
     ShapesDataset,
     ViTClassifier,
     corner_slices,
-    denormalize,
 )
+from lightning_vitrcam.render import denormalize
 
 TINY_VIT = {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
 
@@ -39,7 +39,7 @@ def test_batch_format() -> None:
     # Normalised, then denormalised back to the stored uint8 pixels.
     ds = dm.val_set
     item = ds[3]
-    back = denormalize(item["image"], ds.mean, ds.std)
+    back = denormalize(item["image"][None], ds.mean, ds.std)[0]
     assert torch.allclose(back, ds.images[3].float() / 255.0, atol=1e-5)
     assert isinstance(dm.val_dataloader(), torch.utils.data.DataLoader)
 
@@ -123,8 +123,12 @@ def test_fit_logs_and_checkpoint_reload(tmp_path) -> None:
     dm = _tiny_dm(num_train=64, num_val=32, num_patch_free=32, batch_size=32)
     model = ViTClassifier(model_kwargs=TINY_VIT)
     trainer = L.Trainer(
-        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
     assert "val/acc" in trainer.callback_metrics and "train/loss" in trainer.callback_metrics

@@ -34,19 +34,22 @@ def reference_timm(model, images, block_index, kernel="gaussian", targets=None):
             x = blk(x)
         logits = model(images)
         tgt = logits.argmax(1) if targets is None else targets
-        h, w = model.patch_embed.dynamic_feat_size(images.shape[-2:]) \
-            if model.dynamic_img_size else model.patch_embed.grid_size
+        h, w = (
+            model.patch_embed.dynamic_feat_size(images.shape[-2:])
+            if model.dynamic_img_size
+            else model.patch_embed.grid_size
+        )
         blk = model.blocks[block_index]
         scores = torch.zeros(images.shape[0], h * w, dtype=logits.dtype)
         for b in range(images.shape[0]):
-            feats = blk.norm1(x[b:b + 1])
+            feats = blk.norm1(x[b : b + 1])
             for k in range(h * w):
                 wt = literal_weights(h, w, k // w, k % w, kernel).to(feats.dtype)
                 masked = feats.clone()
                 masked[:, P:] = feats[:, P:] * wt[None, :, None]
-                y = x[b:b + 1] + blk.drop_path1(blk.ls1(blk.attn(masked)))
+                y = x[b : b + 1] + blk.drop_path1(blk.ls1(blk.attn(masked)))
                 y = y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))
-                for later in model.blocks[block_index + 1:]:
+                for later in model.blocks[block_index + 1 :]:
                     y = later(y)
                 out = model.forward_head(model.norm(y))
                 scores[b, k] = out.softmax(-1)[0, tgt[b]]
@@ -92,8 +95,11 @@ def test_fast_path_chosen_only_when_exact():
     assert ViTReciproCAM(make_vit()).fast_path
     assert ViTReciproCAM(make_vit(name="deit_tiny_distilled_patch16_224")).fast_path
     assert ViTReciproCAM(make_vit(reg_tokens=2, init_values=0.1)).fast_path
-    for kwargs in (dict(global_pool="avg"), dict(qk_norm=True), dict(class_token=False,
-                                                                     global_pool="avg")):
+    for kwargs in (
+        dict(global_pool="avg"),
+        dict(qk_norm=True),
+        dict(class_token=False, global_pool="avg"),
+    ):
         cam = ViTReciproCAM(make_vit(**kwargs))
         assert not cam.fast_path and cam.fast_path_reason
     assert not ViTReciproCAM(make_vit(), target_block=0).fast_path
@@ -103,8 +109,9 @@ def test_fast_path_chosen_only_when_exact():
 
 
 @pytest.mark.parametrize("kernel", ["gaussian", "point"])
-@pytest.mark.parametrize("name", ["cls_token", "registers", "layer_scale_qkv_bias", "distilled",
-                                  "non_square"])
+@pytest.mark.parametrize(
+    "name", ["cls_token", "registers", "layer_scale_qkv_bias", "distilled", "non_square"]
+)
 def test_fast_equals_general(name, kernel):
     model = make_vit(**CONFIGS[name])
     images = _images(model, batch=3)
@@ -197,8 +204,9 @@ def test_bf16_autocast_correlates_with_float32(trained_vit, fast):
     # are rounding noise in any low precision, so only images whose scores move are compared
     informative = ref.scores.std(dim=1) > 5e-3
     assert int(informative.sum()) >= 4
-    for a, b in zip(ref.maps.flatten(1)[informative], low.maps.flatten(1)[informative],
-                    strict=True):
+    for a, b in zip(
+        ref.maps.flatten(1)[informative], low.maps.flatten(1)[informative], strict=True
+    ):
         corr = torch.corrcoef(torch.stack([a, b]))[0, 1]
         assert corr >= 0.99, float(corr)
 
@@ -234,8 +242,15 @@ def test_torchvision_vit_generic_path():
     from torchvision.models import VisionTransformer
 
     torch.manual_seed(0)
-    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
-                              hidden_dim=32, mlp_dim=64, num_classes=5).eval()
+    model = VisionTransformer(
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
+        num_classes=5,
+    ).eval()
     with torch.no_grad():
         model.heads.head.weight.normal_(0, 3.0)
     images = _images(make_vit(), batch=2)
@@ -252,12 +267,16 @@ def test_torchvision_vit_generic_path():
         logits = model(images)
         ref = torch.zeros(2, 16)
         for b in range(2):
-            feats = layer.ln_1(x[b:b + 1])
+            feats = layer.ln_1(x[b : b + 1])
             for k in range(16):
                 masked = feats.clone()
                 masked[:, 1:] *= literal_weights(4, 4, k // 4, k % 4, "gaussian").float()[:, None]
-                y = layer.dropout(layer.self_attention(masked, masked, masked,
-                                                       need_weights=False)[0]) + x[b:b + 1]
+                y = (
+                    layer.dropout(
+                        layer.self_attention(masked, masked, masked, need_weights=False)[0]
+                    )
+                    + x[b : b + 1]
+                )
                 y = y + layer.mlp(layer.ln_2(y))
                 z = model.heads(model.encoder.ln(y)[:, 0])
                 ref[b, k] = z.softmax(-1)[0, logits[b].argmax()]

@@ -42,8 +42,13 @@ class FakeCam:
     """Same call signature as ViTReciproCAM. The model is linear in the channel means of the
     image; the map is the min-max normalised 8x8-pooled channel mean (or a fixed constant)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, constant_map: float | None = None,
-                 patch: int = 8):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        constant_map: float | None = None,
+        patch: int = 8,
+    ):
         self.weight, self.bias = weight, bias
         self.constant_map = constant_map
         self.patch = patch
@@ -73,8 +78,9 @@ class FakeCam:
 
 def make_cam(seed: int = 0, classes: int = 4, cls: type = FakeCam, **kwargs) -> FakeCam:
     g = torch.Generator().manual_seed(seed)
-    return cls(torch.randn(classes, 3, generator=g) * 3, torch.randn(classes, generator=g),
-                   **kwargs)
+    return cls(
+        torch.randn(classes, 3, generator=g) * 3, torch.randn(classes, generator=g), **kwargs
+    )
 
 
 def make_images(n: int = 5, seed: int = 1, size: int = 32) -> torch.Tensor:
@@ -84,14 +90,16 @@ def make_images(n: int = 5, seed: int = 1, size: int = 32) -> torch.Tensor:
 
 def loop_adcc(cam: FakeCam, images: torch.Tensor) -> dict[str, list[float]]:
     """Plain per-image ADCC written from the definitions, one image at a time."""
-    out: dict[str, list[float]] = {k: [] for k in
-                                   ("average_drop", "increase", "coherency", "complexity", "adcc")}
+    out: dict[str, list[float]] = {
+        k: [] for k in ("average_drop", "increase", "coherency", "complexity", "adcc")
+    }
     for x in images:
         res = cam(x[None])
         c = int(res.targets[0])
         y = float(cam.score_fn(res.logits)[0, c])
-        s_up = F.interpolate(res.maps[None], size=x.shape[-2:], mode="bilinear",
-                             align_corners=False)[0, 0]
+        s_up = F.interpolate(
+            res.maps[None], size=x.shape[-2:], mode="bilinear", align_corners=False
+        )[0, 0]
         res2 = cam((x * s_up)[None], targets=[c])
         o = float(cam.score_fn(res2.logits)[0, c])
         a, b = res.maps[0].flatten().double().numpy(), res2.maps[0].flatten().double().numpy()
@@ -133,8 +141,7 @@ def test_adcc_reuses_result_with_exactly_one_extra_call():
     reused = adcc_scores(cam2, images, result=result)
     assert len(cam2.calls) == 1
     # the one call explains x * S_up for the result's classes
-    s_up = F.interpolate(result.maps[:, None], size=(32, 32), mode="bilinear",
-                         align_corners=False)
+    s_up = F.interpolate(result.maps[:, None], size=(32, 32), mode="bilinear", align_corners=False)
     torch.testing.assert_close(cam2.calls[0], images * s_up)
     for key in fresh:
         torch.testing.assert_close(fresh[key], reused[key])
@@ -222,15 +229,22 @@ def test_adcc_metric_one_update_equals_several_and_matches_formulas():
     for chunk in images.split([3, 1, 3]):
         several.update(chunk)
     a, b = one.compute(), several.compute()
-    assert set(a) == {"adcc", "adcc_per_image", "average_drop", "increase", "coherency",
-                      "complexity"}
+    assert set(a) == {
+        "adcc",
+        "adcc_per_image",
+        "average_drop",
+        "increase",
+        "coherency",
+        "complexity",
+    }
     for key in a:
         torch.testing.assert_close(a[key], b[key], msg=key)
 
     per = adcc_scores(make_cam(), images)
     means = {k: v.mean() for k, v in per.items()}
-    paper = 3 / (1 / means["coherency"] + 1 / (1 - means["complexity"])
-                 + 1 / (1 - means["average_drop"]))
+    paper = 3 / (
+        1 / means["coherency"] + 1 / (1 - means["complexity"]) + 1 / (1 - means["average_drop"])
+    )
     torch.testing.assert_close(a["adcc"], paper)
     torch.testing.assert_close(a["adcc_per_image"], means["adcc"])
     torch.testing.assert_close(a["coherency"], means["coherency"])
@@ -291,8 +305,15 @@ def tiny_vit_cam():
     from lightning_vitrcam.explainer import ViTReciproCAM
 
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32,
-                              depth=2, num_heads=2, num_classes=4)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=4,
+    )
     with torch.no_grad():
         model.head.weight.mul_(20.0)  # otherwise the softmax is flat and every map constant
     return ViTReciproCAM(model)
@@ -365,10 +386,10 @@ def test_localisation_batched_matches_loop():
     masks = torch.rand(5, 16, 16, generator=g) > 0.6
     energy, points = energy_in_mask(maps, masks), pointing_game(maps, masks)
     for i in range(5):
-        up = F.interpolate(maps[i][None, None], size=(16, 16), mode="bilinear",
-                           align_corners=False)[0, 0]
-        assert float(energy[i]) == pytest.approx(float((up * masks[i]).sum() / up.sum()),
-                                                 abs=1e-6)
+        up = F.interpolate(
+            maps[i][None, None], size=(16, 16), mode="bilinear", align_corners=False
+        )[0, 0]
+        assert float(energy[i]) == pytest.approx(float((up * masks[i]).sum() / up.sum()), abs=1e-6)
         r, c = divmod(int(up.argmax()), 16)
         assert float(points[i]) == float(masks[i, r, c])
 

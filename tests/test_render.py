@@ -56,8 +56,15 @@ def test_resolve_mean_std_priority():
     default = resolve_mean_std()
     assert default == (IMAGENET_MEAN, IMAGENET_STD)
     timm = pytest.importorskip("timm")
-    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32,
-                              depth=1, num_heads=2, num_classes=4)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        num_classes=4,
+    )
     model.pretrained_cfg = {**model.pretrained_cfg, "mean": (0.5, 0.5, 0.5), "std": (0.25,) * 3}
     assert resolve_mean_std(model) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -114,16 +121,20 @@ def test_bad_colormap_name():
 
 # --------------------------------------------------------------------------- grid
 def grid_args(n: int = 2):
-    return dict(preds=torch.tensor([0, 1, 2][:n]), probs=torch.tensor([0.9, 0.6, 0.3][:n]),
-                class_names=["cat", "dog", "bird"])
+    return dict(
+        preds=torch.tensor([0, 1, 2][:n]),
+        probs=torch.tensor([0.9, 0.6, 0.3][:n]),
+        class_names=["cat", "dog", "bird"],
+    )
 
 
 def test_saliency_grid_layout_and_png(tmp_path):
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     maps = torch.rand(2, 4, 4)
     g2 = saliency_grid(images, maps, **grid_args())
-    g3 = saliency_grid(images, maps, labels=torch.tensor([0, 1]), true_maps=torch.rand(2, 4, 4),
-                       **grid_args())
+    g3 = saliency_grid(
+        images, maps, labels=torch.tensor([0, 1]), true_maps=torch.rand(2, 4, 4), **grid_args()
+    )
     for g in (g2, g3):
         assert g.dtype == torch.uint8 and g.dim() == 3 and g.shape[0] == 3
     # 32 px tiles are upscaled to 96 px; a third column adds one tile and its padding
@@ -147,8 +158,14 @@ def test_saliency_grid_captions_change_pixels():
     assert captioned.shape[1] > bare.shape[1]
     assert int((captioned.int().sum(0) > 300).sum()) > 100  # lots of light text pixels
     # different text, same tiles: the pictures differ
-    other = saliency_grid(images, maps, cmap="gray", preds=torch.tensor([0, 1]),
-                          probs=torch.tensor([0.1, 0.6]), class_names=["cat", "dog", "bird"])
+    other = saliency_grid(
+        images,
+        maps,
+        cmap="gray",
+        preds=torch.tensor([0, 1]),
+        probs=torch.tensor([0.1, 0.6]),
+        class_names=["cat", "dog", "bird"],
+    )
     assert other.shape == captioned.shape and not torch.equal(other, captioned)
 
 
@@ -166,13 +183,22 @@ def test_saliency_grid_marks_mismatch_in_red():
 
 def test_saliency_grid_needs_labels_for_true_maps():
     with pytest.raises(ValueError, match="labels"):
-        saliency_grid(black_images(1), torch.rand(1, 2, 2), preds=[0], probs=[0.5],
-                      true_maps=torch.rand(1, 2, 2))
+        saliency_grid(
+            black_images(1),
+            torch.rand(1, 2, 2),
+            preds=[0],
+            probs=[0.5],
+            true_maps=torch.rand(1, 2, 2),
+        )
 
 
 def test_row_captions():
-    caps = row_captions(torch.tensor([0, 2]), torch.tensor([0.93, 0.4]), torch.tensor([0, 1]),
-                        ["cat", "dog", "bird"])
+    caps = row_captions(
+        torch.tensor([0, 2]),
+        torch.tensor([0.93, 0.4]),
+        torch.tensor([0, 1]),
+        ["cat", "dog", "bird"],
+    )
     assert caps[0] == "pred: cat (0.93) | true: cat"
     assert caps[1].startswith("pred: bird (0.40) | true: dog") and "MISMATCH" in caps[1]
     assert row_captions([3], [0.5]) == ["pred: 3 (0.50)"]
