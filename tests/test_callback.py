@@ -411,7 +411,7 @@ def clean_vit() -> nn.Module:
 
 
 def _shortcut_warnings(tmp_path: Path, model: nn.Module, val: Dataset) -> list[str]:
-    cb = ViTReciproCAMCallback(num_images=16, log_images=False)
+    cb = ViTReciproCAMCallback(num_images=16, log_images=False, energy_threshold=0.3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit(Module(model, lr=0.0), [cb], tmp_path, val=val, max_epochs=1, limit_train_batches=1)

@@ -80,6 +80,14 @@ def test_masks_cover_objects() -> None:
     assert bool((inside > outside + 0.25).all())
 
 
+def test_classes_share_area() -> None:
+    # Equal areas keep "how much foreground" from naming the class.
+    ds = ShapesDataset(120, num_classes=6, seed=0)
+    area = ds.masks.flatten(1).sum(1).float()
+    means = torch.stack([area[ds.labels == k].mean() for k in range(6)])
+    assert float(means.max() / means.min()) < 1.15
+
+
 @pytest.mark.parametrize("corner", CORNERS)
 def test_patch_corner_colour_and_rate(corner: str) -> None:
     ds = ShapesDataset(200, shortcut_p=0.8, shortcut_corner=corner, patch_size=8, seed=5)

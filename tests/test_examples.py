@@ -38,7 +38,7 @@ def test_shortcut_detection(tmp_path, capsys):
 
 
 def test_custom_model(tmp_path, capsys):
-    result = _main("custom_model.py")(["--steps", "60", "--out", str(tmp_path)])
+    result = _main("custom_model.py")(["--steps", "30", "--out", str(tmp_path)])
     assert (tmp_path / "grid.png").stat().st_size > 0
     assert 0.0 <= result["energy_in_mask"] <= 1.0
     assert 0.0 <= result["accuracy"] <= 1.0
