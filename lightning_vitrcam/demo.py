@@ -492,6 +492,8 @@ class ViTClassifier(L.LightningModule):
         scheduler: ``"cosine"`` (per step, over ``trainer.estimated_stepping_batches``) or
             ``"none"``.
         warmup_fraction: Fraction of all steps used for linear warm-up.
+        label_smoothing: Cross-entropy label smoothing (DeiT's 0.1). It also keeps the softmax
+            off 1.0, where ReciproCAM's score differences would vanish in rounding noise.
 
     Example:
         >>> model = ViTClassifier(model_kwargs=dict(img_size=32, patch_size=8, embed_dim=32,
@@ -509,6 +511,7 @@ class ViTClassifier(L.LightningModule):
         weight_decay: float = 0.05,
         scheduler: Literal["cosine", "none"] = "cosine",
         warmup_fraction: float = 0.05,
+        label_smoothing: float = 0.1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -532,7 +535,7 @@ class ViTClassifier(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images, labels = _unpack(batch)
         logits = self(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         self.train_acc(logits, labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=labels.shape[0])
         self.log(
