@@ -50,6 +50,7 @@ from lightning_vitrcam.render import (
     row_captions,
     saliency_grid,
     timeline,
+    to_uint8,
 )
 
 __all__ = ["PossibleShortcutWarning", "ViTReciproCAMCallback", "default_batch_reader", "find_vit"]
@@ -683,7 +684,7 @@ class ViTReciproCAMCallback(Callback):
         parts = captions = None
         if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
             # W&B captions each image: one picture per probe row (input | overlays)
-            columns = [(denormalize(images, mean, std) * 255).round().to(torch.uint8)]
+            columns = [to_uint8(denormalize(images, mean, std))]
             columns += [overlay(images, m, **draw) for m in (pred.maps, true_maps) if m is not None]
             parts = list(torch.cat(columns, dim=-1).cpu())
             captions = row_captions(

@@ -197,7 +197,8 @@ def colorize(
     return lut[idx].permute(0, 3, 1, 2)
 
 
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float pictures in [0, 1] to uint8 [0, 255] (rounded, clamped), on the same device."""
     return (x * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
@@ -229,7 +230,7 @@ def overlay(
     if maps.shape[0] != base.shape[0]:
         raise ValueError(f"{maps.shape[0]} maps for {base.shape[0]} images")
     heat = colorize(maps, tuple(base.shape[-2:]), cmap)
-    return _to_uint8((1.0 - alpha) * base + alpha * heat)
+    return to_uint8((1.0 - alpha) * base + alpha * heat)
 
 
 # --------------------------------------------------------------------------- text
@@ -425,7 +426,7 @@ def saliency_grid(
     if len(parts) != n:
         raise ValueError(f"preds has {len(parts)} entries for {n} images")
     columns = [
-        _to_uint8(denormalize(images, mean_t, std_t)),
+        to_uint8(denormalize(images, mean_t, std_t)),
         overlay(images, maps, mean_t, std_t, cmap=cmap, alpha=alpha),
     ]
     titles = ["input", "predicted class"]
@@ -484,7 +485,7 @@ def heatmap(
     )
     h, w = m.shape
     factor = max(1, round(size / max(h, w)))
-    pic = _to_uint8(colorize(m[None], (h * factor, w * factor), cmap, mode="nearest")[0]).cpu()
+    pic = to_uint8(colorize(m[None], (h * factor, w * factor), cmap, mode="nearest")[0]).cpu()
     if title:
         font = _font_fitting(title, pic.shape[-1], _font_size(min(pic.shape[-2:])))
         pic = torch.cat([_strip([(title, _FG)], pic.shape[-1], font), pic], dim=1)
@@ -526,7 +527,7 @@ def timeline(
         f = frames[i].detach().cpu()
         if f.dim() != 3 or f.shape[0] != 3:
             raise ValueError(f"frames must be [3, h, w] uint8, got {tuple(f.shape)}")
-        picked.append(f if f.dtype == torch.uint8 else _to_uint8(f.float()))
+        picked.append(f if f.dtype == torch.uint8 else to_uint8(f.float()))
     tiles = _upscale(torch.stack(picked))
     th, tw = tiles.shape[-2:]
     font = _font(_font_size(min(th, tw)))
