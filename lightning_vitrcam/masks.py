@@ -13,12 +13,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-Kernel = Literal["gaussian", "point"]
+__all__ = ["KERNELS", "WINDOW_SLOTS", "kernel_weights", "window_slots", "window_weights"]
+
 KERNELS: tuple[str, ...] = ("gaussian", "point")
+# every copy's window is stored as the 3x3 = 9 slots around its centre, for both kernels
+WINDOW_SLOTS = 9
 
 
 def kernel_weights(kernel: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -42,10 +43,10 @@ def window_slots(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The window of every copy as a fixed number of slots (9 for both kernels).
 
-    Returns ``(index, weight, valid)``, each ``[h*w, 9]``: the spatial token index of each slot
-    (0 where invalid), its kernel weight (0 where invalid) and whether the slot lies inside the
-    grid and carries a non-zero weight. Zero-weight slots (the point kernel's off-centre ones)
-    are marked invalid so that they fold into the shared zero token.
+    Returns ``(index, weight, valid)``, each ``[h*w, WINDOW_SLOTS]``: the spatial token index of
+    each slot (0 where invalid), its kernel weight (0 where invalid) and whether the slot lies
+    inside the grid and carries a non-zero weight. Zero-weight slots (the point kernel's
+    off-centre ones) are marked invalid so that they fold into the shared zero token.
     """
     kern = kernel_weights(kernel, dtype).to(device)
     ii = torch.arange(h, device=device).view(h, 1, 1, 1)
@@ -58,7 +59,12 @@ def window_slots(
     valid = inside & (weight != 0)
     index = torch.where(valid, u * w + v, torch.zeros_like(u * w + v))
     weight = torch.where(valid, weight, torch.zeros_like(weight))
-    return index.reshape(h * w, 9), weight.reshape(h * w, 9), valid.reshape(h * w, 9)
+    n = h * w
+    return (
+        index.reshape(n, WINDOW_SLOTS),
+        weight.reshape(n, WINDOW_SLOTS),
+        valid.reshape(n, WINDOW_SLOTS),
+    )
 
 
 def window_weights(

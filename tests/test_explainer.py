@@ -4,10 +4,12 @@ import copy
 
 import pytest
 import torch
-from conftest import make_vit
 
 from lightning_vitrcam import ViTReciproCAM
+from lightning_vitrcam.adapters import ModelAdapter
+from lightning_vitrcam.demo import coloured_squares
 from lightning_vitrcam.explainer import unwrap_model
+from tests.helpers import make_vit
 
 GAUSS = [[1, 2, 1], [2, 4, 2], [1, 2, 1]]
 
@@ -192,9 +194,7 @@ def test_constant_scores_give_zero_maps_not_nan():
 
 @pytest.mark.parametrize("fast", [None, False])
 def test_bf16_autocast_correlates_with_float32(trained_vit, fast):
-    from conftest import blob_batch
-
-    images, _ = blob_batch(16, seed=123)
+    images, _, _ = coloured_squares(16, seed=123)
     ref = ViTReciproCAM(trained_vit, fast_path=fast)(images)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = ViTReciproCAM(trained_vit, fast_path=fast)(images)
@@ -334,7 +334,9 @@ def test_target_layer_rerun_path_matches_timm_tail():
     model = make_vit(global_pool="avg", depth=3)
     images = _images(model, batch=3)
     generic = ViTReciproCAM(model, target_layer=model.blocks[1].norm1, max_batch=5)
-    assert not generic._timm_tail
+    assert type(generic.adapter).tail is ModelAdapter.tail  # re-runs the model's forward
     a = generic(images)
-    b = ViTReciproCAM(model, target_block=1)(images)
+    timm_cam = ViTReciproCAM(model, target_block=1)
+    assert type(timm_cam.adapter).tail is not ModelAdapter.tail  # restarts at the block
+    b = timm_cam(images)
     torch.testing.assert_close(a.scores, b.scores, atol=1e-6, rtol=0)

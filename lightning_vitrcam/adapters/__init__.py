@@ -1,0 +1,126 @@
+"""Model adapters: one small class per model family, chosen by a registry lookup.
+
+:func:`build_adapter` picks the adapter for a model: ``target_layer=`` always means
+:class:`TargetLayerAdapter`; otherwise the adapter registered for the nearest class of the
+model (:func:`register_adapter`), else :class:`TimmStyleAdapter` for models laid out like timm's.
+:func:`find_vit` finds the one model inside a LightningModule that an adapter can explain.
+
+Example:
+    >>> import timm
+    >>> vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1)
+    >>> adapter = build_adapter(vit)
+    >>> type(adapter).__name__, adapter.num_prefix_tokens, adapter.grid_size((32, 32))
+    ('TimmViTAdapter', 1, (4, 4))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from lightning_vitrcam.adapters import timm_vit as _timm_vit  # noqa: F401 - registers itself
+from lightning_vitrcam.adapters.base import (
+    Copies,
+    ModelAdapter,
+    adapter_class_for,
+    register_adapter,
+    unwrap_model,
+)
+from lightning_vitrcam.adapters.generic import TargetLayerAdapter, TimmStyleAdapter
+
+__all__ = [
+    "Copies",
+    "ModelAdapter",
+    "TargetLayerAdapter",
+    "TimmStyleAdapter",
+    "adapter_class_for",
+    "build_adapter",
+    "find_vit",
+    "is_explainable",
+    "register_adapter",
+    "unwrap_model",
+]
+
+
+def _adapter_class(model: nn.Module) -> type[ModelAdapter] | None:
+    found = adapter_class_for(model)
+    if found is None and TimmStyleAdapter.matches(model):
+        found = TimmStyleAdapter
+    return found
+
+
+def is_explainable(model: nn.Module) -> bool:
+    """Whether :func:`build_adapter` finds an adapter for ``model`` without ``target_layer``."""
+    return _adapter_class(model) is not None
+
+
+def build_adapter(
+    model: nn.Module,
+    target_layer: nn.Module | None = None,
+    num_prefix_tokens: int | None = None,
+    patch_size: int | Sequence[int] | None = None,
+) -> ModelAdapter:
+    """The adapter for ``model`` (see the module docstring for the lookup order)."""
+    if target_layer is not None:
+        return TargetLayerAdapter(model, target_layer, num_prefix_tokens, patch_size)
+    cls = _adapter_class(model)
+    if cls is None:
+        raise ValueError(
+            f"cannot find transformer blocks with a 'norm1' in {type(model).__name__}"
+            " (expected a timm VisionTransformer with .blocks and .patch_embed). For any"
+            " other pre-norm transformer pass target_layer=<the first norm of the block"
+            " to explain> and num_prefix_tokens=..., e.g. for torchvision's vit_b_16:"
+            " ViTReciproCAM(model, target_layer=model.encoder.layers[-1].ln_1,"
+            " num_prefix_tokens=1)"
+        )
+    return cls(model, num_prefix_tokens=num_prefix_tokens, patch_size=patch_size)
+
+
+def find_vit(module: nn.Module, model_attr: str | None = None) -> tuple[str, nn.Module]:
+    """``(name, eager ViT)`` inside ``module``: ``model_attr`` (a dotted attribute path) when
+    given, else ``module`` itself or its only submodule an adapter can explain (e.g. a timm
+    VisionTransformer), ``torch.compile`` and DDP wrappers removed.
+
+    Example:
+        >>> import timm, torch
+        >>> vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1)
+        >>> name, found = find_vit(torch.nn.Sequential(torch.nn.Identity(), vit))
+        >>> name, found is vit
+        ('1', True)
+    """
+    if model_attr:
+        obj: Any = module
+        for part in model_attr.split("."):
+            if not hasattr(obj, part):
+                raise ValueError(
+                    f"model_attr={model_attr!r}: {type(obj).__name__} has no attribute {part!r}"
+                )
+            obj = getattr(obj, part)
+        if not isinstance(obj, nn.Module):
+            raise ValueError(f"model_attr={model_attr!r} is a {type(obj).__name__}, not a module")
+        return model_attr, unwrap_model(obj)
+    root = unwrap_model(module)
+    if is_explainable(root):
+        return "", root
+    found: dict[int, tuple[str, nn.Module]] = {}
+    for name, sub in root.named_modules():
+        sub = unwrap_model(sub)  # a compiled ViT and its _orig_mod are one candidate
+        if id(sub) not in found and is_explainable(sub):
+            found[id(sub)] = (name, sub)
+    top = list(found.values())
+    if len(top) == 1:
+        return top[0]
+    kind = type(module).__name__
+    if not top:
+        raise ValueError(
+            f"no Vision Transformer found in {kind} (looked for a module with .blocks and"
+            " .patch_embed, e.g. a timm VisionTransformer); pass model_attr='<attribute path to"
+            " the ViT>', e.g. model_attr='model'"
+        )
+    names = ", ".join(repr(n) for n, _ in top)
+    raise ValueError(
+        f"{len(top)} Vision Transformers found in {kind}: {names}; pass model_attr= to choose"
+        f" the one to explain, e.g. model_attr={top[0][0]!r}"
+    )

@@ -1,0 +1,204 @@
+"""What the explainer needs to know about a model family, and the registry that picks it.
+
+A :class:`ModelAdapter` knows a model's transformer blocks, the first norm of a block (whose
+output ViT-ReciproCAM masks), how many prefix tokens precede the spatial ones, the token grid
+for an image size, how to read logits from the model's output and how to run the masked copies
+from a block to the logits. The explainer asks these questions and nothing else, so a new model
+family is one small adapter class registered for the family's class path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Copies",
+    "ModelAdapter",
+    "adapter_class_for",
+    "register_adapter",
+    "unwrap_model",
+]
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The eager module behind ``torch.compile`` (and DDP/DataParallel) wrappers.
+
+    Example:
+        >>> m = torch.nn.Linear(2, 2)
+        >>> unwrap_model(torch.nn.DataParallel(m)) is m
+        True
+    """
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    a, b = tuple(v)
+    return (int(a), int(b))
+
+
+@dataclass(frozen=True)
+class Copies:
+    """One chunk of masked copies: ``rows[i]`` is the image of copy ``i`` (a device tensor),
+    and images ``first:stop`` are the ones the chunk touches (host ints, no device sync)."""
+
+    rows: torch.Tensor
+    first: int
+    stop: int
+
+
+@contextlib.contextmanager
+def hooked(
+    module: nn.Module,
+    pre: Callable[..., Any] | None = None,
+    post: Callable[..., Any] | None = None,
+) -> Iterator[None]:
+    """Forward (pre-)hooks on ``module`` for the duration of the block, removed on any exit."""
+    handles = []
+    if pre is not None:
+        handles.append(module.register_forward_pre_hook(pre))
+    if post is not None:
+        handles.append(module.register_forward_hook(post))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class ModelAdapter:
+    """How the explainer reaches into one model family (subclass and register one per family).
+
+    The base class implements the parts every family shares: the grid from the patch size, the
+    model's own forward for the logits, and a tail that re-runs the model's forward on the
+    images of a chunk with the target block's input expanded to one row per masked copy (exact
+    for any model whose forward calls the block once). Subclasses set ``blocks`` and
+    ``num_prefix_tokens`` and may override :meth:`tail` with a cheaper restart from the block.
+
+    Args:
+        model: the eager model (wrappers removed).
+        patch_size: patch size when the model exposes none (``patch_embed.patch_size`` and
+            ``patch_size`` are read).
+    """
+
+    #: the blocks ``target_block`` indexes; each one's first norm is what gets masked
+    blocks: Sequence[nn.Module] = ()
+    num_prefix_tokens: int | None = None
+
+    def __init__(self, model: nn.Module, patch_size: int | Sequence[int] | None = None) -> None:
+        self.model = model
+        self.patch_size = self._find_patch_size(patch_size)
+
+    # ----------------------------------------------------------------- structure
+    def first_norm(self, block: nn.Module) -> nn.Module:
+        """The module whose output ViT-ReciproCAM masks (the block's first LayerNorm)."""
+        return block.norm1
+
+    def block_name(self, index: int) -> str:
+        return f"blocks.{index}"
+
+    def _find_patch_size(self, patch_size: int | Sequence[int] | None) -> tuple[int, int] | None:
+        if patch_size is not None:
+            return _pair(patch_size)
+        pe = getattr(self.model, "patch_embed", None)
+        if pe is not None and getattr(pe, "patch_size", None) is not None:
+            return _pair(pe.patch_size)
+        if isinstance(getattr(self.model, "patch_size", None), int | tuple | list):
+            return _pair(self.model.patch_size)
+        return None
+
+    def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """The ``(h, w)`` token grid for ``(H, W)`` images; raises when the model cannot take
+        that size."""
+        H, W = image_size
+        assert self.patch_size is not None, "checked when the explainer was built"
+        ph, pw = self.patch_size
+        pe = getattr(self.model, "patch_embed", None)
+        expected = getattr(pe, "img_size", None)
+        dynamic = getattr(self.model, "dynamic_img_size", False)
+        if expected is not None and not dynamic and tuple(expected) != (H, W):
+            raise ValueError(
+                f"{type(self.model).__name__} takes {tuple(expected)[0]}x{tuple(expected)[1]}"
+                f" images but got {H}x{W}; resize the images, or create the timm model with"
+                " dynamic_img_size=True to explain other resolutions"
+            )
+        if pe is not None and hasattr(pe, "dynamic_feat_size") and dynamic:
+            h, w = pe.dynamic_feat_size((H, W))
+            return int(h), int(w)
+        if H % ph or W % pw:
+            raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {ph}x{pw}")
+        return H // ph, W // pw
+
+    # ----------------------------------------------------------------- running
+    def logits(self, output: Any) -> Any:
+        """Logits from whatever the model's forward returns (the output itself by default)."""
+        return output
+
+    def forward(self, images: torch.Tensor) -> Any:
+        return self.logits(self.model(images))
+
+    def tail(
+        self,
+        block_index: int,
+        block: nn.Module,
+        x: torch.Tensor,
+        images: torch.Tensor,
+        copies: Copies,
+    ) -> Any:
+        """Logits of the masked copies ``copies`` from ``block`` onwards (the masking hook on the
+        block's first norm is already in place). ``x`` is the block input of the unmasked
+        forward. This default re-runs the model on the chunk's images and expands the block
+        input to one row per copy as it arrives."""
+        rows = copies.rows - copies.first
+
+        def expand_input(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (args[0].index_select(0, rows),) + tuple(args[1:])
+
+        with hooked(block, pre=expand_input):
+            return self.forward(images[copies.first : copies.stop])
+
+
+# ----------------------------------------------------------------------------- registry
+_REGISTRY: dict[str, type[ModelAdapter]] = {}
+
+
+def register_adapter(*class_paths: str) -> Callable[[type[ModelAdapter]], type[ModelAdapter]]:
+    """Register an adapter for model classes given by their ``module.QualName`` path.
+
+    Paths (not classes) keep optional libraries unimported until a model of theirs shows up;
+    subclasses of a registered class use its adapter unless they have their own.
+
+    Example:
+        >>> @register_adapter("my_lib.models.MyViT")
+        ... class MyViTAdapter(ModelAdapter):
+        ...     pass
+    """
+
+    def add(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+        for path in class_paths:
+            _REGISTRY[path] = cls
+        return cls
+
+    return add
+
+
+def adapter_class_for(model: nn.Module) -> type[ModelAdapter] | None:
+    """The adapter registered for the nearest class in ``type(model).__mro__``, or None."""
+    for klass in type(model).__mro__:
+        found = _REGISTRY.get(f"{klass.__module__}.{klass.__qualname__}")
+        if found is not None:
+            return found
+    return None

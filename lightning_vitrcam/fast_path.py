@@ -1,0 +1,229 @@
+"""The exact fast path of ViT-ReciproCAM for token-pooled ViTs at their last block.
+
+Derived for timm's ``Block``/``Attention`` in a ``VisionTransformer`` (or DeiT's distilled
+variant) whose head reads only the prefix tokens. Three facts make it cost about one forward:
+
+1. every masked-out spatial token of a copy is the exact zero vector, so all of them share one
+   key and one value (the projection biases): they fold into a single slot whose attention
+   logit gets ``+log(multiplicity)`` (``-inf`` where there is none);
+2. a token-pooled head reads only the prefix rows of the last block, so only those rows'
+   attention, projection and MLP are computed per copy;
+3. keys and values of a weighted token are affine in the window weight, so each image's tokens
+   are projected once and copies only rescale the projections.
+
+:func:`fast_path_blocker` accepts only the exact classes the maths was derived for; any other
+family (or a subclass that may change the maths) takes the general path, so adding a model
+family never touches this module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from lightning_vitrcam.adapters import ModelAdapter
+from lightning_vitrcam.masks import WINDOW_SLOTS, window_slots
+
+__all__ = ["FOLDED_SLOTS", "FastPath", "fast_path_blocker", "images_per_chunk"]
+
+# per copy and prefix query: the window's slots plus the one slot all zero tokens fold into
+FOLDED_SLOTS = WINDOW_SLOTS + 1
+_MODELS = (VisionTransformer, VisionTransformerDistilled)
+
+
+@dataclass
+class _Shared:
+    """What every copy of a batch shares: the block input, the prefix queries' logits against
+    the bias-free keys (``qk`` ``[B, H, P, T]``) and against the key bias (``qb``), the
+    bias-free values ``v0`` ``[B, H, T, d]``, the value bias and the optional output gate."""
+
+    x: torch.Tensor
+    qk: torch.Tensor
+    qb: torch.Tensor
+    v0: torch.Tensor
+    vb: torch.Tensor
+    gate: torch.Tensor | None
+    num_prefix_tokens: int
+    acc: torch.dtype  # float32 or higher: the per-copy maths never runs in autocast's precision
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the activations it needs are captured."""
+
+
+def fast_path_blocker(
+    adapter: ModelAdapter, block_index: int, num_prefix_tokens: int, keep_prefix_tokens: bool
+) -> str | None:
+    """Why the fast path would not be exact for this explanation, or None when it is."""
+    m = adapter.model
+    if type(m) not in _MODELS:
+        return f"{type(m).__name__} is not a timm VisionTransformer"
+    if block_index != len(m.blocks) - 1:
+        return "the target block is not the last block"
+    if getattr(m, "attn_pool", None) is not None or getattr(m, "global_pool", "") != "token":
+        return f"global_pool={getattr(m, 'global_pool', None)!r} is not token pooling"
+    if num_prefix_tokens < 1 or not keep_prefix_tokens:
+        return "token pooling needs the class token kept in every copy"
+    block = m.blocks[block_index]
+    if type(block) is not Block or type(block.attn) is not Attention:
+        return f"custom block {type(block).__name__}/{type(block.attn).__name__}"
+    attn = block.attn
+    if not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)):
+        return "q/k normalisation makes keys non-affine in the window weight"
+    if not isinstance(attn.qkv, nn.Linear):
+        return "the attention has no fused qkv Linear"
+    return None
+
+
+def images_per_chunk(max_batch: int, tokens: int, prefix: int, spatial: int) -> int:
+    """Images whose copies are scored in one pass: the same memory as the general path's
+    ``max_batch`` sequences of ``tokens`` rows. Per image the pass holds ``spatial`` copies x
+    ``prefix + FOLDED_SLOTS`` attention logits per head and a dense ``spatial x spatial``
+    coefficient matrix per head and prefix row, counted at an eighth because it is sparse
+    (at most 9 non-zeros per row) and short-lived."""
+    per_image = spatial * (prefix + FOLDED_SLOTS) + spatial * tokens // 8
+    return max(1, (max_batch * tokens) // per_image)
+
+
+class FastPath:
+    """Scores of all masked copies of a batch at the last block of a token-pooled timm ViT.
+
+    Call :meth:`prepare` (one forward up to the block, projections, the unmasked logits), pick
+    the targets from those logits, then :meth:`scores`.
+    """
+
+    def __init__(self, adapter: ModelAdapter, block_index: int, max_batch: int) -> None:
+        self.model = adapter.model
+        self.block = adapter.blocks[block_index]
+        self.block_name = adapter.block_name(block_index)
+        self.max_batch = max_batch
+
+    def _block_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The last block's input, computed by the model's own forward up to that block."""
+        captured: dict[str, torch.Tensor] = {}
+
+        def grab(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            captured["x"] = args[0]
+            raise _StopForward
+
+        handle = self.block.register_forward_pre_hook(grab)
+        try:
+            self.model(images)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if "x" not in captured:
+            raise RuntimeError(f"{self.block_name} was not called by the model's forward")
+        return captured["x"]
+
+    def prepare(self, images: torch.Tensor, num_prefix_tokens: int) -> tuple[_Shared, Any]:
+        """``(state, logits)``: everything the copies share, and the unmasked logits."""
+        x = self._block_input(images)
+        B, T, D = x.shape
+        P = num_prefix_tokens
+        attn = self.block.attn
+        H, d = attn.num_heads, attn.head_dim
+        feats = self.block.norm1(x)
+        # keys/values of a token scaled by a window weight are affine in that weight, so every
+        # token is projected once per image (bias-free) and copies only rescale the projections
+        proj = F.linear(feats, attn.qkv.weight)
+        # under autocast the projections come back in low precision; the per-copy rescaling and
+        # the folded attention run in float32 so they add no rounding of their own
+        acc = torch.promote_types(proj.dtype, torch.float32)
+        proj = proj.to(acc)
+        bias = attn.qkv.bias
+        zeros = torch.zeros(3 * H * d, device=x.device, dtype=acc)
+        bq, bk, bv = (zeros if bias is None else bias.to(acc)).view(3, H, d)
+        heads = proj.view(B, T, 3, H, d).permute(2, 0, 3, 1, 4)  # [3, B, H, T, d]
+        q = heads[0, :, :, :P] + bq[:, None]  # [B, H, P, d]: prefix queries, same in every copy
+        k0, v0 = heads[1], heads[2]
+        qk = q @ k0.transpose(-1, -2) * attn.scale  # [B, H, P, T]: q . (bias-free key)
+        qb = (q * bk[:, None]).sum(-1) * attn.scale  # [B, H, P]: q . key bias
+        vb = bv.reshape(1, H, 1, d)
+        gate = (
+            attn.gate(feats[:, :P]).sigmoid() if getattr(attn, "gate", None) is not None else None
+        )
+        # the unmasked prediction: prefix queries over all T tokens; softmax weights sum to 1,
+        # so every value's bias adds up to the bias itself
+        prob = (qk + qb[..., None]).softmax(dim=-1)
+        out = (prob @ v0 + vb)[:, :, None]  # [B, H, 1, P, d]
+        logits = self._prefix_tail(x[:, :P], out, gate)[:, 0]
+        return _Shared(x, qk, qb, v0, vb, gate, P, acc), logits
+
+    def scores(
+        self,
+        shared: _Shared,
+        tgt: torch.Tensor,
+        h: int,
+        w: int,
+        kernel: str,
+        target_scores: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``[B, h*w]`` target scores of every copy; ``target_scores(logits, targets)`` reads
+        the score of each row's target class."""
+        x, qk, qb, v0, vb, gate = shared.x, shared.qk, shared.qb, shared.v0, shared.vb, shared.gate
+        P, acc = shared.num_prefix_tokens, shared.acc
+        B, T, _ = x.shape
+        H, d = v0.shape[1], v0.shape[-1]
+        n = h * w
+        index, weight, valid = window_slots(h, w, kernel, device=x.device, dtype=acc)
+        count = valid.sum(dim=1)
+        # every masked-out token is the exact zero vector, so all of them share key bk and value
+        # bv: one slot whose logit gets +log(multiplicity), -inf when no such token exists
+        inf = torch.tensor(-math.inf, device=x.device, dtype=acc)
+        zero_bias = torch.where(count < n, (n - count).to(acc).log(), inf)  # [n]
+        win_bias = torch.where(valid, torch.zeros((), device=x.device, dtype=acc), inf)
+        step = images_per_chunk(self.max_batch, T, P, n)
+        scores = []
+        for s in range(0, B, step):
+            sl = slice(s, min(s + step, B))
+            b = sl.stop - sl.start
+            qk_b, qb_b = qk[sl], qb[sl, :, :, None, None]
+            # attention logits over each copy's prefix, window and folded-zero slots
+            pre = (qk_b[..., :P] + qb_b[..., 0]).unsqueeze(-2).expand(b, H, P, n, P)
+            win = qk_b[..., P:][..., index] * weight + qb_b + win_bias  # [b, H, P, n, 9]
+            zero = qb_b[..., 0] + zero_bias  # [b, H, P, n]
+            prob = torch.cat([pre, win, zero.unsqueeze(-1)], dim=-1).softmax(dim=-1)
+            p_pre, p_win = prob[..., :P], prob[..., P : P + WINDOW_SLOTS]
+            # the window's values are weight * bias-free value (+ bias, folded below): gather
+            # the 9 coefficients into a dense copy x token matrix and multiply once
+            coef = torch.zeros(b, H, P, n, n, device=x.device, dtype=acc)
+            coef.scatter_add_(-1, index.expand(b, H, P, n, WINDOW_SLOTS), p_win * weight)
+            out = p_pre @ v0[sl, :, None, :P] + (coef.flatten(2, 3) @ v0[sl, :, P:]).view(
+                b, H, P, n, d
+            )
+            out = (out + vb[..., None, :]).transpose(2, 3)  # [b, H, n, P, d]
+            logit = self._prefix_tail(x[sl, :P], out, None if gate is None else gate[sl])
+            target = tgt[sl].repeat_interleave(n)
+            scores.append(target_scores(logit.reshape(b * n, -1), target).reshape(b, n))
+        return torch.cat(scores)
+
+    def _prefix_tail(
+        self, x_pre: torch.Tensor, attn_out: torch.Tensor, gate: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Logits ``[B, N, C]`` of N copies per image from the prefix rows of the last block.
+
+        ``x_pre`` ``[B, P, D]``: the block input's prefix rows; ``attn_out`` ``[B, H, N, P, d]``:
+        each copy's attention output (before the heads are merged) for those rows.
+        """
+        blk, attn, m = self.block, self.block.attn, self.model
+        B, H, N, P, d = attn_out.shape
+        out = attn_out.permute(0, 2, 3, 1, 4).reshape(B, N, P, H * d).to(x_pre.dtype)
+        out = attn.norm(out)
+        if gate is not None:
+            out = out * gate[:, None]
+        out = attn.proj_drop(attn.proj(out))
+        y = x_pre[:, None] + blk.drop_path1(blk.ls1(out))
+        y = y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))
+        y = m.norm(y.reshape(B * N, P, -1))
+        return m.forward_head(y).reshape(B, N, -1)
