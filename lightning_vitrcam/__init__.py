@@ -2,6 +2,7 @@
 
 from lightning_vitrcam.callback import ViTReciproCAMCallback
 from lightning_vitrcam.explainer import ReciproCAMResult, ViTReciproCAM
+from lightning_vitrcam.shortcut import PossibleShortcutWarning
 
-__all__ = ["ReciproCAMResult", "ViTReciproCAM", "ViTReciproCAMCallback"]
+__all__ = ["PossibleShortcutWarning", "ReciproCAMResult", "ViTReciproCAM", "ViTReciproCAMCallback"]
 __version__ = "0.1.0"

@@ -126,9 +126,10 @@ def explain_main(argv: Sequence[str]) -> int:
     """``lightning-vitrcam explain``: write overlays, a grid and predictions.json to ``--out``."""
     from tqdm import tqdm
 
-    from lightning_vitrcam.callback import find_vit
+    from lightning_vitrcam.adapters import find_vit
     from lightning_vitrcam.explainer import ViTReciproCAM
-    from lightning_vitrcam.render import overlay, resolve_mean_std, saliency_grid, save_png
+    from lightning_vitrcam.normalization import resolve_mean_std
+    from lightning_vitrcam.render import overlay, saliency_grid, save_png
 
     args = build_explain_parser().parse_args(list(argv))
     ckpt = Path(args.ckpt)

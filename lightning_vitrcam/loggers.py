@@ -1,9 +1,11 @@
 """Send the callback's pictures and scalars to whatever loggers the trainer has.
 
-One writer per kind of logger: TensorBoard (``add_image``), Weights & Biases (``log_image``
-with one caption per picture) and, for every other logger or none at all, PNG files in the
-logger's log directory (or ``trainer.default_root_dir``). Scalars go to every logger's
-``log_metrics``; with no logger at all they are appended to ``vitrcam/metrics.jsonl``.
+One writer per kind of logger: TensorBoard (``add_image`` of the captioned picture), Weights &
+Biases (``log_image`` of a picture's ``parts``, e.g. one per probe row, each with its caption:
+W&B captions images instead of drawing text into them) and, for every other logger or none at
+all, PNG files in the logger's log directory (or ``trainer.default_root_dir``). Scalars go to
+every logger's ``log_metrics``; with no logger at all they are appended to
+``vitrcam/metrics.jsonl``.
 ``wandb`` is never imported here: :class:`~lightning.pytorch.loggers.WandbLogger` imports it
 itself when it logs.
 
@@ -11,6 +13,7 @@ All functions write only on global rank zero and are no-ops elsewhere.
 
 Example:
     >>> import tempfile, torch, lightning as L
+    >>> from lightning_vitrcam.render import Picture
     >>> trainer = L.Trainer(logger=False, default_root_dir=tempfile.mkdtemp())
     >>> pic = Picture("vitrcam/example", torch.zeros(3, 8, 8, dtype=torch.uint8))
     >>> [p.name for p in log_pictures(trainer, [pic], step=3)]
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,9 @@ import torch
 from lightning.fabric.loggers.tensorboard import TensorBoardLogger as _FabricTensorBoard
 from lightning.pytorch.loggers import Logger, WandbLogger
 
-from lightning_vitrcam.render import save_png
+from lightning_vitrcam.render import Picture, save_png
 
 __all__ = [
-    "Picture",
     "file_pictures",
     "log_pictures",
     "log_scalars",
@@ -40,20 +41,6 @@ __all__ = [
     "tensorboard_pictures",
     "wandb_pictures",
 ]
-
-
-@dataclass
-class Picture:
-    """One picture to log under ``tag``.
-
-    ``image`` is a ``uint8 [3, H, W]`` tensor. W&B, which captions every image, shows
-    ``parts`` (e.g. one picture per probe row) with their ``captions`` instead when given.
-    """
-
-    tag: str
-    image: torch.Tensor
-    parts: Sequence[torch.Tensor] | None = None
-    captions: Sequence[str] | None = None
 
 
 def _is_global_zero(trainer: Any) -> bool:

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
+from lightning_vitrcam._ops import as_maps, safe_div
+
 __all__ = [
     "ADCC",
     "ADCC_KEYS",
@@ -44,6 +46,7 @@ __all__ = [
     "mean_saliency_map",
     "pearson",
     "pointing_game",
+    "probe_signals",
 ]
 
 ADCC_KEYS: tuple[str, ...] = ("average_drop", "increase", "coherency", "complexity", "adcc")
@@ -55,19 +58,6 @@ _TINY = 1e-12
 
 
 # --------------------------------------------------------------------------- small helpers
-def _as_maps(maps: torch.Tensor, name: str = "maps") -> torch.Tensor:
-    """``[B, h, w]`` floating view of ``maps`` given as ``[B, h, w]`` or ``[B, 1, h, w]``."""
-    if not isinstance(maps, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(maps).__name__}")
-    if maps.dim() == 4 and maps.shape[1] == 1:
-        maps = maps[:, 0]
-    if maps.dim() != 3:
-        raise ValueError(f"{name} must be [B, h, w] or [B, 1, h, w], got {tuple(maps.shape)}")
-    if not maps.is_floating_point():
-        maps = maps.float()
-    return maps
-
-
 def _check_finite(t: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(t).all()):
         n_nan = int(torch.isnan(t).sum())
@@ -189,7 +179,7 @@ def adcc_scores(
         raise ValueError(f"images must be a [B, C, H, W] tensor, got {shape}")
     if result is None:
         result = cam(images, targets=targets)
-    maps = _as_maps(result.maps, "result.maps")
+    maps = as_maps(result.maps, "result.maps")
     if maps.shape[0] != images.shape[0]:
         raise ValueError(f"result explains {maps.shape[0]} images but {images.shape[0]} were given")
     _check_finite(maps, "the saliency maps")
@@ -200,12 +190,10 @@ def adcc_scores(
     explanation = images * s_up[:, None].to(images.dtype)
     masked = cam(explanation, targets=tgt)
     o = _target_scores(cam, masked.logits, tgt, "explanation image").to(y.device)
-    masked_maps = _as_maps(masked.maps, "explanation maps").to(maps.device)
+    masked_maps = as_maps(masked.maps, "explanation maps").to(maps.device)
     _check_finite(masked_maps, "the explanation-image saliency maps")
 
-    drop = torch.where(
-        y > 0, (y - o).clamp_min(0) / torch.where(y > 0, y, torch.ones_like(y)), torch.zeros_like(y)
-    ).clamp(0.0, 1.0)
+    drop = safe_div((y - o).clamp_min(0), y).clamp(0.0, 1.0)
     increase = (o > y).float()
     r, defined = pearson(maps, masked_maps)
     # Pearson undefined (a constant map) counts as coherency 0, not 0.5 (r=0), as in the paper
@@ -315,15 +303,12 @@ def energy_in_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         >>> energy_in_mask(m, m > 0).tolist()
         [1.0]
     """
-    maps = _as_maps(maps)
+    maps = as_maps(maps)
     masks = _as_masks(masks, maps.shape[0]).to(maps.device)
     s_up = _upsample(maps.float(), tuple(masks.shape[-2:])).clamp_min(0.0)
     total = s_up.sum(dim=(1, 2))
     inside = (s_up * masks).sum(dim=(1, 2))
-    ok = total > _TINY
-    return torch.where(
-        ok, inside / torch.where(ok, total, torch.ones_like(total)), torch.zeros_like(total)
-    )
+    return safe_div(inside, total, _TINY)
 
 
 def pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -338,7 +323,7 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         >>> pointing_game(m, m > 0).tolist(), pointing_game(m, m == 0).tolist()
         ([1.0], [0.0])
     """
-    maps = _as_maps(maps)
+    maps = as_maps(maps)
     masks = _as_masks(masks, maps.shape[0]).to(maps.device)
     s_up = _upsample(maps.float(), tuple(masks.shape[-2:])).flatten(1)
     peak = s_up.argmax(dim=1, keepdim=True)
@@ -359,12 +344,10 @@ def mean_saliency_map(maps: torch.Tensor) -> torch.Tensor:
         >>> mean_saliency_map(maps)[0, 0].item()
         1.0
     """
-    maps = _as_maps(maps).float().clamp_min(0.0)
+    maps = as_maps(maps).float().clamp_min(0.0)
     sums = maps.sum(dim=(1, 2))
-    valid = sums > _TINY
-    normed = maps / torch.where(valid, sums, torch.ones_like(sums))[:, None, None]
-    normed = normed * valid[:, None, None]
-    n = valid.sum()
+    normed = safe_div(maps, sums[:, None, None], _TINY)
+    n = (sums > _TINY).sum()
     h, w = maps.shape[-2:]
     uniform = torch.full((h, w), 1.0 / (h * w), device=maps.device)
     # torch.where keeps this free of a host sync on the "no valid map" branch
@@ -453,17 +436,14 @@ def border_energy(maps: torch.Tensor, width: int = 1) -> torch.Tensor:
         [1.0, 0.0]
     """
     single = isinstance(maps, torch.Tensor) and maps.dim() == 2
-    maps = _as_maps(maps[None] if single else maps).float().clamp_min(0.0)
+    maps = as_maps(maps[None] if single else maps).float().clamp_min(0.0)
     h, w = maps.shape[-2:]
     if width < 1:
         raise ValueError(f"width must be >= 1, got {width}")
     ring = _ring(h, w, width, maps.device)
     total = maps.sum(dim=(1, 2))
     edge = (maps * ring).sum(dim=(1, 2))
-    ok = total > _TINY
-    share = torch.where(
-        ok, edge / torch.where(ok, total, torch.ones_like(total)), torch.zeros_like(total)
-    )
+    share = safe_div(edge, total, _TINY)
     return share[0] if single else share
 
 
@@ -484,8 +464,8 @@ def map_drift(maps_a: torch.Tensor, maps_b: torch.Tensor) -> torch.Tensor:
             f"maps_a and maps_b differ in shape: {tuple(maps_a.shape)} vs {tuple(maps_b.shape)}"
         )
     single = maps_a.dim() == 2
-    a = _as_maps(maps_a[None] if single else maps_a, "maps_a").float()
-    b = _as_maps(maps_b[None] if single else maps_b, "maps_b").float().to(a.device)
+    a = as_maps(maps_a[None] if single else maps_a, "maps_a").float()
+    b = as_maps(maps_b[None] if single else maps_b, "maps_b").float().to(a.device)
     r, defined = pearson(a, b)
     a_flat, b_flat = a.flatten(1), b.flatten(1)
     scale = torch.maximum(a_flat.abs().amax(dim=1), b_flat.abs().amax(dim=1)).clamp_min(1.0)
@@ -493,3 +473,26 @@ def map_drift(maps_a: torch.Tensor, maps_b: torch.Tensor) -> torch.Tensor:
     undefined = torch.where(same, torch.zeros_like(r), torch.ones_like(r))
     drift = torch.where(defined, 1.0 - r, undefined)
     return drift[0] if single else drift
+
+
+def probe_signals(
+    maps: torch.Tensor, masks: torch.Tensor | None = None, previous: torch.Tensor | None = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The mask-free signals of one explanation of the probes, the localisation signals when
+    ``masks`` are given and the drift against ``previous`` maps of the same probes; returns
+    ``(scalar tensors by name, mean saliency map)``, all on the maps' device.
+
+    Example:
+        >>> maps = torch.zeros(2, 4, 4); maps[:, 0, 0] = 1.0
+        >>> values, mean_map = probe_signals(maps, previous=maps)
+        >>> {k: round(float(v), 2) for k, v in values.items()}
+        {'hotspot_ratio': 16.0, 'border_energy': 1.0, 'map_drift': 0.0}
+    """
+    mean_map = mean_saliency_map(maps)
+    values = {"hotspot_ratio": hotspot_ratio(mean_map), "border_energy": border_energy(mean_map)}
+    if masks is not None:
+        values["energy_in_mask"] = energy_in_mask(maps, masks).mean()
+        values["pointing_game"] = pointing_game(maps, masks).mean()
+    if previous is not None:
+        values["map_drift"] = map_drift(previous.to(maps.device, torch.float32), maps).mean()
+    return values, mean_map

@@ -3,8 +3,10 @@
 :func:`overlay` colours maps and blends them onto the de-normalised images on the images'
 device. :func:`saliency_grid`, :func:`heatmap` and :func:`timeline` build one ``uint8
 [3, H, W]`` CPU picture each, with captions drawn into the pixels because TensorBoard images
-have no caption field; :func:`row_captions` gives the same text per row for W&B. :func:`to_png`
-and :func:`save_png` write PNGs.
+have no caption field; :func:`saliency_picture` adds the bare rows and their captions
+(:func:`row_captions`) for loggers that caption each image. :func:`to_png` and :func:`save_png`
+write PNGs. Normalisation statistics are passed in (see :mod:`lightning_vitrcam.normalization`);
+nothing here looks inside a model.
 
 Example:
     >>> import torch
@@ -22,6 +24,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -31,17 +34,24 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
+from lightning_vitrcam._ops import as_maps, minmax
+from lightning_vitrcam.normalization import check_mean_std
+
 __all__ = [
+    "Picture",
     "colorize",
     "denormalize",
+    "evenly_spaced",
     "heatmap",
     "overlay",
-    "resolve_mean_std",
+    "probe_timelines",
     "row_captions",
     "saliency_grid",
+    "saliency_picture",
     "save_png",
     "timeline",
     "to_png",
+    "to_uint8",
 ]
 
 # Tiles smaller than this are upscaled (nearest) so that captions and token cells stay legible.
@@ -53,55 +63,21 @@ _RED = (255, 70, 70)
 _GREEN = (120, 220, 120)
 
 
-# --------------------------------------------------------------------------- normalisation
-def _imagenet_mean_std() -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+@dataclass
+class Picture:
+    """One picture to log under ``tag``: ``image`` is a ``uint8 [3, H, W]`` tensor.
 
-    return tuple(map(float, IMAGENET_DEFAULT_MEAN)), tuple(map(float, IMAGENET_DEFAULT_STD))
-
-
-def _pretrained_cfg(model: Any) -> Mapping[str, Any] | None:
-    cfg = getattr(model, "pretrained_cfg", None)
-    if isinstance(cfg, Mapping):
-        return cfg
-    # a LightningModule (or any wrapper) holding a timm model: use the first cfg found
-    modules = getattr(model, "modules", None)
-    if callable(modules):
-        for sub in modules():
-            cfg = getattr(sub, "pretrained_cfg", None)
-            if isinstance(cfg, Mapping):
-                return cfg
-    return None
-
-
-def resolve_mean_std(
-    model: Any = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The normalisation to undo: explicit ``mean``/``std`` win, then a timm model's
-    ``pretrained_cfg["mean"/"std"]`` (searched in submodules too), then ImageNet defaults.
-
-    Example:
-        >>> resolve_mean_std(mean=(0.5, 0.5, 0.5))[0], resolve_mean_std()[1][0]
-        ((0.5, 0.5, 0.5), 0.229)
+    Loggers that caption every image (W&B) show ``parts`` (e.g. one picture per probe row)
+    with their ``captions`` instead when given.
     """
-    default_mean, default_std = _imagenet_mean_std()
-    cfg = _pretrained_cfg(model) if model is not None else None
-    if mean is None:
-        mean = cfg.get("mean") if cfg is not None else None
-        mean = default_mean if mean is None else mean
-    if std is None:
-        std = cfg.get("std") if cfg is not None else None
-        std = default_std if std is None else std
-    mean_t, std_t = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-    if len(mean_t) != len(std_t):
-        raise ValueError(f"mean has {len(mean_t)} values but std has {len(std_t)}")
-    if any(s == 0 for s in std_t):
-        raise ValueError(f"std must be non-zero, got {std_t}")
-    return mean_t, std_t
+
+    tag: str
+    image: torch.Tensor
+    parts: Sequence[torch.Tensor] | None = None
+    captions: Sequence[str] | None = None
 
 
+# --------------------------------------------------------------------------- normalisation
 def denormalize(
     images: torch.Tensor,
     mean: Sequence[float] | None = None,
@@ -118,7 +94,7 @@ def denormalize(
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError(f"images must be [B, C, H, W], got {getattr(images, 'shape', None)}")
-    mean_t, std_t = resolve_mean_std(None, mean, std)
+    mean_t, std_t = check_mean_std(mean, std)
     c = images.shape[1]
     if len(mean_t) != c:
         raise ValueError(f"images have {c} channels but mean/std have {len(mean_t)} values")
@@ -163,16 +139,6 @@ def _lut(cmap: Any, device: torch.device) -> torch.Tensor:
     raise ValueError(f"cmap must be a matplotlib colormap name, got {cmap!r}")
 
 
-def _as_maps(maps: torch.Tensor) -> torch.Tensor:
-    if maps.dim() == 4 and maps.shape[1] == 1:
-        maps = maps[:, 0]
-    if maps.dim() == 2:
-        maps = maps[None]
-    if maps.dim() != 3:
-        raise ValueError(f"maps must be [B, h, w] or [B, 1, h, w], got {tuple(maps.shape)}")
-    return maps
-
-
 def colorize(
     maps: torch.Tensor,
     size: tuple[int, int] | None = None,
@@ -188,7 +154,7 @@ def colorize(
         >>> colorize(torch.tensor([[[0.0, 1.0]]]), cmap="gray")[0, :, 0].tolist()
         [[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]
     """
-    maps = _as_maps(maps).float()
+    maps = as_maps(maps, allow_single=True).float()
     if size is not None and tuple(maps.shape[-2:]) != tuple(size):
         kwargs = {"align_corners": False} if mode == "bilinear" else {}
         maps = F.interpolate(maps[:, None], size=tuple(size), mode=mode, **kwargs)[:, 0]
@@ -207,13 +173,12 @@ def overlay(
     maps: torch.Tensor,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    model: Any = None,
     cmap: Any = "inferno",
     alpha: float = 0.5,
 ) -> torch.Tensor:
     """Blend coloured maps onto the images: ``uint8 [B, 3, H, W]`` on the images' device.
 
-    The images are de-normalised (:func:`resolve_mean_std` picks the statistics), each map is
+    The images are de-normalised with ``mean``/``std`` (ImageNet's by default), each map is
     upsampled bilinearly to the image size and coloured with ``cmap`` (any matplotlib name),
     then ``(1 - alpha) * image + alpha * colour``.
 
@@ -224,9 +189,8 @@ def overlay(
     """
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    mean_t, std_t = resolve_mean_std(model, mean, std)
-    base = denormalize(images, mean_t, std_t)
-    maps = _as_maps(maps).to(base.device)
+    base = denormalize(images, mean, std)
+    maps = as_maps(maps, allow_single=True).to(base.device)
     if maps.shape[0] != base.shape[0]:
         raise ValueError(f"{maps.shape[0]} maps for {base.shape[0]} images")
     heat = colorize(maps, tuple(base.shape[-2:]), cmap)
@@ -386,6 +350,66 @@ def row_captions(
 
 
 # --------------------------------------------------------------------------- pictures
+def _columns(
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    true_maps: torch.Tensor | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    cmap: Any,
+    alpha: float,
+) -> tuple[list[torch.Tensor], list[str]]:
+    """The grid's columns (``uint8 [B, 3, H, W]`` each, on the images' device) and titles."""
+    columns = [
+        to_uint8(denormalize(images, mean, std)),
+        overlay(images, maps, mean, std, cmap=cmap, alpha=alpha),
+    ]
+    titles = ["input", "predicted class"]
+    if true_maps is not None:
+        columns.append(overlay(images, true_maps, mean, std, cmap=cmap, alpha=alpha))
+        titles.append("true class")
+    return columns, titles
+
+
+def _grid(
+    columns: Sequence[torch.Tensor],
+    titles: Sequence[str],
+    parts: Sequence[tuple[str, str | None, bool]],
+    captions: bool,
+) -> torch.Tensor:
+    n, ncol = columns[0].shape[0], len(columns)
+    tiles = _upscale(torch.stack([c.cpu() for c in columns], dim=1).flatten(0, 1))
+    th, tw = tiles.shape[-2:]
+    if not captions:
+        return make_grid(tiles, nrow=ncol, padding=_PAD, pad_value=0)
+    font = _font(_font_size(min(th, tw)))
+    row_width = ncol * (tw + _PAD) + _PAD
+
+    header = torch.cat([_strip([(t, _FG)], tw + _PAD, font, align="center") for t in titles], dim=2)
+    header = F.pad(header, (0, row_width - header.shape[2]), value=_BG[0])
+    rows = [header]
+    tiles = tiles.view(n, ncol, 3, th, tw)
+    for i, (pred, true, wrong) in enumerate(parts):
+        row = make_grid(tiles[i], nrow=ncol, padding=_PAD, pad_value=0)
+        lines = [(pred, _RED if wrong else _FG)]
+        if true is not None:
+            lines.append((f"{true}  MISMATCH" if wrong else true, _RED if wrong else _GREEN))
+        rows.append(row)
+        rows.append(_strip(lines, row_width, font, cross=wrong))
+    return torch.cat(rows, dim=1)
+
+
+def _checked_parts(
+    images: torch.Tensor, preds: Any, probs: Any, labels: Any, true_maps: Any, class_names: Any
+) -> list[tuple[str, str | None, bool]]:
+    if true_maps is not None and labels is None:
+        raise ValueError("true_maps needs labels (the class each true-class map explains)")
+    parts = _caption_parts(preds, probs, labels, class_names)
+    if len(parts) != images.shape[0]:
+        raise ValueError(f"preds has {len(parts)} entries for {images.shape[0]} images")
+    return parts
+
+
 def saliency_grid(
     images: torch.Tensor,
     maps: torch.Tensor,
@@ -397,7 +421,6 @@ def saliency_grid(
     class_names: Sequence[str] | Mapping[int, str] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    model: Any = None,
     cmap: Any = "inferno",
     alpha: float = 0.5,
     captions: bool = True,
@@ -418,41 +441,44 @@ def saliency_grid(
         >>> g.dtype, g.shape[0], g.shape[2] > 3 * 96
         (torch.uint8, 3, True)
     """
-    if true_maps is not None and labels is None:
-        raise ValueError("true_maps needs labels (the class each true-class map explains)")
-    mean_t, std_t = resolve_mean_std(model, mean, std)
-    n = images.shape[0]
-    parts = _caption_parts(preds, probs, labels, class_names)
-    if len(parts) != n:
-        raise ValueError(f"preds has {len(parts)} entries for {n} images")
-    columns = [
-        to_uint8(denormalize(images, mean_t, std_t)),
-        overlay(images, maps, mean_t, std_t, cmap=cmap, alpha=alpha),
-    ]
-    titles = ["input", "predicted class"]
-    if true_maps is not None:
-        columns.append(overlay(images, true_maps, mean_t, std_t, cmap=cmap, alpha=alpha))
-        titles.append("true class")
-    ncol = len(columns)
-    tiles = _upscale(torch.stack([c.cpu() for c in columns], dim=1).flatten(0, 1))
-    th, tw = tiles.shape[-2:]
-    if not captions:
-        return make_grid(tiles, nrow=ncol, padding=_PAD, pad_value=0)
-    font = _font(_font_size(min(th, tw)))
-    row_width = ncol * (tw + _PAD) + _PAD
+    parts = _checked_parts(images, preds, probs, labels, true_maps, class_names)
+    columns, titles = _columns(images, maps, true_maps, mean, std, cmap, alpha)
+    return _grid(columns, titles, parts, captions)
 
-    header = torch.cat([_strip([(t, _FG)], tw + _PAD, font, align="center") for t in titles], dim=2)
-    header = F.pad(header, (0, row_width - header.shape[2]), value=_BG[0])
-    rows = [header]
-    tiles = tiles.view(n, ncol, 3, th, tw)
-    for i, (pred, true, wrong) in enumerate(parts):
-        row = make_grid(tiles[i], nrow=ncol, padding=_PAD, pad_value=0)
-        lines = [(pred, _RED if wrong else _FG)]
-        if true is not None:
-            lines.append((f"{true}  MISMATCH" if wrong else true, _RED if wrong else _GREEN))
-        rows.append(row)
-        rows.append(_strip(lines, row_width, font, cross=wrong))
-    return torch.cat(rows, dim=1)
+
+def saliency_picture(
+    tag: str,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    *,
+    preds: Any,
+    probs: Any,
+    labels: Any = None,
+    true_maps: torch.Tensor | None = None,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    cmap: Any = "inferno",
+    alpha: float = 0.5,
+) -> Picture:
+    """The captioned :func:`saliency_grid` as a :class:`Picture`, with one uncaptioned picture
+    per row (input | overlays, at the images' size) and its :func:`row_captions` as ``parts``
+    for loggers that caption each image. The overlays are drawn once for both.
+
+    Example:
+        >>> pic = saliency_picture("vitrcam/grid", torch.randn(2, 3, 8, 8), torch.rand(2, 2, 2),
+        ...                        preds=[0, 1], probs=[0.9, 0.6])
+        >>> len(pic.parts), tuple(pic.parts[0].shape), pic.captions[1]
+        (2, (3, 8, 16), 'pred: 1 (0.60)')
+    """
+    parts = _checked_parts(images, preds, probs, labels, true_maps, class_names)
+    columns, titles = _columns(images, maps, true_maps, mean, std, cmap, alpha)
+    return Picture(
+        tag,
+        _grid(columns, titles, parts, captions=True),
+        parts=list(torch.cat(columns, dim=-1).cpu()),
+        captions=row_captions(preds, probs, labels, class_names),
+    )
 
 
 def heatmap(
@@ -478,11 +504,7 @@ def heatmap(
         m = m[0]
     if m.dim() != 2:
         raise ValueError(f"mean_map must be [h, w], got {tuple(mean_map.shape)}")
-    m = m.nan_to_num(0.0)
-    lo, hi = m.min(), m.max()
-    m = torch.where(
-        hi > lo, (m - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi)), torch.zeros_like(m)
-    )
+    m = minmax(m.nan_to_num(0.0), dim=(0, 1))
     h, w = m.shape
     factor = max(1, round(size / max(h, w)))
     pic = to_uint8(colorize(m[None], (h * factor, w * factor), cmap, mode="nearest")[0]).cpu()
@@ -490,6 +512,23 @@ def heatmap(
         font = _font_fitting(title, pic.shape[-1], _font_size(min(pic.shape[-2:])))
         pic = torch.cat([_strip([(title, _FG)], pic.shape[-1], font), pic], dim=1)
     return pic
+
+
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """At most ``k`` evenly spaced indices into ``n`` items, the first and the last included
+    (with ``k=1`` only the last).
+
+    Example:
+        >>> evenly_spaced(20, 4), evenly_spaced(3, 8), evenly_spaced(5, 1)
+        ([0, 6, 13, 19], [0, 1, 2], [4])
+    """
+    if k < 1:
+        raise ValueError(f"max_columns must be >= 1, got {k}")
+    if k == 1:
+        return [n - 1]
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
 
 
 def timeline(
@@ -510,15 +549,7 @@ def timeline(
         raise ValueError("timeline needs at least one frame")
     if len(labels) != len(frames):
         raise ValueError(f"{len(labels)} labels for {len(frames)} frames")
-    if max_columns < 1:
-        raise ValueError(f"max_columns must be >= 1, got {max_columns}")
-    n = len(frames)
-    if max_columns == 1:
-        keep = [n - 1]
-    elif n <= max_columns:
-        keep = list(range(n))
-    else:
-        keep = sorted({round(i * (n - 1) / (max_columns - 1)) for i in range(max_columns)})
+    keep = evenly_spaced(len(frames), max_columns)
     shapes = {tuple(f.shape) for f in frames}
     if len(shapes) != 1:
         raise ValueError(f"frames must share one shape, got {sorted(shapes)}")
@@ -536,6 +567,34 @@ def timeline(
         label = _strip([(str(labels[i]), _FG)], tw, font, align="center")
         cells.append(torch.cat([label, tile], dim=1))
     return make_grid(torch.stack(cells), nrow=len(cells), padding=_PAD, pad_value=0)
+
+
+def probe_timelines(
+    images: torch.Tensor,
+    frames: Sequence[torch.Tensor],
+    labels: Sequence[str],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    cmap: Any = "inferno",
+    max_columns: int = 8,
+) -> list[torch.Tensor]:
+    """One :func:`timeline` per image: its overlays with the maps of each frame.
+
+    ``frames`` holds one ``[N, h, w]`` batch of maps per evaluation (labelled by ``labels``)
+    for the same ``N`` images. The overlays of all frames are drawn in one batch.
+
+    Example:
+        >>> rows = probe_timelines(torch.randn(2, 3, 8, 8), [torch.rand(2, 2, 2)] * 3,
+        ...                        ["ep 0", "ep 1", "ep 2"])
+        >>> len(rows), rows[0].dtype
+        (2, torch.uint8)
+    """
+    images = images.float()
+    maps = torch.cat(list(frames)).to(images.device, torch.float32)
+    drawn = overlay(images.repeat(len(frames), 1, 1, 1), maps, mean, std, cmap=cmap)
+    # [F*N, 3, H, W] -> [N, F, 3, H, W]: one row of frames per image
+    drawn = drawn.view(len(frames), -1, *drawn.shape[1:]).transpose(0, 1).cpu()
+    return [timeline(list(row), labels, max_columns) for row in drawn]
 
 
 # --------------------------------------------------------------------------- files

@@ -7,14 +7,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from lightning_vitrcam.render import (
     colorize,
     denormalize,
     heatmap,
     overlay,
-    resolve_mean_std,
     row_captions,
     saliency_grid,
     save_png,
@@ -52,33 +50,6 @@ def test_denormalize_inverts_normalisation():
     assert float(denormalize(torch.full((1, 3, 2, 2), 50.0)).max()) == 1.0
 
 
-def test_resolve_mean_std_priority():
-    default = resolve_mean_std()
-    assert default == (IMAGENET_MEAN, IMAGENET_STD)
-    timm = pytest.importorskip("timm")
-    model = timm.create_model(
-        "vit_tiny_patch16_224",
-        img_size=32,
-        patch_size=8,
-        embed_dim=32,
-        depth=1,
-        num_heads=2,
-        num_classes=4,
-    )
-    model.pretrained_cfg = {**model.pretrained_cfg, "mean": (0.5, 0.5, 0.5), "std": (0.25,) * 3}
-    assert resolve_mean_std(model) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-
-    class Wrapper(nn.Module):  # e.g. a LightningModule holding the timm model
-        def __init__(self):
-            super().__init__()
-            self.net = model
-
-    assert resolve_mean_std(Wrapper())[0] == (0.5, 0.5, 0.5)
-    # explicit values win, each on its own
-    assert resolve_mean_std(model, mean=(0.1, 0.2, 0.3)) == ((0.1, 0.2, 0.3), (0.25,) * 3)
-    assert resolve_mean_std(nn.Linear(2, 2)) == default
-
-
 # --------------------------------------------------------------------------- colour
 def test_colorize_matches_matplotlib_and_gradient_ends_differ():
     grad = torch.linspace(0, 1, 16).repeat(16, 1)[None]  # left 0 .. right 1
@@ -104,14 +75,6 @@ def test_overlay_colour_follows_map():
     half = overlay(normalise(x), grad, alpha=0.5, cmap="gray")
     expect = (0.5 * x + 0.5 * colorize(grad, (32, 32), "gray")) * 255
     torch.testing.assert_close(half.float(), expect.round(), atol=1, rtol=0)
-
-
-def test_overlay_uses_model_statistics():
-    x = torch.rand(1, 3, 8, 8)
-    holder = nn.Module()
-    holder.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
-    with_model = overlay((x - 0.5) / 0.5, torch.zeros(1, 2, 2), model=holder, alpha=0.0)
-    torch.testing.assert_close(with_model.float(), (x * 255).round(), atol=1, rtol=0)
 
 
 def test_bad_colormap_name():

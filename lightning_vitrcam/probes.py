@@ -1,0 +1,232 @@
+"""Probe images: a fixed sample of a validation loader, read without moving any RNG or sampler.
+
+:func:`validation_loader` finds the loader the fit loop will validate on, :func:`sample_probes`
+draws ``num`` images from it with a local generator (indexing a map-style dataset directly and
+collating with the loader's ``collate_fn``), and :func:`read_batch` turns a collated batch of any
+common layout into checked ``(images, labels, masks)``.
+
+Example:
+    >>> import torch
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> data = TensorDataset(torch.randn(10, 3, 8, 8), torch.arange(10))
+    >>> probes = sample_probes(DataLoader(data, batch_size=4), num=3, seed=0)
+    >>> tuple(probes.images.shape), probes.indices == sorted(probes.indices)
+    ((3, 3, 8, 8), True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import CombinedLoader
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.seed import isolate_rng
+from torch.utils.data import IterableDataset
+
+__all__ = [
+    "IMAGE_KEYS",
+    "LABEL_KEYS",
+    "MASK_KEYS",
+    "Probes",
+    "default_batch_reader",
+    "read_batch",
+    "sample_probes",
+    "validation_loader",
+]
+
+IMAGE_KEYS: tuple[str, ...] = ("image", "images", "x", "input", "inputs")
+LABEL_KEYS: tuple[str, ...] = ("label", "labels", "y", "target", "targets")
+MASK_KEYS: tuple[str, ...] = ("mask", "masks")
+HOW_TO_READ = (
+    "pass batch_reader=<a function of the batch returning dict(image=[B,C,H,W] tensor,"
+    " label=[B] class indices (optional), mask=[B,H,W] object mask (optional)) or a tuple"
+    " (images, labels[, masks])>"
+)
+
+
+# --------------------------------------------------------------------------- batches
+def _first_key(batch: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    for key in keys:
+        if key in batch:
+            return batch[key]
+    return None
+
+
+def default_batch_reader(batch: Any) -> dict[str, Any]:
+    """Images, labels and masks of a collated batch: ``{"image", "label", "mask"}``.
+
+    Reads a tensor of images, a tuple/list ``(images, labels[, masks])`` or a dict with the
+    keys ``image/images/x/input/inputs``, ``label/labels/y/target/targets`` and
+    ``mask/masks``. Missing labels or masks are None. Nothing is checked here.
+
+    Example:
+        >>> import torch
+        >>> out = default_batch_reader({"x": torch.zeros(2, 3, 4, 4), "y": torch.tensor([0, 1])})
+        >>> tuple(out["image"].shape), out["label"].tolist(), out["mask"]
+        ((2, 3, 4, 4), [0, 1], None)
+    """
+    if isinstance(batch, torch.Tensor):
+        return {"image": batch, "label": None, "mask": None}
+    if isinstance(batch, Mapping):
+        return {
+            "image": _first_key(batch, IMAGE_KEYS),
+            "label": _first_key(batch, LABEL_KEYS),
+            "mask": _first_key(batch, MASK_KEYS),
+        }
+    if isinstance(batch, tuple | list) and batch:
+        parts = list(batch) + [None, None]
+        # a third entry that is not a tensor (file names, ids) is not a mask
+        mask = parts[2] if isinstance(parts[2], torch.Tensor) else None
+        return {"image": parts[0], "label": parts[1], "mask": mask}
+    return {"image": None, "label": None, "mask": None}
+
+
+def _describe(batch: Any) -> str:
+    if isinstance(batch, Mapping):
+        return f"a dict with keys {sorted(map(str, batch))}"
+    if isinstance(batch, tuple | list):
+        return f"a {type(batch).__name__} of {[type(b).__name__ for b in batch]}"
+    return f"a {type(batch).__name__}"
+
+
+def read_batch(
+    batch: Any, reader: Callable[[Any], Any] | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Checked ``(images [B,C,H,W] float, labels [B] long or None, masks [B,H,W] or None)``
+    of a collated batch, read by ``reader`` (a function of the batch returning what
+    :func:`default_batch_reader` reads) or by :func:`default_batch_reader`.
+
+    Example:
+        >>> images, labels, masks = read_batch((torch.zeros(2, 3, 4, 4), torch.tensor([1, 0])))
+        >>> labels.tolist(), masks
+        ([1, 0], None)
+    """
+    read = default_batch_reader(reader(batch) if reader is not None else batch)
+    images, labels, masks = read["image"], read["label"], read["mask"]
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+        what = _describe(batch) if reader is None else f"batch_reader's output {_describe(images)}"
+        raise ValueError(
+            f"ViTReciproCAMCallback cannot find a float [B, C, H, W] image tensor in {what};"
+            f" {HOW_TO_READ}"
+        )
+    n = images.shape[0]
+    if labels is not None:
+        labels = torch.as_tensor(labels) if not isinstance(labels, torch.Tensor) else labels
+        if labels.dim() == 2 and labels.is_floating_point():  # one-hot or soft labels
+            labels = labels.argmax(dim=1)
+        if labels.dim() != 1 or labels.shape[0] != n or labels.is_floating_point():
+            raise ValueError(
+                f"the batch's labels must be [B={n}] class indices, got {labels.dtype}"
+                f" {tuple(labels.shape)}; {HOW_TO_READ}"
+            )
+        labels = labels.long()
+    if masks is not None:
+        if masks.dim() == 4 and masks.shape[1] == 1:
+            masks = masks[:, 0]
+        if masks.dim() != 3 or masks.shape[0] != n:
+            raise ValueError(
+                f"the batch's masks must be [B={n}, H, W], got {tuple(masks.shape)}; {HOW_TO_READ}"
+            )
+    return images, labels, masks
+
+
+# --------------------------------------------------------------------------- probes
+@dataclass
+class Probes:
+    """The probe images with their labels and object masks (when the batches carry them) and
+    their dataset indices (None: the first images of an iterable dataset)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    masks: torch.Tensor | None
+    indices: list[int] | None
+
+    def to(self, device: torch.device | str) -> Probes:
+        move = lambda t: None if t is None else t.to(device)
+        return Probes(move(self.images), move(self.labels), move(self.masks), self.indices)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def _request(trainer: Trainer) -> Any:
+    """The validation loaders of the coming fit before the fit loop has built them."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is not None and is_overridden("val_dataloader", datamodule):
+        return datamodule.val_dataloader()
+    # Loaders passed as trainer.fit(val_dataloaders=...) and the module's own val_dataloader()
+    # hook are reachable only through the fit loop's data source: Lightning's private API,
+    # checked against lightning 2.6.6 (the same source the loop itself asks).
+    from lightning.pytorch.trainer.connectors.data_connector import _request_dataloader
+
+    source = trainer.fit_loop.epoch_loop.val_loop._data_source
+    return _request_dataloader(source) if source.is_defined() else None
+
+
+def validation_loader(trainer: Trainer, index: int = 0) -> Any:
+    """The ``index``-th validation loader of ``trainer``'s fit, or None when it has none.
+
+    Public routes first (``trainer.val_dataloaders``, the datamodule's ``val_dataloader()``);
+    the RNGs are restored afterwards because a ``val_dataloader()`` hook may draw from them.
+    """
+    with isolate_rng():
+        loaders = trainer.val_dataloaders
+        if loaders is None:
+            loaders = _request(trainer)
+    if loaders is None:
+        return None
+    flat = CombinedLoader(loaders, "sequential").flattened
+    if not flat:
+        return None
+    if not 0 <= index < len(flat):
+        raise ValueError(f"dataloader_idx={index} but there are {len(flat)} validation loaders")
+    return flat[index]
+
+
+@isolate_rng()
+def sample_probes(
+    loader: Any,
+    num: int,
+    seed: int = 0,
+    indices: list[int] | None = None,
+    reader: Callable[[Any], Any] | None = None,
+) -> Probes:
+    """Read ``num`` probe images without touching the global RNGs or the loader's sampler.
+
+    From a map-style dataset, ``indices`` (when given and valid) or ``num`` indices drawn with
+    a generator seeded by ``seed``, sorted. An ``IterableDataset`` can only be read from the
+    start: the first ``num`` images of a fresh iterator (whose worker seed comes from the
+    global RNG, restored afterwards); a dataset that keeps its own position across ``iter()``
+    calls would be advanced, which no sampler-based loader does.
+    """
+    dataset = getattr(loader, "dataset", None)
+    map_style = (
+        dataset is not None
+        and not isinstance(dataset, IterableDataset)
+        and hasattr(dataset, "__len__")
+        and getattr(loader, "batch_sampler", None) is not None
+    )
+    if map_style:
+        size = len(dataset)
+        if indices is None or (indices and max(indices) >= size):
+            generator = torch.Generator().manual_seed(seed)
+            indices = torch.randperm(size, generator=generator)[:num].sort().values.tolist()
+        if not indices:
+            raise ValueError("the validation dataset is empty")
+        batch = loader.collate_fn([dataset[i] for i in indices])
+        return Probes(*read_batch(batch, reader), indices)
+    parts: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
+    count = 0
+    for batch in loader:
+        parts.append(read_batch(batch, reader))
+        count += parts[-1][0].shape[0]
+        if count >= num:
+            break
+    if not parts:
+        raise ValueError("the validation dataloader yields no batches")
+    cat = lambda i: None if parts[0][i] is None else torch.cat([p[i] for p in parts])[:num]
+    return Probes(cat(0), cat(1), cat(2), None)
