@@ -52,7 +52,7 @@ class TimedCallback(ViTReciproCAMCallback):
 
 def run(dm: ShapesDataModule, args: argparse.Namespace, callback: TimedCallback | None) -> float:
     L.seed_everything(0, verbose=False)
-    model = ViTClassifier(num_classes=dm.num_classes, lr=1e-3)
+    model = ViTClassifier(num_classes=dm.hparams.num_classes, lr=1e-3)
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(
             accelerator=args.accelerator,

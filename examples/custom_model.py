@@ -18,28 +18,9 @@ import torch
 from torchvision.models import VisionTransformer
 
 from lightning_vitrcam import ViTReciproCAM
+from lightning_vitrcam.demo import SQUARE_COLOURS, coloured_squares
 from lightning_vitrcam.metrics import energy_in_mask
 from lightning_vitrcam.render import overlay, saliency_grid, save_png
-
-COLOURS = torch.tensor([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0], [1.0, 1.0, 0.1]])
-
-
-def squares(n: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Grey noise with one coloured 8x8 square; label = colour. Normalised with mean=std=0.5."""
-    images = 0.5 + 0.15 * torch.randn(n, 3, size, size, generator=generator)
-    top = torch.randint(0, size - 8, (n,), generator=generator)
-    left = torch.randint(0, size - 8, (n,), generator=generator)
-    labels = torch.randint(0, len(COLOURS), (n,), generator=generator)
-    ys = torch.arange(size).view(1, size, 1)
-    xs = torch.arange(size).view(1, 1, size)
-    masks = (
-        (ys >= top.view(-1, 1, 1))
-        & (ys < top.view(-1, 1, 1) + 8)
-        & (xs >= left.view(-1, 1, 1))
-        & (xs < left.view(-1, 1, 1) + 8)
-    )
-    images = torch.where(masks[:, None], COLOURS[labels][:, :, None, None], images)
-    return (images.clamp(0, 1) - 0.5) / 0.5, labels, masks
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -47,7 +28,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--out", default="vitrcam_out/custom_model")
     args = parser.parse_args(argv)
-    gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = VisionTransformer(
         image_size=32,
@@ -56,11 +36,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         num_heads=4,
         hidden_dim=64,
         mlp_dim=128,
-        num_classes=len(COLOURS),
+        num_classes=len(SQUARE_COLOURS),
     )
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(args.steps):
-        images, labels, _ = squares(64, 32, gen)
+    for step in range(args.steps):
+        images, labels, _ = coloured_squares(64, seed=step)
         loss = torch.nn.functional.cross_entropy(model(images), labels)
         opt.zero_grad()
         loss.backward()
@@ -68,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model.eval()
 
     cam = ViTReciproCAM(model, target_layer=model.encoder.layers[-1].ln_1, num_prefix_tokens=1)
-    images, labels, masks = squares(8, 32, gen)
+    images, labels, masks = coloured_squares(8, seed=10_000)
     out = cam(images)
     accuracy = float((out.targets == labels).float().mean())
     energy = float(energy_in_mask(out.maps, masks).mean())

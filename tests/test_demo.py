@@ -156,3 +156,19 @@ def test_fit_logs_and_checkpoint_reload(tmp_path) -> None:
     assert 0.0 <= acc <= 1.0 and not loaded.training
     pairs = [(b["image"], b["label"]) for b in dm.patch_free_dataloader()]
     assert loaded.evaluate_accuracy(pairs) == acc
+
+
+def test_shortcut_experiment_tiny_run(tmp_path) -> None:
+    from lightning_vitrcam.demo import shortcut_experiment
+
+    rows = shortcut_experiment(
+        0.95,
+        epochs=1,
+        num_train=64,
+        num_val=32,
+        num_patch_free=32,
+        model_kwargs=TINY_VIT,
+        callback_kwargs=dict(num_images=4, log_images=False),
+        root_dir=str(tmp_path),
+    )
+    assert len(rows) == 1 and rows[0].epoch == 0 and rows[0].hotspot_ratio >= 1.0

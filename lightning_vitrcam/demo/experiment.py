@@ -1,0 +1,143 @@
+"""A shortcut experiment: train the demo ViT with the callback and record what it showed.
+
+Example:
+    >>> rows = [EpochSignals(0, 0.97, 0.25, 9.2, 0.15, 0.83, True)]
+    >>> print(signals_table({"shortcut": rows}).splitlines()[-1])
+    | shortcut | 0 | 0.97 | 0.25 | 9.2 | 0.15 | 0.83 | yes |
+    >>> first_warning(rows)
+    0
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from lightning_vitrcam.callback import ViTReciproCAMCallback
+from lightning_vitrcam.demo.data import ShapesDataModule
+from lightning_vitrcam.demo.model import ViTClassifier
+from lightning_vitrcam.shortcut import PossibleShortcutWarning
+
+__all__ = ["EpochSignals", "first_warning", "shortcut_experiment", "signals_table"]
+
+
+@dataclass
+class EpochSignals:
+    """What one epoch of :func:`shortcut_experiment` showed."""
+
+    epoch: int
+    val_acc: float
+    patch_free_acc: float
+    hotspot_ratio: float
+    energy_in_mask: float | None
+    adcc: float | None
+    warned: bool
+
+
+class _SignalRecorder(Callback):
+    """Collects the per-epoch signals once validation and the ReciproCAM callback are done."""
+
+    def __init__(self, datamodule: ShapesDataModule) -> None:
+        self.datamodule = datamodule
+        self.rows: list[EpochSignals] = []
+        self.caught: list[warnings.WarningMessage] = []
+        self._seen = 0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        if "vitrcam/hotspot_ratio" not in metrics:
+            return
+
+        def value(key: str) -> float | None:
+            return float(metrics[key]) if key in metrics else None
+
+        shortcut = [w for w in self.caught if issubclass(w.category, PossibleShortcutWarning)]
+        self.rows.append(
+            EpochSignals(
+                epoch=trainer.current_epoch,
+                val_acc=float(metrics["val/acc"]),
+                patch_free_acc=pl_module.evaluate_accuracy(self.datamodule.patch_free_dataloader()),
+                hotspot_ratio=float(metrics["vitrcam/hotspot_ratio"]),
+                energy_in_mask=value("vitrcam/energy_in_mask"),
+                adcc=value("vitrcam/adcc"),
+                warned=len(shortcut) > self._seen,
+            )
+        )
+        self._seen = len(shortcut)
+
+
+def shortcut_experiment(
+    shortcut_p: float,
+    epochs: int = 4,
+    *,
+    num_train: int = 3000,
+    num_val: int = 500,
+    num_patch_free: int = 500,
+    model_kwargs: dict[str, Any] | None = None,
+    callback_kwargs: dict[str, Any] | None = None,
+    root_dir: str = "lightning_logs",
+    name: str | None = None,
+    seed: int = 0,
+) -> list[EpochSignals]:
+    """Train the demo ViT with the callback and record, per epoch, validation accuracy,
+    accuracy on patch-free images, hotspot ratio, energy in the object, ADCC and whether the
+    callback warned "possible shortcut". TensorBoard logs go to ``root_dir/name``.
+    ``tests/test_demo.py`` runs it with tiny settings; real runs use the defaults.
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    L.seed_everything(seed, verbose=False)
+    data = ShapesDataModule(
+        num_train=num_train,
+        num_val=num_val,
+        num_patch_free=num_patch_free,
+        shortcut_p=shortcut_p,
+        seed=seed,
+    )
+    recorder = _SignalRecorder(data)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=TensorBoardLogger(root_dir, name=name or f"shortcut_p={shortcut_p}"),
+        callbacks=[ViTReciproCAMCallback(**(callback_kwargs or {})), recorder],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PossibleShortcutWarning)
+        recorder.caught = caught
+        trainer.fit(ViTClassifier(model_kwargs=model_kwargs), datamodule=data)
+    return recorder.rows
+
+
+def signals_table(runs: Mapping[str, Sequence[EpochSignals]]) -> str:
+    """A markdown table of :func:`shortcut_experiment` results, one row per run and epoch."""
+
+    def fmt(v: float | None, spec: str = ".2f") -> str:
+        return "-" if v is None else format(v, spec)
+
+    lines = [
+        "| run | epoch | val acc | patch-free acc | hotspot ratio | energy in object | ADCC"
+        " | warned |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run, rows in runs.items():
+        for r in rows:
+            lines.append(
+                f"| {run} | {r.epoch} | {r.val_acc:.2f} | {r.patch_free_acc:.2f} |"
+                f" {r.hotspot_ratio:.1f} | {fmt(r.energy_in_mask)} | {fmt(r.adcc)} |"
+                f" {'yes' if r.warned else 'no'} |"
+            )
+    return "\n".join(lines)
+
+
+def first_warning(rows: Sequence[EpochSignals]) -> int | None:
+    """The first epoch at which the callback warned, or None."""
+    return next((r.epoch for r in rows if r.warned), None)
