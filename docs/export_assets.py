@@ -1,6 +1,6 @@
 """Export the callback's latest TensorBoard images of a run as PNGs (for the README).
 
-    python docs/export_assets.py lightning_logs/shortcut_demo/version_0 docs/
+python docs/export_assets.py lightning_logs/shortcut_demo/version_0 docs/
 """
 
 import sys

@@ -14,21 +14,17 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import make_vit
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset
 
-from lightning_vitrcam import ViTReciproCAMCallback
-from lightning_vitrcam.callback import (
-    PossibleShortcutWarning,
-    _read_batch,
-    _sample,
-    default_batch_reader,
-    find_vit,
-)
+from lightning_vitrcam import PossibleShortcutWarning, ViTReciproCAMCallback
+from lightning_vitrcam.adapters import find_vit
+from lightning_vitrcam.demo import SQUARE_COLOURS, coloured_squares
 from lightning_vitrcam.metrics import map_drift
+from lightning_vitrcam.probes import default_batch_reader
+from tests.helpers import Module, Squares, TrainOnly, make_vit
 
 FIXED_SCALARS = {
     "vitrcam/adcc",
@@ -44,87 +40,12 @@ FIXED_SCALARS = {
 }
 torch.set_num_threads(1)
 # random tiny models often look "off the object"; the warning has tests of its own
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::lightning_vitrcam.callback.PossibleShortcutWarning"
-)
-
-COLOURS = torch.tensor([[2.0, -1, -1], [-1, 2.0, -1], [-1, -1, 2.0], [2.0, 2.0, -1]])
+pytestmark = pytest.mark.filterwarnings("ignore::lightning_vitrcam.PossibleShortcutWarning")
 
 
-# --------------------------------------------------------------------------- data
-def squares(n: int, seed: int, corner: bool = False, size: int = 32, side: int = 16):
-    """Noise images with one coloured ``side``-pixel square (the object, label = its colour).
-
-    ``corner=True`` plants a shortcut: the square gets a random colour and an 8x8 patch in
-    the top-left corner carries the label's colour.
-    """
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, size, size, generator=g) * 0.3
-    y = torch.randint(0, 4, (n,), generator=g)
-    other = torch.randint(0, 4, (n,), generator=g)
-    r = torch.randint(0, size - side + 1, (n, 1, 1), generator=g)
-    c = torch.randint(0, size - side + 1, (n, 1, 1), generator=g)
-    yy, xx = torch.arange(size).view(1, -1, 1), torch.arange(size).view(1, 1, -1)
-    mask = (yy >= r) & (yy < r + side) & (xx >= c) & (xx < c + side)
-    x = torch.where(mask[:, None], COLOURS[other if corner else y][:, :, None, None], x)
-    if corner:
-        x[:, :, :8, :8] = COLOURS[y][:, :, None, None]
-    return x, y, mask
-
-
-class Squares(Dataset):
-    def __init__(self, n: int, seed: int = 0, layout: str = "dict", **kwargs: Any) -> None:
-        self.x, self.y, self.m = squares(n, seed, **kwargs)
-        self.layout = layout
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> Any:
-        if self.layout == "dict":
-            return {"image": self.x[i], "label": self.y[i], "mask": self.m[i]}
-        if self.layout == "tuple":
-            return self.x[i], self.y[i]
-        if self.layout == "odd":
-            return {"pixels": self.x[i], "cls": self.y[i]}
-        return self.x[i]  # "image": images only
-
-
-class TrainOnly(L.LightningModule):
-    """A classifier around ``self.model`` (a tiny timm ViT by default, dropout on)."""
-
-    def __init__(self, model: nn.Module | None = None, lr: float = 1e-3, **vit: Any) -> None:
-        super().__init__()
-        cfg = dict(num_classes=4, depth=1, embed_dim=32, num_heads=2, drop_rate=0.2)
-        cfg.update(vit)
-        self.model = (model if model is not None else make_vit(**cfg)).train()
-        self.lr = lr
-        self.steps = 0
-
-    @staticmethod
-    def _xy(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(batch, dict):
-            return batch.get("image", batch.get("pixels")), batch.get("label", batch.get("cls"))
-        return batch[0], batch[1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        self.steps += 1
-        x, y = self._xy(batch)
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
-
-
-class Module(TrainOnly):
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        if isinstance(batch, torch.Tensor):
-            return
-        x, y = self._xy(batch)
-        self.log("val_loss", F.cross_entropy(self(x), y))
+def squares(n: int, seed: int, **kwargs: Any):
+    kwargs.setdefault("side", 16)
+    return coloured_squares(n, seed, **kwargs)
 
 
 def loaders(train: Dataset | None = None, val: Dataset | None = None, batch: int = 8):
@@ -385,7 +306,7 @@ def _rigged_corner_vit() -> nn.Module:
         m.pos_embed[0, 1, 3] = 10.0
         m.cls_token[0, 0, 4] = 10.0
         qkv[0, 4], qkv[d, 3], qkv[d, 4] = 16.0, 1.0, 0.2
-        m.head.weight[:, :3] = (COLOURS - COLOURS.mean(1, keepdim=True)) * 3
+        m.head.weight[:, :3] = (SQUARE_COLOURS - SQUARE_COLOURS.mean(1, keepdim=True)) * 3
     return m
 
 
@@ -520,22 +441,7 @@ def test_bf16_mixed_explains_under_autocast(tmp_path: Path) -> None:
     assert torch.isfinite(cb.history[-1]["maps"].float()).all()
 
 
-def test_batch_reader_layouts(tmp_path: Path) -> None:
-    x, y, m = squares(2, 0)
-    for batch in ({"images": x, "targets": y, "masks": m}, (x, y, m), [x, y, m]):
-        images, labels, masks = _read_batch(batch, None)
-        assert images is x and torch.equal(labels, y) and masks is m
-    images, labels, masks = _read_batch((x, y, ["a.png", "b.png"]), None)
-    assert labels is not None and masks is None
-    assert _read_batch(x, None)[1] is None
-    assert torch.equal(_read_batch((x, F.one_hot(y, 4).float()), None)[1], y)
-    assert default_batch_reader({"input": x})["image"] is x
-    with pytest.raises(ValueError, match="batch_reader="):
-        _read_batch({"pixels": x}, None)
-    with pytest.raises(ValueError, match="class indices"):
-        _read_batch((x, torch.zeros(3)), None)
-
-    # a custom reader for an unusual layout, in a real run
+def test_custom_batch_reader_in_a_real_run(tmp_path: Path) -> None:
     reader = lambda b: (b["pixels"], b["cls"])  # noqa: E731
     cb = ViTReciproCAMCallback(num_images=2, explain="label", batch_reader=reader)
     fit(Module(), [cb], tmp_path, max_epochs=1, train=Squares(16, layout="odd"),
@@ -548,29 +454,6 @@ def test_fewer_images_than_asked_warns_once_and_uses_all(tmp_path: Path) -> None
     with pytest.warns(UserWarning, match="has 5 images, fewer than num_images=16"):
         fit(Module(), [cb], tmp_path, val=Squares(5), max_epochs=1)
     assert cb.history[-1]["maps"].shape[0] == 5
-
-
-class Stream(IterableDataset):
-    def __iter__(self):
-        x, y, _ = squares(10, 5)
-        return iter(zip(x, y, strict=True))
-
-
-def test_probe_sampling_is_seeded_and_leaves_rngs_alone() -> None:
-    loader = DataLoader(Squares(50), batch_size=8, shuffle=True)
-    state = torch.get_rng_state()
-    _, _, _, a = _sample(loader, 6, seed=1, indices=None, reader=None)
-    _, _, _, b = _sample(loader, 6, seed=1, indices=None, reader=None)
-    _, _, _, c = _sample(loader, 6, seed=2, indices=None, reader=None)
-    assert a == b != c and len(a) == 6 and a == sorted(a)
-    images, labels, _, kept = _sample(loader, 6, seed=9, indices=a, reader=None)
-    assert kept == a and torch.equal(labels, Squares(50).y[a])
-    assert torch.equal(torch.get_rng_state(), state)
-
-    images, labels, _, idx = _sample(DataLoader(Stream(), batch_size=4), 6, 0, None, None)
-    assert idx is None and images.shape[0] == 6
-    assert torch.equal(labels, squares(10, 5)[1][:6])
-    assert torch.equal(torch.get_rng_state(), state)
 
 
 class CliModule(Module):
@@ -596,7 +479,7 @@ def test_lightning_cli_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         "        class_names: [a, b, c, d]\n"
         "        mean: [0.5, 0.5, 0.5]\n"
         "        std: [0.25, 0.25, 0.25]\n"
-        "        batch_reader: lightning_vitrcam.callback.default_batch_reader\n"
+        "        batch_reader: lightning_vitrcam.probes.default_batch_reader\n"
         "        hotspot_threshold: null\n"
     )
     cli = LightningCLI(

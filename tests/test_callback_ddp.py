@@ -15,14 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent(
     """
-    import json, os, sys
+    import json, os
     import torch
     torch.set_num_threads(1)
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
     from torch.utils.data import DataLoader
-    sys.path.insert(0, os.environ["VITRCAM_TESTS"])
-    from test_callback import Module, Squares
+    from tests.helpers import Module, Squares
     import lightning_vitrcam.loggers as vlog
     from lightning_vitrcam import ViTReciproCAMCallback
 
@@ -71,7 +70,6 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     env = dict(
         os.environ,
         VITRCAM_OUT=str(tmp_path),
-        VITRCAM_TESTS=str(ROOT / "tests"),
         PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         OMP_NUM_THREADS="1",
     )

@@ -1,0 +1,117 @@
+"""Models, data and Lightning modules shared by the tests (imported as ``tests.helpers``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from lightning_vitrcam.demo import coloured_squares
+
+
+def make_vit(seed: int = 0, head_scale: float = 3.0, **kwargs: Any) -> nn.Module:
+    """A tiny random timm ViT whose scores depend on the input.
+
+    timm's init (std 0.02) gives near-uniform attention and a flat softmax, so weights are
+    re-drawn at unit gain and the head scaled: every token then moves the score measurably
+    while the softmax stays far from saturation.
+    """
+    cfg = dict(img_size=32, patch_size=8, num_classes=5, depth=2, embed_dim=32, num_heads=2)
+    cfg.update(kwargs)
+    name = cfg.pop("name", "vit_tiny_patch16_224")
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, **cfg)
+    with torch.no_grad():
+        for name_, p in model.named_parameters():
+            if p.dim() >= 2 and "embed" not in name_ and "token" not in name_:
+                p.normal_(0, p.shape[-1] ** -0.5)
+            elif "pos_embed" in name_ or "token" in name_:
+                p.normal_(0, 0.5)
+        for head in ("head", "head_dist"):
+            if isinstance(getattr(model, head, None), nn.Linear):
+                getattr(model, head).weight.mul_(head_scale)
+    return model.eval()
+
+
+def train_vit(model: nn.Module, steps: int = 40, seed: int = 0) -> nn.Module:
+    """A few Adam steps on the coloured-squares task so saliency means something (restores
+    the RNG)."""
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    size = model.patch_embed.img_size[0]
+    model.train()
+    for step in range(steps):
+        images, labels, _ = coloured_squares(32, seed=seed * 1000 + step, size=size)
+        loss = F.cross_entropy(model(images), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval().zero_grad(set_to_none=True)
+    torch.set_rng_state(state)
+    return model
+
+
+class Squares(Dataset):
+    """:func:`coloured_squares` (16-pixel squares by default) as a dataset of several layouts."""
+
+    def __init__(self, n: int, seed: int = 0, layout: str = "dict", **kwargs: Any) -> None:
+        kwargs.setdefault("side", 16)
+        self.x, self.y, self.m = coloured_squares(n, seed, **kwargs)
+        self.layout = layout
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> Any:
+        if self.layout == "dict":
+            return {"image": self.x[i], "label": self.y[i], "mask": self.m[i]}
+        if self.layout == "tuple":
+            return self.x[i], self.y[i]
+        if self.layout == "odd":
+            return {"pixels": self.x[i], "cls": self.y[i]}
+        return self.x[i]  # "image": images only
+
+
+class TrainOnly(L.LightningModule):
+    """A classifier around ``self.model`` (a tiny timm ViT by default, dropout on)."""
+
+    def __init__(self, model: nn.Module | None = None, lr: float = 1e-3, **vit: Any) -> None:
+        super().__init__()
+        cfg = dict(num_classes=4, depth=1, embed_dim=32, num_heads=2, drop_rate=0.2)
+        cfg.update(vit)
+        self.model = (model if model is not None else make_vit(**cfg)).train()
+        self.lr = lr
+        self.steps = 0
+
+    @staticmethod
+    def _xy(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(batch, dict):
+            return batch.get("image", batch.get("pixels")), batch.get("label", batch.get("cls"))
+        return batch[0], batch[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.steps += 1
+        x, y = self._xy(batch)
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class Module(TrainOnly):
+    """:class:`TrainOnly` with a validation step."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if isinstance(batch, torch.Tensor):
+            return
+        x, y = self._xy(batch)
+        self.log("val_loss", F.cross_entropy(self(x), y))
