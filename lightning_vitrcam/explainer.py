@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from lightning_vitrcam._ops import minmax
-from lightning_vitrcam.adapters import Copies, build_adapter, unwrap_model
+from lightning_vitrcam._ops import minmax, safe_div
+from lightning_vitrcam.adapters import Copies, MaskSite, build_adapter, unwrap_model
 from lightning_vitrcam.adapters.base import _pair, hooked
 from lightning_vitrcam.fast_path import FastPath, fast_path_blocker
 from lightning_vitrcam.masks import KERNELS, window_weights
@@ -56,6 +57,11 @@ TargetsLike = None | int | Sequence[int] | torch.Tensor
 class ReciproCAMResult:
     """What :class:`ViTReciproCAM` returns for a batch of ``B`` images on an ``h x w`` grid.
 
+    The maps are min-max normalised from the copies' log-odds in float64, not from the rounded
+    probabilities, so they stay exact where a confident model's float32 softmax rounds to 1.0
+    for every copy (``scores`` then shows 1.0 everywhere while ``maps`` and ``score_range`` keep
+    the exact differences).
+
     Attributes:
         maps: ``[B, h, w]`` float32 saliency in [0, 1], min-max normalised per image
             (a constant score vector gives an all-zero map).
@@ -66,6 +72,12 @@ class ReciproCAMResult:
         probs: ``[B]`` target-class score of the unmasked images (same score function).
         grid_size: ``(h, w)``.
         fast_path: whether the exact fast path computed this result.
+        score_range: ``[B]`` max minus min of each image's raw copy scores, computed exactly
+            (what min-max normalisation divides by), in float64 (float32 on MPS) so that the
+            tiny ranges of a saturated softmax do not underflow.
+        log_odds_range: ``[B]`` max minus min over the copies of the target's log-odds
+            ``log(p / (1 - p))`` (the logit itself for ``score="logit"``): how much masking
+            moves the model's evidence, whatever the saturation of the probability.
     """
 
     maps: torch.Tensor
@@ -75,6 +87,8 @@ class ReciproCAMResult:
     probs: torch.Tensor
     grid_size: tuple[int, int]
     fast_path: bool
+    score_range: torch.Tensor
+    log_odds_range: torch.Tensor
 
 
 @contextlib.contextmanager
@@ -92,6 +106,38 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 def normalize_scores(scores: torch.Tensor) -> torch.Tensor:
     """Min-max normalise ``[B, n]`` scores per row into [0, 1]; a constant row gives zeros."""
     return minmax(scores, dim=1)
+
+
+def _exact_dtype(device: torch.device) -> torch.dtype:
+    # MPS has no float64; everywhere else the copies' evidence is kept in float64
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _spread_of_probabilities(log_odds: torch.Tensor) -> torch.Tensor:
+    """``p - min(p)`` per row for ``p = sigmoid(log_odds)``, without cancellation: rows that
+    reach above 1/2 are measured from the top (``1 - p`` is exact there, ``p`` is not)."""
+    p, q = log_odds.sigmoid(), (-log_odds).sigmoid()
+    upper = log_odds.amax(dim=1, keepdim=True) > 0
+    return torch.where(upper, q.amax(dim=1, keepdim=True) - q, p - p.amin(dim=1, keepdim=True))
+
+
+@contextlib.contextmanager
+def _float32_heads(heads: Sequence[nn.Module], device_type: str) -> Iterator[None]:
+    """Under autocast, recompute the classifier(s) in float32: bf16/fp16 logits (8-11 bit
+    mantissas) would round away the copies' score differences."""
+    if not heads or not torch.is_autocast_enabled(device_type):
+        yield
+        return
+
+    def full_precision(m: nn.Module, args: tuple[Any, ...], _out: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, enabled=False):
+            bias = None if m.bias is None else m.bias.float()
+            return F.linear(args[0].float(), m.weight.float(), bias)
+
+    with contextlib.ExitStack() as stack:
+        for head in heads:
+            stack.enter_context(hooked(head, post=full_precision))
+        yield
 
 
 class ViTReciproCAM:
@@ -170,7 +216,8 @@ class ViTReciproCAM:
             )
         self.target_block_index = target_block % n_blocks
         self.block = self.adapter.blocks[self.target_block_index]
-        self.norm1 = self.adapter.first_norm(self.block)
+        self.mask_site: MaskSite = self.adapter.mask_site(self.block)
+        self.norm1 = self.mask_site.module
         self.block_name = self.adapter.block_name(self.target_block_index)
         self.num_prefix_tokens = self.adapter.num_prefix_tokens
         if self._fixed_grid is None and self.adapter.patch_size is None:
@@ -223,29 +270,60 @@ class ViTReciproCAM:
                 " with images.to(device)"
             )
         h, w = self.grid_size((int(images.shape[-2]), int(images.shape[-1])))
-        with torch.no_grad(), eval_mode(self.model):
+        heads = self.adapter.classifiers()
+        with torch.no_grad(), eval_mode(self.model), _float32_heads(heads, images.device.type):
             if self._fast is not None:
                 shared, logits = self._fast.prepare(images, self.num_prefix_tokens)
                 self._check_tokens(shared.x.shape[1], h, w)
                 tgt = self._targets(targets, self._check_logits(logits))
-                scores = self._fast.scores(shared, tgt, h, w, self.kernel, self._target_scores)
+                evidence = self._fast.scores(shared, tgt, h, w, self.kernel, self._evidence)
             else:
-                logits, scores, tgt = self._general(images, targets, h, w)
-        probs = self._target_scores(logits, tgt)
+                logits, evidence, tgt = self._general(images, targets, h, w)
+        return self._result(logits, evidence, tgt, (h, w))
+
+    def _result(
+        self,
+        logits: torch.Tensor,
+        evidence: torch.Tensor,
+        tgt: torch.Tensor,
+        grid: tuple[int, int],
+    ) -> ReciproCAMResult:
+        """Scores, exact maps and ranges from the copies' evidence (see :meth:`_evidence`)."""
+        out_dtype = torch.promote_types(logits.dtype, torch.float32)
+        unmasked = self._evidence(logits, tgt)
+        log_odds_range = evidence.amax(dim=1) - evidence.amin(dim=1)
+        if self.score == "logit":
+            spread = evidence - evidence.amin(dim=1, keepdim=True)
+            scores, probs = evidence, unmasked
+        else:
+            spread = _spread_of_probabilities(evidence)
+            scores, probs = evidence.sigmoid(), unmasked.sigmoid()
+        score_range = spread.amax(dim=1)
+        maps = safe_div(spread, score_range[:, None])
         return ReciproCAMResult(
-            maps=normalize_scores(scores).reshape(-1, h, w).float(),
-            scores=scores,
+            maps=maps.reshape(-1, *grid).float(),
+            scores=scores.to(out_dtype),
             targets=tgt,
             logits=logits,
-            probs=probs,
-            grid_size=(h, w),
+            probs=probs.to(out_dtype),
+            grid_size=grid,
             fast_path=self.fast_path,
+            score_range=score_range,
+            log_odds_range=log_odds_range.to(out_dtype),
         )
 
     # ------------------------------------------------------------------ shared pieces
-    def _target_scores(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The score of each row's target class."""
-        return self.score_fn(logits).gather(1, targets[:, None]).squeeze(1)
+    def _evidence(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each row's evidence for its target class, in float64: the log-odds ``log(p/(1-p))``
+        of the softmax (``z_t - logsumexp of the other logits``) or sigmoid (``z_t``)
+        probability, or the logit itself for ``score="logit"``. The probability is
+        ``sigmoid`` of it; unlike the probability it never rounds to a constant."""
+        z = logits.to(_exact_dtype(logits.device))
+        target = z.gather(1, targets[:, None]).squeeze(1)
+        if self.score != "softmax":
+            return target
+        others = z.scatter(1, targets[:, None], float("-inf"))
+        return target - others.logsumexp(dim=1)
 
     def _targets(self, targets: TargetsLike, logits: torch.Tensor) -> torch.Tensor:
         B, C = logits.shape
@@ -305,17 +383,25 @@ class ViTReciproCAM:
         )
         chunk: dict[str, torch.Tensor] = {}
 
-        def mask_output(_m: nn.Module, _args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
-            return out * chunk["weight"].to(out.dtype).unsqueeze(-1)
+        def mask(t: torch.Tensor) -> torch.Tensor:
+            return t * chunk["weight"].to(t.dtype).unsqueeze(-1)
 
-        scores = []
+        def mask_output(_m: nn.Module, _args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
+            return mask(out)
+
+        def mask_input(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (mask(args[0]),) + tuple(args[1:])
+
+        site = self.mask_site
+        hook = dict(pre=mask_input) if site.on_input else dict(post=mask_output)
+        evidence = []
         total = B * n
-        with hooked(self.norm1, post=mask_output):
+        with hooked(site.module, **hook):
             for start in range(0, total, self.max_batch):
                 stop = min(start + self.max_batch, total)
                 ids = torch.arange(start, stop, device=device)
                 chunk["weight"] = weights[ids % n]
                 copies = Copies(rows=ids // n, first=start // n, stop=(stop - 1) // n + 1)
                 out = self.adapter.tail(self.target_block_index, self.block, x, images, copies)
-                scores.append(self._target_scores(self._check_logits(out), tgt[copies.rows]))
-        return logits, torch.cat(scores).reshape(B, n), tgt
+                evidence.append(self._evidence(self._check_logits(out), tgt[copies.rows]))
+        return logits, torch.cat(evidence).reshape(B, n), tgt

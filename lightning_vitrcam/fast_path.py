@@ -170,7 +170,7 @@ class FastPath:
         target_scores: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
         """``[B, h*w]`` target scores of every copy; ``target_scores(logits, targets)`` reads
-        the score of each row's target class."""
+        the score (or the explainer's evidence) of each row's target class."""
         x, qk, qb, v0, vb, gate = shared.x, shared.qk, shared.qb, shared.v0, shared.vb, shared.gate
         P, acc = shared.num_prefix_tokens, shared.acc
         B, T, _ = x.shape
@@ -218,12 +218,16 @@ class FastPath:
         """
         blk, attn, m = self.block, self.block.attn, self.model
         B, H, N, P, d = attn_out.shape
-        out = attn_out.permute(0, 2, 3, 1, 4).reshape(B, N, P, H * d).to(x_pre.dtype)
-        out = attn.norm(out)
-        if gate is not None:
-            out = out * gate[:, None]
-        out = attn.proj_drop(attn.proj(out))
-        y = x_pre[:, None] + blk.drop_path1(blk.ls1(out))
-        y = y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))
-        y = m.norm(y.reshape(B * N, P, -1))
-        return m.forward_head(y).reshape(B, N, -1)
+        # the few prefix rows per copy run in the parameters' own precision, outside autocast:
+        # low-precision logits would round away the copies' score differences
+        dtype = attn.proj.weight.dtype
+        with torch.autocast(x_pre.device.type, enabled=False):
+            out = attn_out.permute(0, 2, 3, 1, 4).reshape(B, N, P, H * d).to(dtype)
+            out = attn.norm(out)
+            if gate is not None:
+                out = out * gate[:, None].to(dtype)
+            out = attn.proj_drop(attn.proj(out))
+            y = x_pre[:, None].to(dtype) + blk.drop_path1(blk.ls1(out))
+            y = y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))
+            y = m.norm(y.reshape(B * N, P, -1))
+            return m.forward_head(y).reshape(B, N, -1)

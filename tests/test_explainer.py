@@ -183,6 +183,24 @@ def test_scores_logit_and_sigmoid():
     torch.testing.assert_close(lg.scores, gl.scores, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("fast", [None, False])
+def test_saturated_softmax_maps_equal_the_float64_maps(fast):
+    # a sharpened head saturates the float32 softmax: every copy's score rounds to 1.0
+    model = make_vit(head_scale=100.0)
+    images = _images(model, batch=4)
+    low = ViTReciproCAM(model, fast_path=fast)(images)
+    exact = ViTReciproCAM(copy.deepcopy(model).double(), fast_path=fast)(images.double())
+    saturated = (low.scores == 1.0).all(dim=1)
+    assert int(saturated.sum()) >= 2
+    for a, b in zip(low.maps[saturated], exact.maps[saturated], strict=True):
+        assert float(a.max()) == 1.0  # a real map, not the all-zero map of a constant row
+        corr = torch.corrcoef(torch.stack([a.flatten(), b.float().flatten()]))[0, 1]
+        assert corr >= 0.99, float(corr)
+    # the range the normalisation divides by is exact too (relative to the float64 model's)
+    torch.testing.assert_close(low.score_range, exact.score_range, rtol=1e-3, atol=0)
+    assert bool((low.log_odds_range[saturated] > 1.0).all())
+
+
 def test_constant_scores_give_zero_maps_not_nan():
     model = make_vit()
     with torch.no_grad():

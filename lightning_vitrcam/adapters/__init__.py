@@ -23,6 +23,7 @@ from torch import nn
 from lightning_vitrcam.adapters import timm_vit as _timm_vit  # noqa: F401 - registers itself
 from lightning_vitrcam.adapters.base import (
     Copies,
+    MaskSite,
     ModelAdapter,
     adapter_class_for,
     register_adapter,
@@ -32,6 +33,7 @@ from lightning_vitrcam.adapters.generic import TargetLayerAdapter, TimmStyleAdap
 
 __all__ = [
     "Copies",
+    "MaskSite",
     "ModelAdapter",
     "TargetLayerAdapter",
     "TimmStyleAdapter",

@@ -19,6 +19,7 @@ from torch import nn
 
 __all__ = [
     "Copies",
+    "MaskSite",
     "ModelAdapter",
     "adapter_class_for",
     "register_adapter",
@@ -58,6 +59,17 @@ class Copies:
     rows: torch.Tensor
     first: int
     stop: int
+
+
+@dataclass(frozen=True)
+class MaskSite:
+    """Where ViT-ReciproCAM applies a copy's window weights: the output of ``module`` (a
+    pre-norm block's first norm, the paper's definition) or, with ``on_input=True``, the first
+    input of ``module`` (a post-norm block's attention: its input is what the paper masks, and
+    the residual stream stays unmasked)."""
+
+    module: nn.Module
+    on_input: bool = False
 
 
 @contextlib.contextmanager
@@ -106,6 +118,16 @@ class ModelAdapter:
     def first_norm(self, block: nn.Module) -> nn.Module:
         """The module whose output ViT-ReciproCAM masks (the block's first LayerNorm)."""
         return block.norm1
+
+    def mask_site(self, block: nn.Module) -> MaskSite:
+        """Where the copies of ``block`` are masked: the output of its first norm."""
+        return MaskSite(self.first_norm(block))
+
+    def classifiers(self) -> list[nn.Module]:
+        """The model's final linear layer(s): under autocast the explainer recomputes them in
+        float32, because low-precision logits round away the copies' score differences."""
+        head = getattr(self.model, "head", None)
+        return [head] if isinstance(head, nn.Linear) else []
 
     def block_name(self, index: int) -> str:
         return f"blocks.{index}"

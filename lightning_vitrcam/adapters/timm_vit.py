@@ -30,6 +30,10 @@ class TimmViTAdapter(TimmStyleAdapter):
             and cls.forward_features is VisionTransformer.forward_features
         )
 
+    def classifiers(self) -> list[nn.Module]:
+        heads = [getattr(self.model, name, None) for name in ("head", "head_dist")]
+        return [h for h in heads if isinstance(h, nn.Linear)]
+
     def tail(
         self,
         block_index: int,
