@@ -34,7 +34,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from lightning_vitrcam.adapters import find_vit
 from lightning_vitrcam.explainer import ReciproCAMResult, ViTReciproCAM
 from lightning_vitrcam.loggers import log_pictures, log_scalars
-from lightning_vitrcam.metrics import ADCC, ADCC_KEYS, probe_signals
+from lightning_vitrcam.metrics import ADCC, ADCC_KEYS, FLAT_LOG_ODDS, flat_maps, probe_signals
 from lightning_vitrcam.normalization import resolve_mean_std
 from lightning_vitrcam.probes import HOW_TO_READ, Probes, sample_probes, validation_loader
 from lightning_vitrcam.render import (
@@ -46,7 +46,48 @@ from lightning_vitrcam.render import (
 )
 from lightning_vitrcam.shortcut import PossibleShortcutWarning, shortcut_message
 
-__all__ = ["PossibleShortcutWarning", "ViTReciproCAMCallback"]
+__all__ = ["ExplanationSkippedWarning", "PossibleShortcutWarning", "ViTReciproCAMCallback"]
+
+
+class ExplanationSkippedWarning(UserWarning):
+    """An evaluation failed after setup and was skipped; training went on."""
+
+
+class _Skip(Exception):
+    """Why an evaluation is skipped, and what the user can do about it."""
+
+    def __init__(self, cause: str, remedy: str) -> None:
+        super().__init__(cause)
+        self.cause, self.remedy = cause, remedy
+
+    @classmethod
+    def of(cls, err: BaseException) -> _Skip:
+        if isinstance(err, _Skip):
+            return err
+        return cls(
+            f"{type(err).__name__}: {err}",
+            "this is a bug or an unsupported setup; please report it with the traceback above"
+            " the warning (run with the callback's evaluation outside fit to see it)",
+        )
+
+    def message(self, epoch: int, step: int) -> str:
+        return (
+            f"ViTReciproCAMCallback: the evaluation at epoch {epoch} (step {step}) was skipped:"
+            f" {self.cause}. {self.remedy[0].upper()}{self.remedy[1:]}. Training continues."
+        )
+
+
+@dataclass
+class _Outcome:
+    """What one evaluation computed (tensors on the training device)."""
+
+    images: torch.Tensor
+    primary: ReciproCAMResult
+    pred: ReciproCAMResult | None
+    true: ReciproCAMResult | None
+    values: dict[str, float]
+    mean_map: torch.Tensor
+    flat: torch.Tensor
 
 
 @dataclass
@@ -119,6 +160,9 @@ class ViTReciproCAMCallback(Callback):
         seed: seed of the probe sample.
         log_images: log pictures (scalars are logged either way).
         timeline_columns: at most this many evaluations, evenly spaced, per timeline row.
+        flat_threshold: a probe's map is "flat" (no signal: marked in its caption, left out of
+            the mean-map signals) when masking any window moves the predicted class's
+            log-odds by less than this (see :func:`~lightning_vitrcam.metrics.flat_maps`).
 
     Example:
         >>> cb = ViTReciproCAMCallback(num_images=4, every_n_steps=100, class_names=["a", "b"])
@@ -148,6 +192,7 @@ class ViTReciproCAMCallback(Callback):
         seed: int = 0,
         log_images: bool = True,
         timeline_columns: int = 8,
+        flat_threshold: float = FLAT_LOG_ODDS,
     ) -> None:
         super().__init__()
         for name, value in (("num_images", num_images), ("timeline_columns", timeline_columns)):
@@ -180,7 +225,11 @@ class ViTReciproCAMCallback(Callback):
         self.seed = seed
         self.log_images = log_images
         self.timeline_columns = timeline_columns
+        self.flat_threshold = flat_threshold
 
+        self._vit: torch.nn.Module | None = None
+        self._device = torch.device("cpu")
+        self._flat_hinted = False
         self._cam: ViTReciproCAM | None = None
         self._adcc: ADCC | None = None
         self._probe: Probes | None = None
@@ -217,8 +266,9 @@ class ViTReciproCAMCallback(Callback):
     # ------------------------------------------------------------------ setup
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         name, vit = find_vit(pl_module, self.model_attr)
+        self._vit, self._device = vit, pl_module.device
         try:
-            self._cam = ViTReciproCAM(vit, self.target_block, self.kernel, max_batch=self.max_batch)
+            self._build_explainer()
         except ValueError as err:
             where = f"pl_module.{name}" if name else type(pl_module).__name__
             raise ValueError(
@@ -232,11 +282,15 @@ class ViTReciproCAMCallback(Callback):
             self.class_names = [str(c) for c in datamodule_names]
         self._probe = self._read_probes(trainer, pl_module).to(pl_module.device)
         self._check_setup(trainer)
+
+    def _build_explainer(self) -> None:
+        """The explainer (and the ADCC metric that calls it) at the current ``max_batch``."""
+        self._cam = ViTReciproCAM(
+            self._vit, self.target_block, self.kernel, max_batch=self.max_batch
+        )
         # every rank explains the same probes, so the ADCC states agree without a sync
         self._adcc = (
-            ADCC(self._cam, sync_on_compute=False).to(pl_module.device)
-            if self.compute_adcc
-            else None
+            ADCC(self._cam, sync_on_compute=False).to(self._device) if self.compute_adcc else None
         )
 
     def _read_probes(self, trainer: Trainer, pl_module: LightningModule) -> Probes:
@@ -329,7 +383,7 @@ class ViTReciproCAMCallback(Callback):
         # self.log is not allowed here: the loggers get the final values directly
         self._evaluate(trainer, pl_module, via_module_log=False)
         if self.log_images and trainer.is_global_zero:
-            self._log_timeline(trainer)
+            self._write(trainer, lambda: self._log_timeline(trainer))
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # keep the probes for timeline_images() but release the device memory
@@ -361,18 +415,29 @@ class ViTReciproCAMCallback(Callback):
         assert primary is not None
         return primary, pred, true
 
-    def _evaluate(self, trainer: Trainer, pl_module: LightningModule, via_module_log: bool) -> None:
+    def _measure(self, trainer: Trainer) -> _Outcome:
+        """Every tensor computation of one evaluation: explanations, signals, ADCC."""
         probe = self._probe
-        step, epoch = trainer.global_step, trainer.current_epoch
-        if probe is None or (self._history and self._history[-1].step == step):
-            return
+        assert probe is not None
         previous = self._history[-1] if self._history else None
         with self._explaining(trainer):
             images = self._input(trainer, probe.images)
             primary, pred, true = self._explain(images, probe.labels)
+            bad = ~torch.isfinite(primary.logits)
+            if bool(bad.any()):
+                nan = int(torch.isnan(primary.logits).sum())
+                raise _Skip(
+                    f"the model's logits on the probe images contain {nan} NaN and"
+                    f" {int(bad.sum()) - nan} inf values",
+                    "the model has probably diverged: lower the learning rate, clip gradients"
+                    " or check the loss",
+                )
+            flat = flat_maps(primary.log_odds_range, self.flat_threshold)
             stats, mean_map = probe_signals(
-                primary.maps, probe.masks, None if previous is None else previous.maps
+                primary.maps, probe.masks, None if previous is None else previous.maps, ~flat
             )
+            stats["score_range"] = primary.score_range.median().to(mean_map.dtype)
+            stats["flat_maps"] = flat.float().mean()
             if self._adcc is not None:
                 self._adcc.update(images, result=primary)
                 parts = self._adcc.compute()
@@ -382,6 +447,49 @@ class ViTReciproCAMCallback(Callback):
         values = dict(zip(stats, torch.stack(list(stats.values())).float().tolist(), strict=True))
         if "adcc" in values and previous is not None and previous.adcc is not None:
             values["adcc_delta"] = values["adcc"] - previous.adcc
+        return _Outcome(images, primary, pred, true, values, mean_map, flat)
+
+    def _measure_safely(self, trainer: Trainer) -> tuple[_Outcome | None, _Skip | None]:
+        """:meth:`_measure`, turning any failure into a :class:`_Skip`; out of memory halves
+        ``max_batch`` and retries once."""
+        try:
+            return self._measure(trainer), None
+        except torch.OutOfMemoryError:
+            before = self.max_batch
+            self._release_memory()
+            self.max_batch = max(1, before // 2)
+            self._build_explainer()
+            try:
+                return self._measure(trainer), None
+            except torch.OutOfMemoryError:
+                self._release_memory()
+                return None, _Skip(
+                    f"out of memory with max_batch={before} and again with {self.max_batch}",
+                    "lower max_batch or num_images, or explain less often",
+                )
+            except Exception as err:  # noqa: BLE001 - a monitor never ends a run
+                return None, _Skip.of(err)
+        except Exception as err:  # noqa: BLE001 - a monitor never ends a run
+            return None, _Skip.of(err)
+
+    def _release_memory(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _evaluate(self, trainer: Trainer, pl_module: LightningModule, via_module_log: bool) -> None:
+        step, epoch = trainer.global_step, trainer.current_epoch
+        if self._probe is None or (self._history and self._history[-1].step == step):
+            return
+        outcome, skip = self._measure_safely(trainer)
+        # every rank must take the same branch: a rank that logs with sync_dist while another
+        # skips would wait forever
+        if not trainer.strategy.reduce_boolean_decision(skip is None, all=True):
+            skip = skip or _Skip("another process failed", "see that process's warning")
+            rank_zero_warn(skip.message(epoch, step), category=ExplanationSkippedWarning)
+            return
+        assert outcome is not None
+        values = outcome.values
+        primary = outcome.primary
         self._history.append(
             _Evaluation(epoch, step, primary.maps.to("cpu", torch.float16), values.get("adcc"))
         )
@@ -393,27 +501,51 @@ class ViTReciproCAMCallback(Callback):
             # Lightning from warning about unsynced epoch-level values under DDP.
             for key, value in scalars.items():
                 pl_module.log(key, value, logger=False, sync_dist=True)
-        log_scalars(trainer, scalars, step, epoch)
         if not trainer.is_global_zero:
             return
+        self._hint_flat(outcome.flat)
         message = shortcut_message(
-            values, mean_map, epoch, step, self.hotspot_threshold, self.energy_threshold
+            values, outcome.mean_map, epoch, step, self.hotspot_threshold, self.energy_threshold
         )
         if message is not None:
             rank_zero_warn(message, category=PossibleShortcutWarning)
+        self._write(trainer, lambda: log_scalars(trainer, scalars, step, epoch))
         if self.log_images:
-            log_pictures(trainer, self._pictures(images, pred, true, values, mean_map), step)
+            self._write(trainer, lambda: log_pictures(trainer, self._pictures(outcome), step))
+
+    def _write(self, trainer: Trainer, write: Callable[[], Any]) -> None:
+        """Run a logger call; a logger that fails costs one warning, never the run."""
+        try:
+            write()
+        except Exception as err:  # noqa: BLE001 - a monitor never ends a run
+            names = ", ".join(type(lg).__name__ for lg in trainer.loggers) or "no logger"
+            rank_zero_warn(
+                f"ViTReciproCAMCallback: writing to the loggers ({names}) failed:"
+                f" {type(err).__name__}: {err}; check the logger's configuration (its"
+                " directory, credentials, connection). Training continues.",
+                category=ExplanationSkippedWarning,
+            )
+
+    def _hint_flat(self, flat: torch.Tensor) -> None:
+        """Once per run: say what to try when most probe maps carry no signal."""
+        share = float(flat.float().mean())
+        if self._flat_hinted or share <= 0.5:
+            return
+        self._flat_hinted = True
+        rank_zero_warn(
+            f"ViTReciproCAMCallback: {share:.0%} of the probe maps are flat: masking any window"
+            f" of block {self.target_block} moves the predicted class's log-odds by less than"
+            f" {self.flat_threshold:g}, so those maps are marked 'flat' and left out of the"
+            " mean-map signals. This is normal for an untrained model; if it persists, explain"
+            " an earlier block (target_block=-2 is the authors' default) or check that the"
+            " model's prediction depends on the image at all.",
+        )
 
     # ------------------------------------------------------------------ pictures
-    def _pictures(
-        self,
-        images: torch.Tensor,
-        pred: ReciproCAMResult | None,
-        true: ReciproCAMResult | None,
-        values: dict[str, float],
-        mean_map: torch.Tensor,
-    ) -> list[Picture]:
+    def _pictures(self, outcome: _Outcome) -> list[Picture]:
         probe, (mean, std) = self._probe, self._mean_std  # type: ignore[misc]
+        images, pred, true = outcome.images, outcome.pred, outcome.true
+        values, mean_map = outcome.values, outcome.mean_map
         assert probe is not None and pred is not None
         grid = saliency_picture(
             "vitrcam/saliency_grid",
@@ -428,7 +560,12 @@ class ViTReciproCAMCallback(Callback):
             std=std,
             cmap=self.cmap,
         )
-        title = f"mean saliency, hotspot x{values['hotspot_ratio']:.1f}"
+        ratio = values.get("hotspot_ratio")
+        title = (
+            "mean saliency: all maps flat"
+            if ratio is None
+            else f"mean saliency, hotspot x{ratio:.1f}"
+        )
         return [
             grid,
             Picture("vitrcam/mean_saliency", heatmap(mean_map, cmap=self.cmap, title=title)),

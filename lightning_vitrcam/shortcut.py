@@ -38,8 +38,8 @@ def shortcut_message(
     """The warning for one evaluation's ``values`` (``hotspot_ratio`` and, with masks,
     ``energy_in_mask``), or None when no threshold is crossed."""
     reasons = []
-    ratio, energy = values["hotspot_ratio"], values.get("energy_in_mask")
-    if hotspot_threshold is not None and ratio > hotspot_threshold:
+    ratio, energy = values.get("hotspot_ratio"), values.get("energy_in_mask")
+    if hotspot_threshold is not None and ratio is not None and ratio > hotspot_threshold:
         reasons.append(f"hotspot ratio {ratio:.2f} > {hotspot_threshold}")
     if energy_threshold is not None and energy is not None and energy < energy_threshold:
         reasons.append(f"energy in the object masks {energy:.2f} < {energy_threshold}")

@@ -19,7 +19,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_vitrcam import PossibleShortcutWarning, ViTReciproCAMCallback
+from lightning_vitrcam import (
+    ExplanationSkippedWarning,
+    PossibleShortcutWarning,
+    ViTReciproCAMCallback,
+)
 from lightning_vitrcam.adapters import find_vit
 from lightning_vitrcam.demo import SQUARE_COLOURS, coloured_squares
 from lightning_vitrcam.metrics import map_drift
@@ -424,20 +428,30 @@ def test_compiled_vit_and_model_attr(tmp_path: Path) -> None:
 
 def test_bf16_mixed_explains_under_autocast(tmp_path: Path) -> None:
     module = Module()
-    seen: list[tuple[int, bool, torch.dtype]] = []
+    seen: dict[str, list[tuple[int, bool, torch.dtype]]] = {"embed": [], "head": []}
 
-    def spy(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        if not torch.is_grad_enabled():
-            seen.append((args[0].shape[0], torch.is_autocast_enabled("cpu"), out.dtype))
+    def spy(name: str):
+        def hook(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            if not torch.is_grad_enabled():
+                seen[name].append((args[0].shape[0], torch.is_autocast_enabled("cpu"), out.dtype))
 
-    handle = module.model.head.register_forward_hook(spy)
+        return hook
+
+    handles = [
+        module.model.patch_embed.proj.register_forward_hook(spy("embed")),
+        module.model.head.register_forward_hook(spy("head")),
+    ]
     cb = ViTReciproCAMCallback(num_images=2, every_n_epochs=None, log_images=False)
     fit(module, [cb], tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0,
         precision="bf16-mixed")  # fmt: skip
-    handle.remove()
-    # the masked copies: 2 probes x 16 tokens through the head in one pass, autocast to bf16
-    copies = [s for s in seen if s[0] == 2 * 16]
-    assert copies and all(on and dtype == torch.bfloat16 for _, on, dtype in copies)
+    for handle in handles:
+        handle.remove()
+    # the explanation runs under the trainer's autocast (the shared forward in bf16) ...
+    assert seen["embed"] and all(on and dt == torch.bfloat16 for _, on, dt in seen["embed"])
+    # ... but the masked copies (2 probes x 16 tokens) reach the head in float32: bf16 logits
+    # would round away the copies' score differences
+    copies = [s for s in seen["head"] if s[0] == 2 * 16]
+    assert copies and all(dtype == torch.float32 for _, _, dtype in copies)
     assert torch.isfinite(cb.history[-1]["maps"].float()).all()
 
 
@@ -489,3 +503,83 @@ def test_lightning_cli_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert (cb.num_images, cb.every_n_steps, cb.explain) == (8, 50, "both")
     assert cb.class_names == list("abcd") and cb.std == [0.25] * 3
     assert cb.batch_reader is default_batch_reader and cb.hotspot_threshold is None
+
+
+# --------------------------------------------------------------------------- never harm the run
+class Poison(Callback):
+    """Before each validation: makes the head return NaN (a diverged model)."""
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        with torch.no_grad():
+            pl_module.model.head.bias.fill_(float("nan"))
+
+
+def test_diverged_model_warns_and_skips_without_ending_the_run(tmp_path: Path) -> None:
+    cb = ViTReciproCAMCallback(num_images=2, log_images=False)
+    with pytest.warns(ExplanationSkippedWarning, match=r"skipped: the model's logits .* NaN"):
+        trainer = fit(Module(), [Poison(), cb], tmp_path, max_epochs=2)
+    assert trainer.current_epoch == 2 and cb.history == []  # trained on, nothing recorded
+
+
+def test_out_of_memory_halves_max_batch_and_retries_once(tmp_path, monkeypatch) -> None:
+    from lightning_vitrcam.explainer import ViTReciproCAM
+
+    original, calls = ViTReciproCAM.__call__, []
+
+    def flaky(self, images, targets=None):
+        calls.append(self.max_batch)
+        if len(calls) == 2:  # the first explanation after the setup's dry run
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, images, targets)
+
+    monkeypatch.setattr(ViTReciproCAM, "__call__", flaky)
+    cb = ViTReciproCAMCallback(num_images=2, log_images=False, compute_adcc=False, max_batch=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExplanationSkippedWarning)
+        fit(Module(), [cb], tmp_path, max_epochs=1)
+    assert calls[:3] == [64, 64, 32] and cb.max_batch == 32 and len(cb.history) == 1
+
+    calls.clear()
+
+    def always(self, images, targets=None):  # only the setup's dry run succeeds
+        calls.append(self.max_batch)
+        if len(calls) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, images, targets)
+
+    monkeypatch.setattr(ViTReciproCAM, "__call__", always)
+    cb = ViTReciproCAMCallback(num_images=2, log_images=False)
+    match = "out of memory with max_batch=128 and again with 64"
+    with pytest.warns(ExplanationSkippedWarning, match=match):
+        trainer = fit(Module(), [cb], tmp_path, max_epochs=1)
+    assert trainer.current_epoch == 1 and cb.history == []
+
+
+class BrokenLogger(CSVLogger):
+    """Fails on the callback's scalars only (Lightning's own logging would fail the run)."""
+
+    def log_metrics(self, metrics, step=None) -> None:
+        if any(key.startswith("vitrcam/") for key in metrics):
+            raise OSError("disk full (simulated)")
+        super().log_metrics(metrics, step)
+
+
+def test_failing_logger_warns_and_training_continues(tmp_path: Path) -> None:
+    cb = ViTReciproCAMCallback(num_images=2, log_images=False)
+    with pytest.warns(ExplanationSkippedWarning, match="BrokenLogger.*disk full"):
+        trainer = fit(Module(), [cb], tmp_path, max_epochs=2, logger=BrokenLogger(tmp_path))
+    assert trainer.current_epoch == 2 and len(cb.history) == 2
+
+
+def test_flat_maps_are_named_and_left_out_of_the_mean_map(tmp_path: Path) -> None:
+    module = Module(lr=0.0)
+    with torch.no_grad():
+        module.model.head.weight.zero_()  # logits do not depend on the image: every map is flat
+    cb = ViTReciproCAMCallback(num_images=3, compute_adcc=False)
+    with pytest.warns(UserWarning, match="100% of the probe maps are flat") as record:
+        fit(module, [cb], tmp_path, max_epochs=2, limit_train_batches=1)
+    assert sum("are flat" in str(w.message) for w in record) == 1  # said once per run
+    text = (tmp_path / "vitrcam" / "metrics.jsonl").read_text()
+    lines = [json.loads(x) for x in text.splitlines()]
+    assert all(x["vitrcam/flat_maps"] == 1.0 and x["vitrcam/score_range"] == 0.0 for x in lines)
+    assert not any("vitrcam/hotspot_ratio" in x for x in lines)  # no signal from flat maps
