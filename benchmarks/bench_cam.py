@@ -1,10 +1,16 @@
-"""Speed of ViT-ReciproCAM: plain forward vs the general path, the fast path and a literal
-implementation of the paper (per image, all h*w masked copies through the tail in one batch).
+"""Speed of ViT-ReciproCAM per model family: plain forward vs the fast path and the general path,
+and for timm a literal implementation of the paper (per image, all h*w masked copies through
+the tail in one batch).
 
-    python benchmarks/bench_cam.py                      # vit_base_patch16_224, batch 8, CPU fp32
-    python benchmarks/bench_cam.py --device cuda --batch 32 --amp bf16
+    python benchmarks/bench_cam.py                     # ViT-B/16: timm, torchvision, HF; CPU fp32
+    python benchmarks/bench_cam.py --families timm hf --device cuda --batch 32 --amp bf16
+    python benchmarks/bench_cam.py --quick             # tiny models (a smoke run, seconds)
 
-Prints ms/image, ratios and the general path's peak extra memory at the default max_batch.
+The ViT-B/16-sized configurations are timm ``vit_base_patch16_224``, torchvision ``vit_b_16``
+and HF ``ViTConfig()`` defaults (1000 classes each), 224x224 images. Prints one table with
+ms/image and the ratio to the plain forward for every family (and, for timm, how many times
+faster than the literal implementation each row is), the general path's peak extra memory for
+the first family and the largest fast/general score difference per family.
 Random weights: speed does not depend on them (no pretrained weights can be downloaded here).
 """
 
@@ -16,6 +22,8 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import timm
 import torch
@@ -23,12 +31,16 @@ import torch
 from lightning_vitrcam import ViTReciproCAM
 from lightning_vitrcam.masks import window_weights
 
+FAMILIES = ("timm", "torchvision", "hf")
+TINY = dict(image=32, patch=8, depth=2, width=32, heads=2, mlp=64, classes=10)
+
 
 def literal_reciprocam(
     model: torch.nn.Module, images: torch.Tensor, block: int = -1
 ) -> torch.Tensor:
-    """The paper as written: for each image, capture the target block's input with a full
-    forward, build its h*w masked norm1 copies, run them all through the tail in one batch."""
+    """The paper as written for a timm ViT: for each image, capture the target block's input
+    with a full forward, build its h*w masked norm1 copies, run them all through the tail in
+    one batch."""
     blocks = model.blocks
     idx = block % len(blocks)
     tgt = blocks[idx]
@@ -57,12 +69,70 @@ def literal_reciprocam(
     return torch.stack(maps)
 
 
+def build(family: str, quick: bool) -> tuple[torch.nn.Module, int, Callable[[Any], Any]]:
+    """``(model, image size, logits of an output)`` for a family, ViT-B/16 or tiny."""
+    t = TINY
+    if family == "timm":
+        kw = (
+            dict(
+                img_size=t["image"],
+                patch_size=t["patch"],
+                depth=t["depth"],
+                embed_dim=t["width"],
+                num_heads=t["heads"],
+                num_classes=t["classes"],
+            )
+            if quick
+            else {}
+        )
+        model = timm.create_model("vit_base_patch16_224", pretrained=False, **kw)
+        return model, model.patch_embed.img_size[0], lambda out: out
+    if family == "torchvision":
+        from torchvision.models import VisionTransformer, vit_b_16
+
+        if quick:
+            model = VisionTransformer(
+                image_size=t["image"],
+                patch_size=t["patch"],
+                num_layers=t["depth"],
+                num_heads=t["heads"],
+                hidden_dim=t["width"],
+                mlp_dim=t["mlp"],
+                num_classes=t["classes"],
+            )
+        else:
+            model = vit_b_16(weights=None)
+        # torchvision zero-initialises the head: every score would tie and the fast/general
+        # comparison below would be vacuous
+        torch.nn.init.normal_(model.heads.head.weight, std=0.02)
+        return model, model.image_size, lambda out: out
+    if family == "hf":
+        from transformers import ViTConfig, ViTForImageClassification
+
+        kw = (
+            dict(
+                image_size=t["image"],
+                patch_size=t["patch"],
+                num_hidden_layers=t["depth"],
+                hidden_size=t["width"],
+                num_attention_heads=t["heads"],
+                intermediate_size=t["mlp"],
+                num_labels=t["classes"],
+            )
+            if quick
+            else dict(num_labels=1000)
+        )
+        model = ViTForImageClassification(ViTConfig(**kw))
+        return model, model.config.image_size, lambda out: out.logits
+    raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def timed(fn, device: torch.device, repeats: int) -> float:
+def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
     fn()  # warm-up
     _sync(device)
     times = []
@@ -74,83 +144,112 @@ def timed(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="vit_base_patch16_224")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--slow-repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def _peak(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(
+    family: str, args: argparse.Namespace, batch: int, amp: Any, memory: bool
+) -> tuple[list[tuple[str, str, float, float, str]], list[str]]:
+    """Rows ``(family, computation, ms/image, x plain forward, literal / this)`` and notes."""
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = timm.create_model(args.model, pretrained=False).to(device).eval()
-    images = torch.randn(args.batch, 3, *model.patch_embed.img_size, device=device)
+    model, size, logits_of = build(family, args.quick)
+    model = model.to(device).eval()
+    images = torch.randn(batch, 3, size, size, device=device)
     fast = ViTReciproCAM(model)
     general = ViTReciproCAM(model, fast_path=False)
-    assert fast.fast_path and not general.fast_path
-    amp = (
-        torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16)
-        if args.amp != "none"
-        else contextlib.nullcontext()
-    )
+    if not fast.fast_path:
+        raise SystemExit(f"{family}: no fast path ({fast.fast_path_reason})")
 
-    def run(fn):
-        def call():
+    def run(fn: Callable[[], Any]) -> Callable[[], None]:
+        def call() -> None:
             with torch.no_grad(), amp:
                 fn()
 
         return call
 
+    notes = []
     results = {
-        "plain forward": timed(run(lambda: model(images)), device, args.repeats),
+        "plain forward": timed(run(lambda: logits_of(model(images))), device, args.repeats),
         "fast path": timed(run(lambda: fast(images)), device, args.repeats),
     }
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = _peak(device)
     results["general path"] = timed(run(lambda: general(images)), device, args.slow_repeats)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
-        peak_note = "CUDA max_memory_allocated above the resident model and inputs"
-    else:
-        # ru_maxrss only grows: the general path ran after the others, so this is its own
-        # growth of the process's high-water mark (a lower bound on its peak extra memory)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-        peak_note = "growth of the process's peak RSS during the general path"
-    results["literal paper"] = timed(
-        run(lambda: literal_reciprocam(model, images)), device, args.slow_repeats
-    )
-
+    if memory:
+        # ru_maxrss only grows: measured on the first family, right after its cheaper rows,
+        # it is the general path's own growth of the high-water mark (a lower bound)
+        kind = "CUDA max_memory_allocated" if device.type == "cuda" else "peak RSS"
+        notes.append(
+            f"{family} general path peak extra memory at max_batch={general.max_batch}:"
+            f" {(_peak(device) - base) / 2**20:.0f} MiB ({kind})"
+        )
+    if family == "timm" and not args.no_literal:
+        results["literal paper"] = timed(
+            run(lambda: literal_reciprocam(model, images)), device, args.slow_repeats
+        )
     with torch.no_grad(), amp:
         a, b = fast(images), general(images)
-        diff = float((a.scores - b.scores).abs().max())
-
     h, w = a.grid_size
+    diff = float((a.scores - b.scores).abs().max())
+    notes.append(f"{family}: {h}x{w} tokens, max |fast - general| score difference {diff:.2e}")
+    plain, literal = results["plain forward"], results.get("literal paper")
+    rows = []
+    for name, sec in results.items():
+        versus = "-" if literal is None else f"{literal / sec:.1f}"
+        rows.append((family, name, 1000 * sec / batch, sec / plain, versus))
+    return rows, notes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
+    parser.add_argument("--quick", action="store_true", help="tiny models: a smoke run")
+    parser.add_argument("--batch", type=int, default=None, help="default 8 (--quick: 4)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--slow-repeats", type=int, default=1)
+    parser.add_argument("--no-literal", action="store_true", help="skip the literal timm row")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: default; --quick: 1)"
+    )
+    args = parser.parse_args()
+    # tiny models are dominated by thread synchronisation on a busy machine: one thread
+    threads = args.threads or (1 if args.quick else 0)
+    if threads:
+        torch.set_num_threads(threads)
+    batch = args.batch or (4 if args.quick else 8)
+    device = torch.device(args.device)
+    amp = (
+        torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16)
+        if args.amp != "none"
+        else contextlib.nullcontext()
+    )
+    rows, notes = [], []
+    for i, family in enumerate(args.families):
+        r, n = measure(family, args, batch, amp, memory=i == 0)
+        rows += r
+        notes += n
+
+    size_note = "tiny (32x32, patch 8, depth 2, width 32)" if args.quick else "ViT-B/16, 224x224"
     print(
-        f"# {args.model}, batch {args.batch}, {h}x{w} tokens, device {device} "
+        f"# {size_note}, batch {batch}, device {device} "
         f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
         f"amp {args.amp}, torch {torch.__version__}"
     )
-    plain = results["plain forward"]
-    print("| computation | ms/image | x plain forward | literal / this |")
-    print("|---|---|---|---|")
-    for name, sec in results.items():
-        print(
-            f"| {name} | {1000 * sec / args.batch:.1f} | {sec / plain:.2f} | "
-            f"{results['literal paper'] / sec:.1f} |"
-        )
-    print(
-        f"\ngeneral path peak extra memory at max_batch={general.max_batch}: "
-        f"{peak / 2**20:.0f} MiB ({peak_note})"
-    )
-    print(f"max |fast - general| score difference: {diff:.2e}")
+    print("| family | computation | ms/image | x plain forward | literal / this |")
+    print("|---|---|---|---|---|")
+    for family, name, ms, ratio, versus in rows:
+        shown = f"{ms:.1f}" if ms >= 10 else f"{ms:.3f}"
+        print(f"| {family} | {name} | {shown} | {ratio:.2f} | {versus} |")
+    print()
+    for note in notes:
+        print(note)
 
 
 if __name__ == "__main__":

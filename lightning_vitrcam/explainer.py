@@ -35,7 +35,7 @@ from torch import nn
 
 from lightning_vitrcam._ops import minmax, safe_div
 from lightning_vitrcam.adapters import Copies, MaskSite, build_adapter, unwrap_model
-from lightning_vitrcam.adapters.base import _pair, hooked
+from lightning_vitrcam.adapters.base import _pair, hooked, on_input
 from lightning_vitrcam.fast_path import FastPath, fast_path_blocker
 from lightning_vitrcam.masks import KERNELS, window_weights
 
@@ -145,13 +145,16 @@ class ViTReciproCAM:
 
     Args:
         model: a timm ``VisionTransformer`` (any prefix tokens, pooling, patch size, image size,
-            ``dynamic_img_size``), a timm ``VisionTransformerDistilled``, any model laid out
-            like timm's (``.blocks`` with ``norm1``, ``.patch_embed``), or any pre-norm
-            transformer classifier when ``target_layer`` is given. ``torch.compile``d modules
+            ``dynamic_img_size``) or ``VisionTransformerDistilled``, timm ``Eva``, ``Beit``,
+            ``Cait``, ``NaFlexVit``, an HF ``ViT``/``DeiT``/``Dinov2`` image classifier,
+            torchvision's ``VisionTransformer`` (the table in ``docs/models.md``), any model
+            laid out like timm's (``.blocks`` with ``norm1``, ``.patch_embed``), or any
+            pre-norm transformer classifier when ``target_layer`` is given. Hierarchical
+            models (Swin, MViT, Hiera) are refused with the reason. ``torch.compile``d modules
             are unwrapped. The model is used as it is: no copy, no parameter touched.
-        target_block: index into the model's blocks of the block whose ``norm1`` output is
-            masked (default the last block as in the paper's figure, ``-2`` is the authors'
-            code default).
+        target_block: index into the model's blocks of the block whose first norm output is
+            masked (the attention input for post-norm blocks; default the last block as in the
+            paper's figure, ``-2`` is the authors' code default).
         kernel: ``"gaussian"`` (3x3, the paper's default) or ``"point"`` (1x1).
         keep_prefix_tokens: keep the prefix tokens (CLS, ...) unmasked in every copy (paper).
         score: ``"softmax"`` (paper), ``"logit"`` or ``"sigmoid"`` (multi-label models).
@@ -364,10 +367,11 @@ class ViTReciproCAM:
         """All copies of all images through the rest of the network, ``max_batch`` at a time."""
         captured: dict[str, torch.Tensor] = {}
 
-        def grab(_m: nn.Module, args: tuple[Any, ...]) -> None:
-            captured["x"] = args[0]
+        def grab(x: torch.Tensor) -> None:
+            captured["x"] = x
 
-        with hooked(self.block, pre=grab):
+        # the block may get its hidden states positionally or by keyword (HF layers)
+        with on_input(self.block, grab):
             logits = self._check_logits(self.adapter.forward(images))
         if "x" not in captured:
             raise RuntimeError(f"{self.block_name} was not called by the model's forward")
@@ -389,14 +393,14 @@ class ViTReciproCAM:
         def mask_output(_m: nn.Module, _args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
             return mask(out)
 
-        def mask_input(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            return (mask(args[0]),) + tuple(args[1:])
-
         site = self.mask_site
-        hook = dict(pre=mask_input) if site.on_input else dict(post=mask_output)
+        # a post-norm block's attention input (on_input) or a pre-norm block's first norm output
+        masking = (
+            on_input(site.module, mask) if site.on_input else hooked(site.module, post=mask_output)
+        )
         evidence = []
         total = B * n
-        with hooked(site.module, **hook):
+        with masking:
             for start in range(0, total, self.max_batch):
                 stop = min(start + self.max_batch, total)
                 ids = torch.arange(start, stop, device=device)

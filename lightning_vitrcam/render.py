@@ -35,7 +35,12 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from lightning_vitrcam._ops import as_maps, minmax
-from lightning_vitrcam.normalization import check_mean_std
+from lightning_vitrcam.normalization import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    check_mean_std,
+    fit_channels,
+)
 
 __all__ = [
     "Picture",
@@ -78,35 +83,61 @@ class Picture:
 
 
 # --------------------------------------------------------------------------- normalisation
+def _shown_channels(c: int, channels: Sequence[int] | None) -> tuple[int, ...]:
+    if channels is None:
+        return (0, 1, 2) if c >= 3 else (0,)
+    shown = tuple(int(i) for i in channels)
+    if len(shown) not in (1, 3) or not all(0 <= i < c for i in shown):
+        raise ValueError(
+            f"channels must be 1 (grey) or 3 (red, green, blue) indices into the images'"
+            f" {c} channels, got {tuple(channels)}"
+        )
+    return shown
+
+
 def denormalize(
     images: torch.Tensor,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    channels: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Undo ``(x - mean) / std``: float ``[B, 3, H, W]`` in [0, 1] on the images' device.
 
-    ``mean``/``std`` default to ImageNet's. One-channel images are repeated to three channels.
+    ``mean``/``std`` have one value per image channel (or one for all); they default to
+    ImageNet's, fitted to the channel count (one channel: the mean of the three values, see
+    :func:`~lightning_vitrcam.normalization.fit_channels`). ``channels`` picks what is shown:
+    one index (grey) or three (red, green, blue); by default one-channel (and two-channel)
+    images show their first channel in grey and images with three or more channels their
+    first three.
 
     Example:
         >>> x = torch.zeros(1, 3, 2, 2)
         >>> denormalize(x, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))[0, :, 0, 0].tolist()
         [0.5, 0.5, 0.5]
+        >>> grey = denormalize(torch.zeros(1, 1, 2, 2), (0.25,), (0.5,))
+        >>> tuple(grey.shape), grey[0, :, 0, 0].tolist()
+        ((1, 3, 2, 2), [0.25, 0.25, 0.25])
+        >>> denormalize(torch.zeros(1, 4, 2, 2), [0.0, 0.25, 0.5, 0.75], [1.0] * 4,
+        ...             channels=[3, 2, 1])[0, :, 0, 0].tolist()
+        [0.75, 0.5, 0.25]
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError(f"images must be [B, C, H, W], got {getattr(images, 'shape', None)}")
-    mean_t, std_t = check_mean_std(mean, std)
     c = images.shape[1]
+    shown = _shown_channels(c, channels)
+    mean = fit_channels(IMAGENET_MEAN, c) if mean is None else mean
+    std = fit_channels(IMAGENET_STD, c) if std is None else std
+    mean_t, std_t = check_mean_std(mean, std)
+    if len(mean_t) == 1:
+        mean_t, std_t = mean_t * c, std_t * c
     if len(mean_t) != c:
         raise ValueError(f"images have {c} channels but mean/std have {len(mean_t)} values")
-    x = images.float()
-    m = torch.tensor(mean_t, device=x.device).view(1, c, 1, 1)
-    s = torch.tensor(std_t, device=x.device).view(1, c, 1, 1)
+    idx = list(shown)
+    x = images[:, idx].float()
+    m = torch.tensor([mean_t[i] for i in idx], device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor([std_t[i] for i in idx], device=x.device).view(1, -1, 1, 1)
     x = (x * s + m).clamp(0.0, 1.0)
-    if c == 1:
-        x = x.expand(-1, 3, -1, -1)
-    elif c != 3:
-        raise ValueError(f"images must have 1 or 3 channels to display, got {c}")
-    return x
+    return x.expand(-1, 3, -1, -1) if len(idx) == 1 else x
 
 
 # --------------------------------------------------------------------------- colour
@@ -175,12 +206,14 @@ def overlay(
     std: Sequence[float] | None = None,
     cmap: Any = "inferno",
     alpha: float = 0.5,
+    channels: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Blend coloured maps onto the images: ``uint8 [B, 3, H, W]`` on the images' device.
 
-    The images are de-normalised with ``mean``/``std`` (ImageNet's by default), each map is
-    upsampled bilinearly to the image size and coloured with ``cmap`` (any matplotlib name),
-    then ``(1 - alpha) * image + alpha * colour``.
+    The images are de-normalised with ``mean``/``std`` (ImageNet's by default) and shown as
+    :func:`denormalize` says (``channels``: one index for grey, three for colour; one-channel
+    images are grey), each map is upsampled bilinearly to the image size and coloured with
+    ``cmap`` (any matplotlib name), then ``(1 - alpha) * image + alpha * colour``.
 
     Example:
         >>> out = overlay(torch.zeros(1, 3, 8, 8), torch.ones(1, 2, 2), cmap="gray", alpha=1.0)
@@ -189,7 +222,7 @@ def overlay(
     """
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    base = denormalize(images, mean, std)
+    base = denormalize(images, mean, std, channels)
     maps = as_maps(maps, allow_single=True).to(base.device)
     if maps.shape[0] != base.shape[0]:
         raise ValueError(f"{maps.shape[0]} maps for {base.shape[0]} images")
@@ -358,15 +391,18 @@ def _columns(
     std: Sequence[float] | None,
     cmap: Any,
     alpha: float,
+    channels: Sequence[int] | None = None,
 ) -> tuple[list[torch.Tensor], list[str]]:
     """The grid's columns (``uint8 [B, 3, H, W]`` each, on the images' device) and titles."""
     columns = [
-        to_uint8(denormalize(images, mean, std)),
-        overlay(images, maps, mean, std, cmap=cmap, alpha=alpha),
+        to_uint8(denormalize(images, mean, std, channels)),
+        overlay(images, maps, mean, std, cmap=cmap, alpha=alpha, channels=channels),
     ]
     titles = ["input", "predicted class"]
     if true_maps is not None:
-        columns.append(overlay(images, true_maps, mean, std, cmap=cmap, alpha=alpha))
+        columns.append(
+            overlay(images, true_maps, mean, std, cmap=cmap, alpha=alpha, channels=channels)
+        )
         titles.append("true class")
     return columns, titles
 
@@ -424,6 +460,7 @@ def saliency_grid(
     cmap: Any = "inferno",
     alpha: float = 0.5,
     captions: bool = True,
+    channels: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """One captioned picture ``uint8 [3, H, W]`` (CPU) of a batch's explanations.
 
@@ -432,7 +469,8 @@ def saliency_grid(
     a strip under each row says the predicted class and its probability and, with ``labels``,
     the true class; a wrong prediction is written in red with ``MISMATCH``, a drawn cross and
     a red bar. Tiles under 96 px are upscaled (nearest) so small images stay readable.
-    ``captions=False`` leaves out the header and the strips (the bare tile grid).
+    ``captions=False`` leaves out the header and the strips (the bare tile grid). ``channels``
+    picks the image channels shown (see :func:`denormalize`).
 
     Example:
         >>> g = saliency_grid(torch.randn(2, 3, 32, 32), torch.rand(2, 4, 4),
@@ -442,7 +480,7 @@ def saliency_grid(
         (torch.uint8, 3, True)
     """
     parts = _checked_parts(images, preds, probs, labels, true_maps, class_names)
-    columns, titles = _columns(images, maps, true_maps, mean, std, cmap, alpha)
+    columns, titles = _columns(images, maps, true_maps, mean, std, cmap, alpha, channels)
     return _grid(columns, titles, parts, captions)
 
 
@@ -460,6 +498,7 @@ def saliency_picture(
     std: Sequence[float] | None = None,
     cmap: Any = "inferno",
     alpha: float = 0.5,
+    channels: Sequence[int] | None = None,
 ) -> Picture:
     """The captioned :func:`saliency_grid` as a :class:`Picture`, with one uncaptioned picture
     per row (input | overlays, at the images' size) and its :func:`row_captions` as ``parts``
@@ -472,7 +511,7 @@ def saliency_picture(
         (2, (3, 8, 16), 'pred: 1 (0.60)')
     """
     parts = _checked_parts(images, preds, probs, labels, true_maps, class_names)
-    columns, titles = _columns(images, maps, true_maps, mean, std, cmap, alpha)
+    columns, titles = _columns(images, maps, true_maps, mean, std, cmap, alpha, channels)
     return Picture(
         tag,
         _grid(columns, titles, parts, captions=True),
@@ -577,6 +616,7 @@ def probe_timelines(
     std: Sequence[float] | None = None,
     cmap: Any = "inferno",
     max_columns: int = 8,
+    channels: Sequence[int] | None = None,
 ) -> list[torch.Tensor]:
     """One :func:`timeline` per image: its overlays with the maps of each frame.
 
@@ -591,7 +631,9 @@ def probe_timelines(
     """
     images = images.float()
     maps = torch.cat(list(frames)).to(images.device, torch.float32)
-    drawn = overlay(images.repeat(len(frames), 1, 1, 1), maps, mean, std, cmap=cmap)
+    drawn = overlay(
+        images.repeat(len(frames), 1, 1, 1), maps, mean, std, cmap=cmap, channels=channels
+    )
     # [F*N, 3, H, W] -> [N, F, 3, H, W]: one row of frames per image
     drawn = drawn.view(len(frames), -1, *drawn.shape[1:]).transpose(0, 1).cpu()
     return [timeline(list(row), labels, max_columns) for row in drawn]

@@ -115,3 +115,92 @@ class Module(TrainOnly):
             return
         x, y = self._xy(batch)
         self.log("val_loss", F.cross_entropy(self(x), y))
+
+
+# --------------------------------------------------------------------------- other families
+def sensitize(
+    model: nn.Module, seed: int = 0, heads: Any = (), head_scale: float = 3.0
+) -> nn.Module:
+    """Re-draw any model's weights so its scores depend on the input (cf. :func:`make_vit`):
+    matrices at unit gain, tokens and position embeddings at 0.5, norm weights and layer
+    scales around 1 (post-norm blocks start with 1e-5), biases small; ``heads`` scaled."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            if p.dim() == 2:
+                p.copy_(noise * p.shape[-1] ** -0.5)
+            elif p.dim() == 3:  # class/register tokens, position embeddings, latents
+                p.copy_(noise * 0.5)
+            elif p.dim() == 1 and name.endswith("bias"):
+                p.copy_(noise * 0.1)
+            elif p.dim() == 1:  # norm weights, layer scales
+                p.copy_(1.0 + 0.3 * noise)
+        for head in heads:
+            head.weight.mul_(head_scale)
+    return model.eval()
+
+
+HF_TINY = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    num_labels=5,
+)
+
+
+def make_hf(kind: str = "vit", seed: int = 0, **overrides: Any) -> nn.Module:
+    """A tiny sensitive HF image classifier: ``vit``, ``deit``, ``deit_teacher``, ``dinov2``,
+    ``dinov2_registers``."""
+    import transformers as tf
+
+    cfg = {**HF_TINY, **overrides}
+    torch.manual_seed(seed)
+    if kind == "vit":
+        model = tf.ViTForImageClassification(tf.ViTConfig(**cfg))
+    elif kind in ("deit", "deit_teacher"):
+        klass = (
+            tf.DeiTForImageClassificationWithTeacher
+            if kind == "deit_teacher"
+            else tf.DeiTForImageClassification
+        )
+        model = klass(tf.DeiTConfig(**cfg))
+    elif kind == "dinov2":
+        cfg.pop("intermediate_size")
+        model = tf.Dinov2ForImageClassification(tf.Dinov2Config(mlp_ratio=2, **cfg))
+    elif kind == "dinov2_registers":
+        cfg.pop("intermediate_size")
+        model = tf.Dinov2WithRegistersForImageClassification(
+            tf.Dinov2WithRegistersConfig(mlp_ratio=2, num_register_tokens=2, **cfg)
+        )
+    else:
+        raise ValueError(kind)
+    heads = [
+        getattr(model, n, None) for n in ("classifier", "cls_classifier", "distillation_classifier")
+    ]
+    return sensitize(model, seed, [h for h in heads if isinstance(h, nn.Linear)])
+
+
+def make_torchvision_vit(seed: int = 0, **overrides: Any) -> nn.Module:
+    """A tiny sensitive torchvision ``VisionTransformer`` (32x32 images, 8x8 patches)."""
+    from torchvision.models import VisionTransformer
+
+    cfg = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = VisionTransformer(num_classes=5, **cfg)
+    return sensitize(model, seed, [model.heads.head])
+
+
+class HFModule(TrainOnly):
+    """:class:`TrainOnly` around a tiny HF ViT (its forward returns the logits)."""
+
+    def __init__(self, lr: float = 1e-3, class_names: Any = None, num_channels: int = 3) -> None:
+        super().__init__(model=make_hf("vit", num_channels=num_channels), lr=lr)
+        self.save_hyperparameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).logits

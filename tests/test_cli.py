@@ -7,6 +7,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_vitrcam.cli import build_explain_parser, explain_main, main
@@ -178,3 +179,56 @@ def test_explain_errors(demo_checkpoint, tmp_path):
 def test_explain_parser_defaults():
     args = build_explain_parser().parse_args(["--ckpt", "a.ckpt", "--images", "x"])
     assert (args.kernel, args.target_block, args.out) == ("gaussian", -1, "vitrcam_out")
+
+
+def test_explain_takes_demo_class_names_from_the_checkpoint(demo_checkpoint, tmp_path):
+    # LightningCLI stored the module's and the datamodule's class paths in the checkpoint
+    out, images = tmp_path / "out", _pngs(tmp_path / "in", 2)
+    explain_main(["--ckpt", str(demo_checkpoint), "--images", str(images), "--out", str(out)])
+    records = json.loads((out / "predictions.json").read_text())
+    assert {r["predicted"] for r in records} <= {"circle", "square", "triangle", "cross"}
+
+
+def _hf_checkpoint(tmp_path: Path, **hparams) -> Path:
+    from torch.utils.data import DataLoader
+
+    from tests.helpers import HFModule, Squares
+
+    module = HFModule(**hparams)
+    channels = module.hparams.num_channels
+    data = Squares(8, size=32)
+    data.x = data.x[:, :channels]
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    path = tmp_path / "hf.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_explain_a_checkpoint_of_an_hf_module(tmp_path, channels):
+    names = ["red", "green", "blue", "grey", "black"]
+    ckpt = _hf_checkpoint(tmp_path, class_names=names, num_channels=channels)
+    images, out = _pngs(tmp_path / "in", 2), tmp_path / "out"
+    argv = ["--ckpt", str(ckpt), "--images", str(images), "--out", str(out)]
+    explain_main([*argv, "--model-class", "tests.helpers.HFModule"])
+    records = json.loads((out / "predictions.json").read_text())
+    assert len(records) == 2 and {r["predicted"] for r in records} <= set(names)
+    with Image.open(out / "overlays" / "img0.png") as im:
+        assert im.size == (32, 32) and im.mode == "RGB"  # the model's image size
+
+    # with the class path in the checkpoint (as LightningCLI stores it) no --model-class is
+    # needed, and --class-names still wins over the checkpoint's names
+    checkpoint = torch.load(ckpt, weights_only=False)
+    checkpoint["hyper_parameters"]["_class_path"] = "tests.helpers.HFModule"
+    torch.save(checkpoint, ckpt)
+    explain_main([*argv, "--class-names", *[n.upper() for n in names]])
+    records = json.loads((out / "predictions.json").read_text())
+    assert {r["predicted"] for r in records} <= {n.upper() for n in names}

@@ -209,3 +209,36 @@ def test_png_roundtrip(tmp_path):
         assert np.array_equal(np.asarray(im), img.permute(1, 2, 0).numpy())
     with pytest.raises(ValueError, match="uint8"):
         to_png(img.float())
+
+
+# --------------------------------------------------------------------------- channels
+def test_grayscale_images_render_grey():
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    base = denormalize((x - 0.5) / 0.25, (0.5,), (0.25,))
+    assert base.shape == (2, 3, 16, 16)
+    assert torch.equal(base[:, 0], base[:, 1]) and torch.equal(base[:, 1], base[:, 2])
+    torch.testing.assert_close(base[:, 0], x[:, 0])
+    # default statistics: ImageNet's fitted to one channel (the mean of the three)
+    plain = overlay(torch.zeros(1, 1, 8, 8), torch.zeros(1, 2, 2), alpha=0.0)
+    assert plain.shape == (1, 3, 8, 8) and int(plain[0, 0, 0, 0]) == round(0.449 * 255)
+    grid = saliency_grid(
+        (x - 0.5) / 0.25, torch.rand(2, 4, 4), mean=(0.5,), std=(0.25,), **grid_args()
+    )
+    assert grid.dtype == torch.uint8 and grid.shape[0] == 3
+
+
+def test_more_than_three_channels_render_chosen_channels():
+    x = torch.rand(1, 5, 8, 8, generator=torch.Generator().manual_seed(4))
+    mean, std = (0.0,) * 5, (1.0,) * 5
+    torch.testing.assert_close(denormalize(x, mean, std), x[:, :3])  # the first three
+    torch.testing.assert_close(denormalize(x, mean, std, channels=[4, 0, 2]), x[:, [4, 0, 2]])
+    grey = denormalize(x, mean, std, channels=[3])
+    torch.testing.assert_close(grey, x[:, [3, 3, 3]])
+    out = overlay(x, torch.rand(1, 2, 2), mean, std, channels=[4, 3, 2], alpha=0.0)
+    torch.testing.assert_close(out.float(), (x[:, [4, 3, 2]] * 255).round(), atol=1, rtol=0)
+    with pytest.raises(ValueError, match="1 \\(grey\\) or 3"):
+        denormalize(x, mean, std, channels=[0, 1])
+    with pytest.raises(ValueError, match="1 \\(grey\\) or 3"):
+        denormalize(x, mean, std, channels=[5, 0, 1])
+    with pytest.raises(ValueError, match="5 channels but mean/std have 3 values"):
+        denormalize(x, IMAGENET_MEAN, IMAGENET_STD)

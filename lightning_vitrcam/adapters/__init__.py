@@ -1,9 +1,12 @@
 """Model adapters: one small class per model family, chosen by a registry lookup.
 
-:func:`build_adapter` picks the adapter for a model: ``target_layer=`` always means
-:class:`TargetLayerAdapter`; otherwise the adapter registered for the nearest class of the
-model (:func:`register_adapter`), else :class:`TimmStyleAdapter` for models laid out like timm's.
-:func:`find_vit` finds the one model inside a LightningModule that an adapter can explain.
+:func:`build_adapter` picks the adapter for a model: a family registered as refused
+(hierarchical models, see :mod:`~lightning_vitrcam.adapters.refusals`) raises its reason;
+``target_layer=`` means :class:`TargetLayerAdapter`; otherwise the adapter registered for the
+nearest class of the model (:func:`register_adapter`), else :class:`TimmStyleAdapter` for
+models laid out like timm's. :func:`find_vit` finds the one model inside a LightningModule that
+an adapter can explain. The supported families and their masking sites are listed in
+``docs/models.md``.
 
 Example:
     >>> import timm
@@ -20,11 +23,19 @@ from typing import Any
 
 from torch import nn
 
-from lightning_vitrcam.adapters import timm_vit as _timm_vit  # noqa: F401 - registers itself
+# each family module registers its adapter(s) by class path when imported
+from lightning_vitrcam.adapters import hf as _hf  # noqa: F401
+from lightning_vitrcam.adapters import refusals as _refusals  # noqa: F401
+from lightning_vitrcam.adapters import timm_cait as _timm_cait  # noqa: F401
+from lightning_vitrcam.adapters import timm_eva as _timm_eva  # noqa: F401
+from lightning_vitrcam.adapters import timm_naflex as _timm_naflex  # noqa: F401
+from lightning_vitrcam.adapters import timm_vit as _timm_vit  # noqa: F401
+from lightning_vitrcam.adapters import torchvision_vit as _torchvision_vit  # noqa: F401
 from lightning_vitrcam.adapters.base import (
     Copies,
     MaskSite,
     ModelAdapter,
+    RefusedModel,
     adapter_class_for,
     register_adapter,
     unwrap_model,
@@ -35,12 +46,14 @@ __all__ = [
     "Copies",
     "MaskSite",
     "ModelAdapter",
+    "RefusedModel",
     "TargetLayerAdapter",
     "TimmStyleAdapter",
     "adapter_class_for",
     "build_adapter",
     "find_vit",
     "is_explainable",
+    "refusal",
     "register_adapter",
     "unwrap_model",
 ]
@@ -54,8 +67,23 @@ def _adapter_class(model: nn.Module) -> type[ModelAdapter] | None:
 
 
 def is_explainable(model: nn.Module) -> bool:
-    """Whether :func:`build_adapter` finds an adapter for ``model`` without ``target_layer``."""
-    return _adapter_class(model) is not None
+    """Whether :func:`build_adapter` finds an adapter for ``model`` without ``target_layer``
+    (refused families are not explainable)."""
+    cls = _adapter_class(model)
+    return cls is not None and not issubclass(cls, RefusedModel)
+
+
+def refusal(model: nn.Module) -> str | None:
+    """Why ``model``'s family cannot be explained, or None when it is not refused.
+
+    Example:
+        >>> refusal(nn.Linear(2, 2)) is None
+        True
+    """
+    cls = adapter_class_for(model)
+    if cls is not None and issubclass(cls, RefusedModel):
+        return cls.reason(model)
+    return None
 
 
 def build_adapter(
@@ -65,17 +93,21 @@ def build_adapter(
     patch_size: int | Sequence[int] | None = None,
 ) -> ModelAdapter:
     """The adapter for ``model`` (see the module docstring for the lookup order)."""
+    reason = refusal(model)
+    if reason is not None:
+        raise ValueError(reason)
     if target_layer is not None:
         return TargetLayerAdapter(model, target_layer, num_prefix_tokens, patch_size)
     cls = _adapter_class(model)
     if cls is None:
         raise ValueError(
             f"cannot find transformer blocks with a 'norm1' in {type(model).__name__}"
-            " (expected a timm VisionTransformer with .blocks and .patch_embed). For any"
-            " other pre-norm transformer pass target_layer=<the first norm of the block"
-            " to explain> and num_prefix_tokens=..., e.g. for torchvision's vit_b_16:"
-            " ViTReciproCAM(model, target_layer=model.encoder.layers[-1].ln_1,"
-            " num_prefix_tokens=1)"
+            " (supported without configuration: timm VisionTransformer/DeiT/Eva/BEiT/CaiT/"
+            "NaFlexVit, HF ViT/DeiT/DINOv2 image classifiers, torchvision's"
+            " VisionTransformer; see docs/models.md). For any other pre-norm transformer pass"
+            " target_layer=<the first norm of the block to explain> and"
+            " num_prefix_tokens=..., e.g. ViTReciproCAM(model,"
+            " target_layer=model.encoder.layers[-1].ln_1, num_prefix_tokens=1)"
         )
     return cls(model, num_prefix_tokens=num_prefix_tokens, patch_size=patch_size)
 
@@ -107,19 +139,28 @@ def find_vit(module: nn.Module, model_attr: str | None = None) -> tuple[str, nn.
     if is_explainable(root):
         return "", root
     found: dict[int, tuple[str, nn.Module]] = {}
+    refused: list[tuple[str, str]] = []
     for name, sub in root.named_modules():
         sub = unwrap_model(sub)  # a compiled ViT and its _orig_mod are one candidate
         if id(sub) not in found and is_explainable(sub):
             found[id(sub)] = (name, sub)
+        elif (reason := refusal(sub)) is not None:
+            refused.append((name, reason))
     top = list(found.values())
     if len(top) == 1:
         return top[0]
     kind = type(module).__name__
+    if not top and refused:
+        name, reason = refused[0]
+        where = f"{kind}.{name}" if name else kind
+        raise ValueError(f"cannot explain {where}: {reason}")
     if not top:
         raise ValueError(
-            f"no Vision Transformer found in {kind} (looked for a module with .blocks and"
-            " .patch_embed, e.g. a timm VisionTransformer); pass model_attr='<attribute path to"
-            " the ViT>', e.g. model_attr='model'"
+            f"no Vision Transformer found in {kind} (looked for the families in"
+            " docs/models.md, e.g. a timm VisionTransformer, an HF ViTForImageClassification"
+            " or torchvision's VisionTransformer, and for modules with .blocks and"
+            " .patch_embed); pass model_attr='<attribute path to the ViT>', e.g."
+            " model_attr='model'"
         )
     names = ", ".join(repr(n) for n, _ in top)
     raise ValueError(

@@ -21,10 +21,19 @@ __all__ = [
     "Copies",
     "MaskSite",
     "ModelAdapter",
+    "RefusedModel",
     "adapter_class_for",
+    "call_input",
+    "class_path",
+    "module_name",
+    "on_input",
     "register_adapter",
     "unwrap_model",
 ]
+
+# keyword names under which libraries pass a block's hidden states (HF layers may be called
+# with hidden_states=... in transformers 5); positional calls are the common case
+_HIDDEN_KEYWORDS = ("hidden_states", "x", "input", "hidden_state")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -42,6 +51,83 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+def class_path(cls: type) -> str:
+    """``module.QualName`` of a class, the key of the adapter registry.
+
+    Example:
+        >>> class_path(torch.nn.Linear)
+        'torch.nn.modules.linear.Linear'
+    """
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def module_name(model: nn.Module, module: nn.Module, default: str) -> str:
+    """The attribute path of ``module`` inside ``model`` (``default`` when it is not inside)."""
+    for name, sub in model.named_modules():
+        if sub is module:
+            return name
+    return default
+
+
+def call_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    """The hidden states a block (or attention) is called with: the first positional argument,
+    else the keyword argument libraries use for them (``hidden_states``, ``x``, ...).
+
+    Example:
+        >>> t = torch.zeros(1)
+        >>> call_input((t,), {}) is t, call_input((), {"hidden_states": t}) is t
+        (True, True)
+    """
+    if args:
+        return args[0]
+    for key in _HIDDEN_KEYWORDS:
+        if key in kwargs:
+            return kwargs[key]
+    raise RuntimeError(
+        f"cannot find the hidden states among the call's keyword arguments {sorted(kwargs)}"
+    )
+
+
+def _replace_input(
+    args: tuple[Any, ...], kwargs: dict[str, Any], value: torch.Tensor
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if args:
+        return (value,) + tuple(args[1:]), kwargs
+    for key in _HIDDEN_KEYWORDS:
+        if key in kwargs:
+            return args, {**kwargs, key: value}
+    raise RuntimeError(
+        f"cannot find the hidden states among the keyword arguments {sorted(kwargs)}"
+    )
+
+
+@contextlib.contextmanager
+def on_input(
+    module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | None]
+) -> Iterator[None]:
+    """Call ``fn`` on ``module``'s hidden-states input before each of its forwards (passed
+    positionally or by keyword); a tensor it returns replaces the input. Removed on any exit.
+
+    Example:
+        >>> lin = torch.nn.Linear(2, 2)
+        >>> with on_input(lin, lambda x: x * 0):
+        ...     torch.equal(lin(torch.ones(1, 2)), lin.bias[None].detach())
+        True
+    """
+
+    def pre(
+        _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        out = fn(call_input(args, kwargs))
+        return None if out is None else _replace_input(args, kwargs, out)
+
+    handle = module.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -166,8 +252,14 @@ class ModelAdapter:
 
     # ----------------------------------------------------------------- running
     def logits(self, output: Any) -> Any:
-        """Logits from whatever the model's forward returns (the output itself by default)."""
-        return output
+        """Logits from whatever the model's forward returns: the output itself, or its
+        ``.logits`` (a ``ModelOutput`` of HF transformers)."""
+        return getattr(output, "logits", output)
+
+    def input_size(self) -> tuple[int, int] | None:
+        """The ``(H, W)`` image size the model was built for (None when it exposes none)."""
+        size = getattr(getattr(self.model, "patch_embed", None), "img_size", None)
+        return None if size is None else _pair(size)
 
     def forward(self, images: torch.Tensor) -> Any:
         return self.logits(self.model(images))
@@ -185,12 +277,21 @@ class ModelAdapter:
         forward. This default re-runs the model on the chunk's images and expands the block
         input to one row per copy as it arrives."""
         rows = copies.rows - copies.first
-
-        def expand_input(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            return (args[0].index_select(0, rows),) + tuple(args[1:])
-
-        with hooked(block, pre=expand_input):
+        with on_input(block, lambda h: h.index_select(0, rows)):
             return self.forward(images[copies.first : copies.stop])
+
+
+class RefusedModel(ModelAdapter):
+    """Registered for model families ViT-ReciproCAM is not defined for: building it raises a
+    ``ValueError`` with :meth:`reason`, and :func:`~lightning_vitrcam.adapters.find_vit` says
+    why instead of "no Vision Transformer found"."""
+
+    @classmethod
+    def reason(cls, model: nn.Module) -> str:
+        return f"{type(model).__name__} cannot be explained with ViT-ReciproCAM"
+
+    def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
+        raise ValueError(self.reason(model))
 
 
 # ----------------------------------------------------------------------------- registry
@@ -220,7 +321,7 @@ def register_adapter(*class_paths: str) -> Callable[[type[ModelAdapter]], type[M
 def adapter_class_for(model: nn.Module) -> type[ModelAdapter] | None:
     """The adapter registered for the nearest class in ``type(model).__mro__``, or None."""
     for klass in type(model).__mro__:
-        found = _REGISTRY.get(f"{klass.__module__}.{klass.__qualname__}")
+        found = _REGISTRY.get(class_path(klass))
         if found is not None:
             return found
     return None

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from lightning_vitrcam.adapters.base import ModelAdapter
+from lightning_vitrcam.adapters.base import MaskSite, ModelAdapter
+from lightning_vitrcam.adapters.timm_blocks import is_post_norm, timm_mask_site
 
 __all__ = ["TargetLayerAdapter", "TimmStyleAdapter"]
 
@@ -30,7 +31,10 @@ def _prefix_count(model: nn.Module, given: int | None) -> int:
 class TimmStyleAdapter(ModelAdapter):
     """Any model with timm's layout: ``model.blocks`` (each with ``norm1``) and
     ``model.patch_embed``; prefix tokens from ``model.num_prefix_tokens``. The copies run
-    through the model's own forward (the base class's tail), so nothing else is assumed."""
+    through the model's own forward (the base class's tail), so nothing else is assumed.
+    Blocks are masked where :func:`~lightning_vitrcam.adapters.timm_blocks.timm_mask_site`
+    says: the ``norm1`` output of pre-norm blocks, the attention input of timm's post-norm
+    blocks."""
 
     def __init__(
         self,
@@ -41,6 +45,9 @@ class TimmStyleAdapter(ModelAdapter):
         super().__init__(model, patch_size)
         self.blocks = list(model.blocks)
         self.num_prefix_tokens = _prefix_count(model, num_prefix_tokens)
+
+    def mask_site(self, block: nn.Module) -> MaskSite:
+        return timm_mask_site(block)
 
     @staticmethod
     def matches(model: nn.Module) -> bool:
@@ -67,6 +74,12 @@ class TargetLayerAdapter(ModelAdapter):
         super().__init__(model, patch_size)
         self.target_layer = target_layer
         self._name, block = self._parent_of(target_layer)
+        if is_post_norm(block) and target_layer is getattr(block, "norm1", None):
+            raise ValueError(
+                f"{type(block).__name__} is a post-norm block: its norm1 follows the attention,"
+                " so masking norm1's output is not ViT-ReciproCAM; leave target_layer out (the"
+                " timm adapter masks the attention's input and keeps the residual)"
+            )
         self.blocks = [block]
         self.num_prefix_tokens = _prefix_count(model, num_prefix_tokens)
 
