@@ -1,15 +1,22 @@
 """Send the callback's pictures and scalars to whatever loggers the trainer has.
 
-One writer per kind of logger: TensorBoard (``add_image`` of the captioned picture), Weights &
-Biases (``log_image`` of a picture's ``parts``, e.g. one per probe row, each with its caption:
-W&B captions images instead of drawing text into them) and, for every other logger or none at
-all, PNG files in the logger's log directory (or ``trainer.default_root_dir``). Scalars go to
-every logger's ``log_metrics``; with no logger at all they are appended to
-``vitrcam/metrics.jsonl``.
-``wandb`` is never imported here: :class:`~lightning.pytorch.loggers.WandbLogger` imports it
-itself when it logs.
+Scalars go to every logger's ``log_metrics`` (TensorBoard, W&B, MLflow, CSV, ... all accept
+``vitrcam/...`` names); with no logger at all they are appended to ``vitrcam/metrics.jsonl``.
 
-All functions write only on global rank zero and are no-ops elsewhere.
+Pictures need a writer per kind of logger, chosen by a registry lookup of the logger's class
+path over its MRO (:func:`register_picture_writer`, :func:`picture_writer_for`), so that
+subclasses share their base's writer and both ``lightning.pytorch`` and the standalone
+``pytorch_lightning`` loggers are covered without importing either's optional back ends:
+
+* TensorBoard: ``add_image`` of the captioned picture;
+* Weights & Biases: ``log_image`` of a picture's ``parts`` (e.g. one per probe row), each with
+  its caption, since W&B captions images instead of drawing text into them;
+* MLflow: a PNG run artifact ``vitrcam/<name>/step_<step>.png`` per picture;
+* every other logger, or none at all: PNG files ``vitrcam/<name>/step_<step>.png`` in the
+  logger's log directory (or ``trainer.default_root_dir``).
+
+``wandb`` and ``mlflow`` are never imported here: their Lightning loggers import them when
+they log. All functions write only on global rank zero and are no-ops elsewhere.
 
 Example:
     >>> import tempfile, torch, lightning as L
@@ -23,24 +30,31 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.loggers.tensorboard import TensorBoardLogger as _FabricTensorBoard
-from lightning.pytorch.loggers import Logger, WandbLogger
 
 from lightning_vitrcam.render import Picture, save_png
 
 __all__ = [
+    "PictureWriter",
+    "artifact_folder",
     "file_pictures",
     "log_pictures",
     "log_scalars",
+    "mlflow_pictures",
     "output_dir",
+    "picture_writer_for",
+    "register_picture_writer",
     "tensorboard_pictures",
     "wandb_pictures",
 ]
+
+PictureWriter = Callable[[Any, Sequence[Picture], int], None]
+"""``writer(logger, pictures, step)``: sends ``pictures`` to ``logger`` at ``step``."""
 
 
 def _is_global_zero(trainer: Any) -> bool:
@@ -51,6 +65,22 @@ def _hwc(image: torch.Tensor) -> Any:
     return image.detach().cpu().permute(1, 2, 0).contiguous().numpy()
 
 
+def artifact_folder(tag: str) -> str:
+    """Folder of a picture's files, the same for PNG files and MLflow artifacts.
+
+    Example:
+        >>> artifact_folder("vitrcam/saliency_grid"), artifact_folder("my/tag")
+        ('vitrcam/saliency_grid', 'vitrcam/my_tag')
+    """
+    name = tag.split("/", 1)[1] if tag.startswith("vitrcam/") else tag
+    return "vitrcam/" + (name.replace("/", "_") or "image")
+
+
+def _png_name(step: int) -> str:
+    return f"step_{step:06d}.png"
+
+
+# ----------------------------------------------------------------------------- writers
 def tensorboard_pictures(logger: Any, pictures: Sequence[Picture], step: int) -> None:
     """``add_image`` of every picture (CHW uint8) at ``step``."""
     writer = logger.experiment
@@ -58,7 +88,7 @@ def tensorboard_pictures(logger: Any, pictures: Sequence[Picture], step: int) ->
         writer.add_image(pic.tag, pic.image.detach().cpu(), global_step=step, dataformats="CHW")
 
 
-def wandb_pictures(logger: WandbLogger, pictures: Sequence[Picture], step: int) -> None:
+def wandb_pictures(logger: Any, pictures: Sequence[Picture], step: int) -> None:
     """``log_image`` of every picture; a picture with ``parts`` logs them with their captions."""
     for pic in pictures:
         images = list(pic.parts) if pic.parts is not None else [pic.image]
@@ -66,20 +96,98 @@ def wandb_pictures(logger: WandbLogger, pictures: Sequence[Picture], step: int) 
         logger.log_image(key=pic.tag, images=[_hwc(i) for i in images], step=step, **kwargs)
 
 
-def _file_name(tag: str) -> str:
-    name = tag.split("/", 1)[1] if tag.startswith("vitrcam/") else tag
-    return name.replace("/", "_") or "image"
+def mlflow_pictures(logger: Any, pictures: Sequence[Picture], step: int) -> None:
+    """Every picture as the PNG run artifact ``vitrcam/<name>/step_<step>.png`` of the
+    logger's run (``logger.experiment`` is an ``MlflowClient``)."""
+    client, run_id = logger.experiment, logger.run_id
+    # log_artifact uploads a local file; the temporary copy keeps nothing behind in the
+    # working directory, whatever artifact store (local, S3, ...) the run uses
+    with tempfile.TemporaryDirectory(prefix="vitrcam-") as tmp:
+        for pic in pictures:
+            folder = artifact_folder(pic.tag)
+            path = save_png(pic.image, Path(tmp, folder, _png_name(step)))
+            client.log_artifact(run_id, str(path), folder)
 
 
 def file_pictures(directory: str | Path, pictures: Sequence[Picture], step: int) -> list[Path]:
-    """PNG files ``<directory>/vitrcam/<tag>/step_<step>.png``; returns their paths."""
-    root = Path(directory) / "vitrcam"
+    """PNG files ``<directory>/vitrcam/<name>/step_<step>.png``; returns their paths."""
     return [
-        save_png(pic.image, root / _file_name(pic.tag) / f"step_{step:06d}.png") for pic in pictures
+        save_png(pic.image, Path(directory, artifact_folder(pic.tag), _png_name(step)))
+        for pic in pictures
     ]
 
 
-def output_dir(trainer: Any, logger: Logger | None = None) -> Path:
+# ----------------------------------------------------------------------------- registry
+_WRITERS: dict[str, PictureWriter] = {}
+
+
+def register_picture_writer(*class_paths: str) -> Callable[[PictureWriter], PictureWriter]:
+    """Register a picture writer for logger classes given by their ``module.QualName`` path.
+
+    Paths (not classes) keep optional libraries unimported; a subclass of a registered class
+    uses its writer unless it has its own. Loggers with no writer get PNG files.
+
+    Example:
+        >>> @register_picture_writer("my_lib.loggers.MyLogger")
+        ... def my_pictures(logger, pictures, step):
+        ...     for pic in pictures:
+        ...         logger.save_image(pic.tag, pic.image, step)
+    """
+
+    def add(writer: PictureWriter) -> PictureWriter:
+        for path in class_paths:
+            _WRITERS[path] = writer
+        return writer
+
+    return add
+
+
+def picture_writer_for(logger: Any) -> PictureWriter | None:
+    """The writer registered for the nearest class in ``type(logger).__mro__``, or None.
+
+    Example:
+        >>> from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+        >>> picture_writer_for(TensorBoardLogger("tb")).__name__
+        '_to_tensorboard'
+        >>> picture_writer_for(CSVLogger("csv")) is None
+        True
+    """
+    for klass in type(logger).__mro__:
+        found = _WRITERS.get(f"{klass.__module__}.{klass.__qualname__}")
+        if found is not None:
+            return found
+    return None
+
+
+# The registered writers call the public functions through the module namespace at call time,
+# so wrapping one of them (e.g. a test spying on tensorboard_pictures) takes effect.
+@register_picture_writer(
+    # lightning.pytorch's and pytorch_lightning's TensorBoardLogger subclass these
+    "lightning.fabric.loggers.tensorboard.TensorBoardLogger",
+    "lightning_fabric.loggers.tensorboard.TensorBoardLogger",
+)
+def _to_tensorboard(logger: Any, pictures: Sequence[Picture], step: int) -> None:
+    tensorboard_pictures(logger, pictures, step)
+
+
+@register_picture_writer(
+    "lightning.pytorch.loggers.wandb.WandbLogger",
+    "pytorch_lightning.loggers.wandb.WandbLogger",
+)
+def _to_wandb(logger: Any, pictures: Sequence[Picture], step: int) -> None:
+    wandb_pictures(logger, pictures, step)
+
+
+@register_picture_writer(
+    "lightning.pytorch.loggers.mlflow.MLFlowLogger",
+    "pytorch_lightning.loggers.mlflow.MLFlowLogger",
+)
+def _to_mlflow(logger: Any, pictures: Sequence[Picture], step: int) -> None:
+    mlflow_pictures(logger, pictures, step)
+
+
+# ----------------------------------------------------------------------------- entry points
+def output_dir(trainer: Any, logger: Any | None = None) -> Path:
     """Where files for ``logger`` go: its ``log_dir``, else its ``save_dir``, else the trainer's
     ``default_root_dir``."""
     for attr in ("log_dir", "save_dir"):
@@ -92,23 +200,22 @@ def output_dir(trainer: Any, logger: Logger | None = None) -> Path:
 def log_pictures(trainer: Any, pictures: Sequence[Picture], step: int) -> list[Path]:
     """Send ``pictures`` to every logger of ``trainer``; returns the PNG files written.
 
-    TensorBoard and W&B loggers receive them natively; every other logger, or the trainer
-    itself when it has none, gets PNG files (each directory once).
+    Each logger gets its registered writer (:func:`picture_writer_for`); every other logger,
+    or the trainer itself when it has none, gets PNG files (each directory once).
     """
     if not _is_global_zero(trainer) or not pictures:
         return []
     loggers = list(getattr(trainer, "loggers", []) or [])
-    written: list[Path] = []
     directories: list[Path] = []
     for logger in loggers:
-        if isinstance(logger, _FabricTensorBoard):
-            tensorboard_pictures(logger, pictures, step)
-        elif isinstance(logger, WandbLogger):
-            wandb_pictures(logger, pictures, step)
+        writer = picture_writer_for(logger)
+        if writer is not None:
+            writer(logger, pictures, step)
         else:
             directories.append(output_dir(trainer, logger))
     if not loggers:
         directories.append(output_dir(trainer))
+    written: list[Path] = []
     for directory in dict.fromkeys(directories):
         written.extend(file_pictures(directory, pictures, step))
     return written

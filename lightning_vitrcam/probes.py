@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import CombinedLoader
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.seed import isolate_rng
+from lightning_utilities.core.overrides import is_overridden
 from torch.utils.data import IterableDataset
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "MASK_KEYS",
     "Probes",
     "default_batch_reader",
+    "overrides",
     "read_batch",
     "sample_probes",
     "validation_loader",
@@ -134,6 +135,33 @@ def read_batch(
     return images, labels, masks
 
 
+# --------------------------------------------------------------------------- lightning
+_LIGHTNING_BASES = ("LightningModule", "LightningDataModule")
+
+
+def overrides(name: str, instance: Any) -> bool:
+    """Whether ``instance`` (a LightningModule or LightningDataModule of either the
+    ``lightning.pytorch`` or the standalone ``pytorch_lightning`` package) overrides the hook
+    ``name`` of its Lightning base class.
+
+    Lightning's own ``is_overridden`` knows only its own package's classes, and the two
+    packages' classes are distinct; the base is therefore found by name in the MRO.
+
+    Example:
+        >>> import lightning as L
+        >>> class Data(L.LightningDataModule):
+        ...     def val_dataloader(self):
+        ...         return []
+        >>> overrides("val_dataloader", Data()), overrides("test_dataloader", Data())
+        (True, False)
+    """
+    for klass in type(instance).__mro__:
+        root = klass.__module__.split(".")[0]
+        if klass.__name__ in _LIGHTNING_BASES and root in ("lightning", "pytorch_lightning"):
+            return is_overridden(name, instance, klass)
+    return callable(getattr(instance, name, None))
+
+
 # --------------------------------------------------------------------------- probes
 @dataclass
 class Probes:
@@ -156,11 +184,12 @@ class Probes:
 def _request(trainer: Trainer) -> Any:
     """The validation loaders of the coming fit before the fit loop has built them."""
     datamodule = getattr(trainer, "datamodule", None)
-    if datamodule is not None and is_overridden("val_dataloader", datamodule):
+    if datamodule is not None and overrides("val_dataloader", datamodule):
         return datamodule.val_dataloader()
     # Loaders passed as trainer.fit(val_dataloaders=...) and the module's own val_dataloader()
     # hook are reachable only through the fit loop's data source: Lightning's private API,
-    # checked against lightning 2.6.6 (the same source the loop itself asks).
+    # checked against lightning 2.6.6 and pytorch_lightning 2.6.6 (the same source the loop
+    # itself asks; the function only calls the source, whichever package it comes from).
     from lightning.pytorch.trainer.connectors.data_connector import _request_dataloader
 
     source = trainer.fit_loop.epoch_loop.val_loop._data_source

@@ -1,0 +1,118 @@
+"""The picture-writer registry of lightning_vitrcam.loggers (no training runs)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from lightning_vitrcam import loggers as vlog
+from lightning_vitrcam.render import Picture
+
+PICTURES = [
+    Picture("vitrcam/saliency_grid", torch.zeros(3, 4, 6, dtype=torch.uint8)),
+    Picture("vitrcam/mean_saliency", torch.full((3, 5, 5), 255, dtype=torch.uint8)),
+]
+
+
+def bare(cls: type) -> Any:
+    """An instance without __init__: the lookup reads only the class."""
+    return object.__new__(cls)
+
+
+@pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
+def test_lookup_covers_both_lightning_packages(package: str) -> None:
+    loggers = pytest.importorskip(f"{package}.loggers")
+    expected = {
+        "TensorBoardLogger": vlog._to_tensorboard,
+        "WandbLogger": vlog._to_wandb,
+        "MLFlowLogger": vlog._to_mlflow,
+        "CSVLogger": None,  # no writer: PNG files
+    }
+    for name, writer in expected.items():
+        assert vlog.picture_writer_for(bare(getattr(loggers, name))) is writer, name
+
+
+def test_subclass_uses_base_writer_and_own_registration_wins() -> None:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    class MyTensorBoard(TensorBoardLogger):
+        pass
+
+    assert vlog.picture_writer_for(bare(MyTensorBoard)) is vlog._to_tensorboard
+
+    class MyCSV(CSVLogger):
+        pass
+
+    calls: list[tuple[str, int]] = []
+    path = f"{MyCSV.__module__}.{MyCSV.__qualname__}"
+    vlog.register_picture_writer(path)(
+        lambda logger, pictures, step: calls.extend((p.tag, step) for p in pictures)
+    )
+    try:
+        trainer = SimpleNamespace(loggers=[bare(MyCSV)], is_global_zero=True)
+        assert vlog.log_pictures(trainer, PICTURES, step=7) == []  # no PNG fallback
+        assert calls == [("vitrcam/saliency_grid", 7), ("vitrcam/mean_saliency", 7)]
+    finally:
+        del vlog._WRITERS[path]
+
+
+def test_writers_are_looked_up_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # tests/test_callback_ddp.py spies on the public function; the registry must honour that
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    seen: list[int] = []
+    monkeypatch.setattr(vlog, "tensorboard_pictures", lambda logger, pics, step: seen.append(step))
+    trainer = SimpleNamespace(loggers=[bare(TensorBoardLogger)], is_global_zero=True)
+    vlog.log_pictures(trainer, PICTURES, step=3)
+    assert seen == [3]
+
+
+def test_mlflow_writer_uploads_pngs_under_the_picture_names() -> None:
+    uploads: list[tuple[str, str, str, bytes]] = []
+
+    class Client:
+        def log_artifact(self, run_id: str, local_path: str, artifact_path: str) -> None:
+            uploads.append(
+                (run_id, Path(local_path).name, artifact_path, Path(local_path).read_bytes())
+            )
+
+    logger = SimpleNamespace(experiment=Client(), run_id="run-1")
+    vlog.mlflow_pictures(logger, PICTURES, step=4)
+    assert [u[:3] for u in uploads] == [
+        ("run-1", "step_000004.png", "vitrcam/saliency_grid"),
+        ("run-1", "step_000004.png", "vitrcam/mean_saliency"),
+    ]
+    assert all(u[3].startswith(b"\x89PNG") for u in uploads)
+
+
+def test_other_loggers_and_no_logger_get_files_only_on_rank_zero(tmp_path: Path) -> None:
+    other = SimpleNamespace(log_dir=str(tmp_path / "a"), log_metrics=lambda m, step: None)
+    trainer = SimpleNamespace(
+        loggers=[other, other], is_global_zero=True, default_root_dir=tmp_path
+    )
+    written = vlog.log_pictures(trainer, PICTURES, step=2)
+    # the same directory once
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
+        "a/vitrcam/mean_saliency/step_000002.png",
+        "a/vitrcam/saliency_grid/step_000002.png",
+    ]
+    rank1 = SimpleNamespace(loggers=[], is_global_zero=False, default_root_dir=tmp_path / "b")
+    assert vlog.log_pictures(rank1, PICTURES, step=2) == []
+    vlog.log_scalars(rank1, {"vitrcam/adcc": 0.5}, step=2, epoch=0)
+    assert not (tmp_path / "b").exists()
+
+
+def test_import_leaves_optional_packages_unimported() -> None:
+    # wandb is left out: timm itself imports it when installed (timm.utils.summary)
+    code = (
+        "import sys, lightning_vitrcam, lightning_vitrcam.loggers, lightning_vitrcam.cli;"
+        "print(sorted(m for m in ('pytorch_lightning', 'mlflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
