@@ -28,15 +28,20 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.seed import isolate_rng
 
 from lightning_vitrcam.adapters import find_vit
-from lightning_vitrcam.explainer import ReciproCAMResult, ViTReciproCAM
+from lightning_vitrcam.explainer import ReciproCAMResult, ViTReciproCAM, eval_mode
 from lightning_vitrcam.loggers import log_pictures, log_scalars
 from lightning_vitrcam.metrics import ADCC, ADCC_KEYS, FLAT_LOG_ODDS, flat_maps, probe_signals
 from lightning_vitrcam.normalization import resolve_mean_std
-from lightning_vitrcam.probes import HOW_TO_READ, Probes, sample_probes, validation_loader
+from lightning_vitrcam.probes import (
+    HOW_TO_READ,
+    Probes,
+    overrides,
+    sample_probes,
+    validation_loader,
+)
 from lightning_vitrcam.render import (
     Picture,
     evenly_spaced,
@@ -44,7 +49,12 @@ from lightning_vitrcam.render import (
     probe_timelines,
     saliency_picture,
 )
-from lightning_vitrcam.shortcut import PossibleShortcutWarning, shortcut_message
+from lightning_vitrcam.shortcut import (
+    PossibleShortcutWarning,
+    ShortcutAlarm,
+    Suspect,
+    shortcut_message,
+)
 
 __all__ = ["ExplanationSkippedWarning", "PossibleShortcutWarning", "ViTReciproCAMCallback"]
 
@@ -88,6 +98,7 @@ class _Outcome:
     values: dict[str, float]
     mean_map: torch.Tensor
     flat: torch.Tensor
+    suspects: list[Suspect]
 
 
 @dataclass
@@ -96,6 +107,22 @@ class _Evaluation:
     step: int
     maps: torch.Tensor  # [N, h, w] float16 on CPU: compact, enough for drift and pictures
     adcc: float | None
+
+
+_SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
+
+
+def _check_strategy(trainer: Trainer) -> None:
+    """Sharded strategies are refused early: the explainer calls the unwrapped ViT directly,
+    which needs every parameter in full on every rank."""
+    kind = type(trainer.strategy).__name__
+    if any(word in kind for word in _SHARDED):
+        raise ValueError(
+            f"ViTReciproCAMCallback does not support the sharded strategy {kind}: the explainer"
+            " runs the unwrapped ViT, whose parameters must be whole (unsharded) on every"
+            " rank, and this has not been tested on a GPU. Use strategy='ddp' (tested), or"
+            " explain checkpoints afterwards with `lightning-vitrcam explain`."
+        )
 
 
 class ViTReciproCAMCallback(Callback):
@@ -118,9 +145,18 @@ class ViTReciproCAMCallback(Callback):
     ``energy_in_mask`` and ``pointing_game``; pictures ``vitrcam/saliency_grid``,
     ``vitrcam/mean_saliency`` and, at the end, ``vitrcam/timeline``. TensorBoard and W&B get
     them natively, any other logger (or none) PNG files in its log directory; only global rank
-    zero renders and writes. A :class:`PossibleShortcutWarning` (rank zero) says when the
-    hotspot ratio exceeds ``hotspot_threshold`` or the energy in the object masks falls below
-    ``energy_threshold``, and where the hotspot is.
+    zero renders and writes. ``score_range`` (median raw score range of the maps) and
+    ``flat_maps`` (share of maps without signal, left out of the map signals) say how much the
+    maps can be trusted; ``shortcut_drop`` is the shortcut alarm's strongest evidence.
+
+    A :class:`PossibleShortcutWarning` (rank zero) says where the model's prediction hangs on one
+    fixed place and on what evidence: the peaks of the global and per-class mean maps are
+    occluded in the probes, and a place whose occlusion collapses the prediction on most probes
+    of a group is reported (:class:`~lightning_vitrcam.shortcut.ShortcutAlarm`, beyond the
+    paper; e.g. "occluding token row 0, column 0 (on the top-left corner) drops the
+    predicted-class probability by 0.69 on average and by at least half on 15 of 16 probes").
+    Optionally also when the hotspot ratio exceeds ``hotspot_threshold`` or the energy in the
+    object masks falls below ``energy_threshold``.
 
     The probes are indexed straight from a map-style dataset (indices drawn with a local
     generator, collated with the loader's ``collate_fn``), so neither the global RNG nor the
@@ -143,7 +179,8 @@ class ViTReciproCAMCallback(Callback):
         cmap: matplotlib colormap of the overlays.
         class_names: one name per class for the captions (default: the datamodule's
             ``class_names`` attribute when it has one, else class indices).
-        mean: normalisation mean of the images (default: the ViT's timm ``pretrained_cfg``).
+        mean: normalisation mean of the images, one value or one per channel (default: the
+            ViT's timm ``pretrained_cfg``, else ImageNet's, fitted to the images' channels).
         std: normalisation std of the images (same default).
         dataloader_idx: which validation dataloader the probes come from.
         batch_reader: function of a collated batch returning a dict (keys ``image``,
@@ -152,7 +189,15 @@ class ViTReciproCAMCallback(Callback):
         max_batch: at most this many token sequences per explanation pass (memory bound).
         model_attr: dotted attribute path from the LightningModule to the ViT, needed only
             when it cannot be found (none or several candidates).
-        hotspot_threshold: warn when the hotspot ratio exceeds this (None: never).
+        shortcut_alarm: run the occlusion-confirmed shortcut alarm (a few extra forwards of
+            the probes per evaluation).
+        min_drop: the alarm counts a probe as hit when occluding the suspected token removes
+            at least this share of its predicted-class probability.
+        min_share: the alarm reports a place when at least this share of a group's probes
+            (all probes, or those of one predicted class) are hit.
+        hotspot_threshold: also warn when the hotspot ratio exceeds this (None, the default:
+            never; a ratio says how peaked the mean map is, not whether the model depends on
+            the peak, and object-centred data peak in the centre).
         energy_threshold: warn when the mean energy in the object masks drops below this
             (None, the default: never). Opt-in because its meaningful level depends on how
             much of the image the objects cover: an untrained model scores about the objects'
@@ -163,6 +208,8 @@ class ViTReciproCAMCallback(Callback):
         flat_threshold: a probe's map is "flat" (no signal: marked in its caption, left out of
             the mean-map signals) when masking any window moves the predicted class's
             log-odds by less than this (see :func:`~lightning_vitrcam.metrics.flat_maps`).
+        channels: image channels shown in the pictures: one index (grey) or three (red,
+            green, blue); default grey for one-channel images, else the first three.
 
     Example:
         >>> cb = ViTReciproCAMCallback(num_images=4, every_n_steps=100, class_names=["a", "b"])
@@ -187,12 +234,16 @@ class ViTReciproCAMCallback(Callback):
         batch_reader: Callable[[Any], Any] | None = None,
         max_batch: int = 128,
         model_attr: str | None = None,
-        hotspot_threshold: float | None = 4.0,
+        shortcut_alarm: bool = True,
+        min_drop: float = 0.5,
+        min_share: float = 0.7,
+        hotspot_threshold: float | None = None,
         energy_threshold: float | None = None,
         seed: int = 0,
         log_images: bool = True,
         timeline_columns: int = 8,
         flat_threshold: float = FLAT_LOG_ODDS,
+        channels: list[int] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("num_images", num_images), ("timeline_columns", timeline_columns)):
@@ -220,12 +271,17 @@ class ViTReciproCAMCallback(Callback):
         self.batch_reader = batch_reader
         self.max_batch = max_batch
         self.model_attr = model_attr
+        self.shortcut_alarm = shortcut_alarm
+        self.min_drop = min_drop
+        self.min_share = min_share
         self.hotspot_threshold = hotspot_threshold
         self.energy_threshold = energy_threshold
+        self._alarm = ShortcutAlarm(min_drop, min_share, max_batch=max_batch)
         self.seed = seed
         self.log_images = log_images
         self.timeline_columns = timeline_columns
         self.flat_threshold = flat_threshold
+        self.channels = None if channels is None else [int(c) for c in channels]
 
         self._vit: torch.nn.Module | None = None
         self._device = torch.device("cpu")
@@ -249,14 +305,17 @@ class ViTReciproCAMCallback(Callback):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """The probe selection and the evaluation history (plain types and CPU tensors)."""
+        """The probe selection, the evaluation history (plain types and CPU tensors) and the
+        alarm's candidates."""
         indices = None if self._probe is None else self._probe.indices
-        return {"indices": indices, "history": self.history}
+        return {"indices": indices, "history": self.history, "alarm": self._alarm.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # the indices are used in on_fit_start, once the dataset can be read
         self._loaded_indices = state_dict.get("indices")
         self._history = [_Evaluation(**e) for e in state_dict.get("history", [])]
+        if "alarm" in state_dict:
+            self._alarm.load_state_dict(state_dict["alarm"])
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -265,6 +324,7 @@ class ViTReciproCAMCallback(Callback):
 
     # ------------------------------------------------------------------ setup
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        _check_strategy(trainer)
         name, vit = find_vit(pl_module, self.model_attr)
         self._vit, self._device = vit, pl_module.device
         try:
@@ -275,12 +335,13 @@ class ViTReciproCAMCallback(Callback):
                 f"ViTReciproCAMCallback cannot explain {where} ({type(vit).__name__}): {err}."
                 " Point model_attr at the Vision Transformer to explain."
             ) from err
-        self._mean_std = resolve_mean_std(vit, self.mean, self.std)
         datamodule_names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
         if self.class_names is None and datamodule_names is not None:
             # a datamodule that names its classes saves the user from repeating them
             self.class_names = [str(c) for c in datamodule_names]
         self._probe = self._read_probes(trainer, pl_module).to(pl_module.device)
+        channels = self._probe.images.shape[1]
+        self._mean_std = resolve_mean_std(vit, self.mean, self.std, channels=channels)
         self._check_setup(trainer)
 
     def _build_explainer(self) -> None:
@@ -296,7 +357,7 @@ class ViTReciproCAMCallback(Callback):
     def _read_probes(self, trainer: Trainer, pl_module: LightningModule) -> Probes:
         epoch_mode = self.every_n_steps is None and self.every_n_epochs is not None
         if epoch_mode and (
-            not is_overridden("validation_step", pl_module) or trainer.limit_val_batches == 0
+            not overrides("validation_step", pl_module) or trainer.limit_val_batches == 0
         ):
             raise ValueError(
                 "ViTReciproCAMCallback explains after validation epochs but this run does not"
@@ -443,11 +504,25 @@ class ViTReciproCAMCallback(Callback):
                 parts = self._adcc.compute()
                 self._adcc.reset()
                 stats.update({k: parts[k] for k in ADCC_KEYS})
+            suspects: list[Suspect] = []
+            if self.shortcut_alarm:
+                cam = self._cam
+                assert cam is not None
+                with eval_mode(cam.model):
+                    suspects, drop = self._alarm.check(
+                        cam.adapter.forward,
+                        cam.score_fn,
+                        images,
+                        [primary.maps],
+                        primary.targets,
+                        ~flat,
+                    )
+                stats["shortcut_drop"] = torch.tensor(drop, device=mean_map.device)
         # one host transfer for all scalars
         values = dict(zip(stats, torch.stack(list(stats.values())).float().tolist(), strict=True))
         if "adcc" in values and previous is not None and previous.adcc is not None:
             values["adcc_delta"] = values["adcc"] - previous.adcc
-        return _Outcome(images, primary, pred, true, values, mean_map, flat)
+        return _Outcome(images, primary, pred, true, values, mean_map, flat, suspects)
 
     def _measure_safely(self, trainer: Trainer) -> tuple[_Outcome | None, _Skip | None]:
         """:meth:`_measure`, turning any failure into a :class:`_Skip`; out of memory halves
@@ -505,7 +580,14 @@ class ViTReciproCAMCallback(Callback):
             return
         self._hint_flat(outcome.flat)
         message = shortcut_message(
-            values, outcome.mean_map, epoch, step, self.hotspot_threshold, self.energy_threshold
+            values,
+            outcome.mean_map,
+            epoch,
+            step,
+            self.hotspot_threshold,
+            self.energy_threshold,
+            outcome.suspects,
+            self.class_names,
         )
         if message is not None:
             rank_zero_warn(message, category=PossibleShortcutWarning)
@@ -559,6 +641,8 @@ class ViTReciproCAMCallback(Callback):
             mean=mean,
             std=std,
             cmap=self.cmap,
+            channels=self.channels,
+            notes=["flat map" if f else None for f in outcome.flat.tolist()],
         )
         ratio = values.get("hotspot_ratio")
         title = (
@@ -584,7 +668,14 @@ class ViTReciproCAMCallback(Callback):
         mean, std = self._mean_std
         frames = [e.maps for e in kept]
         return probe_timelines(
-            probe.images, frames, labels, mean, std, self.cmap, self.timeline_columns
+            probe.images,
+            frames,
+            labels,
+            mean,
+            std,
+            self.cmap,
+            self.timeline_columns,
+            channels=self.channels,
         )
 
     def _log_timeline(self, trainer: Trainer) -> None:

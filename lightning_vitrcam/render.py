@@ -344,7 +344,7 @@ def _as_list(values: Any, n: int, what: str) -> list[Any]:
 
 
 def _caption_parts(
-    preds: Any, probs: Any, labels: Any, class_names: Any
+    preds: Any, probs: Any, labels: Any, class_names: Any, notes: Any = None
 ) -> list[tuple[str, str | None, bool]]:
     p = (
         preds.detach().reshape(-1).cpu().tolist()
@@ -354,9 +354,11 @@ def _caption_parts(
     n = len(p)
     q = _as_list(probs, n, "probs")
     y = _as_list(labels, n, "labels") if labels is not None else [None] * n
+    extra = _as_list(notes, n, "notes") if notes is not None else [None] * n
     rows = []
-    for pi, qi, yi in zip(p, q, y, strict=True):
+    for pi, qi, yi, note in zip(p, q, y, extra, strict=True):
         pred = f"pred: {_name(int(pi), class_names)} ({float(qi):.2f})"
+        pred = f"{pred}, {note}" if note else pred
         true = None if yi is None else f"true: {_name(int(yi), class_names)}"
         rows.append((pred, true, yi is not None and int(yi) != int(pi)))
     return rows
@@ -367,8 +369,10 @@ def row_captions(
     probs: Any,
     labels: Any = None,
     class_names: Sequence[str] | Mapping[int, str] | None = None,
+    notes: Sequence[str | None] | None = None,
 ) -> list[str]:
-    """One caption per image, e.g. ``"pred: cat (0.93) | true: dog ✗ MISMATCH"``.
+    """One caption per image, e.g. ``"pred: cat (0.93) | true: dog ✗ MISMATCH"``; ``notes``
+    (one per image, or None) follow the prediction, e.g. ``"pred: cat (0.93), flat map"``.
 
     Example:
         >>> row_captions(torch.tensor([1, 0]), torch.tensor([0.9, 0.5]), torch.tensor([1, 1]),
@@ -376,7 +380,7 @@ def row_captions(
         ['pred: dog (0.90) | true: dog', 'pred: cat (0.50) | true: dog ✗ MISMATCH']
     """
     out = []
-    for pred, true, wrong in _caption_parts(preds, probs, labels, class_names):
+    for pred, true, wrong in _caption_parts(preds, probs, labels, class_names, notes):
         text = pred if true is None else f"{pred} | {true}"
         out.append(text + (" ✗ MISMATCH" if wrong else ""))
     return out
@@ -436,11 +440,17 @@ def _grid(
 
 
 def _checked_parts(
-    images: torch.Tensor, preds: Any, probs: Any, labels: Any, true_maps: Any, class_names: Any
+    images: torch.Tensor,
+    preds: Any,
+    probs: Any,
+    labels: Any,
+    true_maps: Any,
+    class_names: Any,
+    notes: Any = None,
 ) -> list[tuple[str, str | None, bool]]:
     if true_maps is not None and labels is None:
         raise ValueError("true_maps needs labels (the class each true-class map explains)")
-    parts = _caption_parts(preds, probs, labels, class_names)
+    parts = _caption_parts(preds, probs, labels, class_names, notes)
     if len(parts) != images.shape[0]:
         raise ValueError(f"preds has {len(parts)} entries for {images.shape[0]} images")
     return parts
@@ -499,24 +509,26 @@ def saliency_picture(
     cmap: Any = "inferno",
     alpha: float = 0.5,
     channels: Sequence[int] | None = None,
+    notes: Sequence[str | None] | None = None,
 ) -> Picture:
     """The captioned :func:`saliency_grid` as a :class:`Picture`, with one uncaptioned picture
     per row (input | overlays, at the images' size) and its :func:`row_captions` as ``parts``
-    for loggers that caption each image. The overlays are drawn once for both.
+    for loggers that caption each image. The overlays are drawn once for both. ``notes`` (one
+    per image or None, e.g. ``"flat map"``) follow each row's prediction.
 
     Example:
         >>> pic = saliency_picture("vitrcam/grid", torch.randn(2, 3, 8, 8), torch.rand(2, 2, 2),
-        ...                        preds=[0, 1], probs=[0.9, 0.6])
+        ...                        preds=[0, 1], probs=[0.9, 0.6], notes=[None, "flat map"])
         >>> len(pic.parts), tuple(pic.parts[0].shape), pic.captions[1]
-        (2, (3, 8, 16), 'pred: 1 (0.60)')
+        (2, (3, 8, 16), 'pred: 1 (0.60), flat map')
     """
-    parts = _checked_parts(images, preds, probs, labels, true_maps, class_names)
+    parts = _checked_parts(images, preds, probs, labels, true_maps, class_names, notes)
     columns, titles = _columns(images, maps, true_maps, mean, std, cmap, alpha, channels)
     return Picture(
         tag,
         _grid(columns, titles, parts, captions=True),
         parts=list(torch.cat(columns, dim=-1).cpu()),
-        captions=row_captions(preds, probs, labels, class_names),
+        captions=row_captions(preds, probs, labels, class_names, notes),
     )
 
 

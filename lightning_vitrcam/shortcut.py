@@ -1,7 +1,23 @@
-"""The ``possible shortcut`` alarm: when the probes' saliency says the model reads one spot.
+"""The ``possible shortcut`` alarm (beyond the paper): saliency proposes, occlusion confirms.
 
-:func:`shortcut_message` turns the signals of one evaluation into the warning text (or None);
-the callback emits it as a :class:`PossibleShortcutWarning` on rank zero.
+A model that learned a shortcut (a watermark, a border, a corner logo) reads one fixed place of
+the image whatever the object does. Two facts, measured on the demo's training runs (see
+``benchmarks/shortcut_signal.py``), make that testable at the cost of a few forwards:
+
+* **where**: the ViT-ReciproCAM maps of the probes, averaged over all probes and over the probes
+  of each predicted class, peak on the shortcut's token, even when the peak is weak (the block
+  that reads the cue changes with seed and epoch, so the height of the peak is unreliable,
+  its place is not);
+* **whether**: occluding that token in the input images (filled with the probes' mean colour)
+  collapses the predicted-class probability on most probes of the group, while for a model
+  that reads the object the same occlusion changes almost nothing.
+
+:class:`ShortcutAlarm` takes the peaks of the global and the per-class mean maps as
+candidates (plus the candidates of the previous evaluation: a cue the model keeps using is
+re-tested even when this evaluation's maps peak elsewhere), occludes each candidate in the
+probes of its group in one batched forward and reports a :class:`Suspect` when the relative
+drop ``(p - p_occluded) / p`` reaches ``min_drop`` on at least ``min_share`` of the group's
+probes. The ViT-ReciproCAM pictures are unchanged; this test is the library's own.
 
 Example:
     >>> import torch
@@ -14,17 +30,193 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from lightning_vitrcam.metrics import hotspot_location
+from lightning_vitrcam.metrics import hotspot_location, mean_saliency_map
 
-__all__ = ["PossibleShortcutWarning", "shortcut_message"]
+__all__ = [
+    "PossibleShortcutWarning",
+    "ShortcutAlarm",
+    "Suspect",
+    "occlude",
+    "shortcut_message",
+]
 
 
 class PossibleShortcutWarning(UserWarning):
-    """The mean saliency collapsed onto one spot or left the object masks."""
+    """The model's prediction hangs on one fixed place of the image (or the saliency left the
+    object masks)."""
+
+
+def _place(row: int, col: int, h: int, w: int) -> str:
+    grid = torch.zeros(h, w)
+    grid[row, col] = 1.0
+    where = hotspot_location(grid)[2]
+    return f"token row {row}, column {col} ({'on the ' + where if where else 'inside the image'})"
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """A token whose occlusion collapses the prediction on most probes of a group.
+
+    ``group`` is the class index of the probes tested (None: all probes); ``hits`` of
+    ``probes`` lost at least ``min_drop`` of their predicted-class probability;
+    ``mean_drop`` is the group's mean relative drop.
+    """
+
+    row: int
+    col: int
+    grid: tuple[int, int]
+    group: int | None
+    probes: int
+    hits: int
+    mean_drop: float
+
+    def describe(self, class_names: Sequence[str] | None = None) -> str:
+        who = "probes"
+        if self.group is not None:
+            name = class_names[self.group] if class_names else str(self.group)
+            who = f"probes predicted as {name!r}"
+        return (
+            f"occluding {_place(self.row, self.col, *self.grid)} drops the predicted-class"
+            f" probability by {self.mean_drop:.2f} on average and by at least half on"
+            f" {self.hits} of {self.probes} {who}"
+        )
+
+
+def occlude(images: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, grid: tuple[int, int]):
+    """Copies ``images[rows]`` with the pixel cell of token ``tokens[i]`` (row-major on the
+    ``h x w`` grid) filled with the images' per-channel mean, all in one tensor operation.
+
+    Example:
+        >>> x = torch.ones(2, 1, 4, 4); x[1] = 3.0
+        >>> out = occlude(x, torch.tensor([0, 1]), torch.tensor([0, 3]), (2, 2))
+        >>> out[0, 0, :2, :2].tolist(), out[1, 0, 2:, 2:].tolist(), float(out[1, 0, 0, 0])
+        ([[2.0, 2.0], [2.0, 2.0]], [[2.0, 2.0], [2.0, 2.0]], 3.0)
+    """
+    h, w = grid
+    H, W = images.shape[-2:]
+    fill = images.mean(dim=(0, 2, 3), keepdim=True)
+    # pixel -> token cell; exact for patch grids, nearest cell when H or W is not a multiple
+    cell_r = (torch.arange(H, device=images.device) * h) // H
+    cell_c = (torch.arange(W, device=images.device) * w) // W
+    tr, tc = (tokens // w).view(-1, 1, 1), (tokens % w).view(-1, 1, 1)
+    inside = (cell_r.view(1, H, 1) == tr) & (cell_c.view(1, 1, W) == tc)
+    return torch.where(inside[:, None], fill.to(images.dtype), images[rows])
+
+
+class ShortcutAlarm:
+    """Finds tokens the model's predictions hang on; see the module docstring.
+
+    Args:
+        min_drop: relative drop of the predicted-class probability that counts as a hit.
+        min_share: share of a group's probes that must be hit.
+        min_group: smallest group of probes a per-class candidate is tested on.
+        max_batch: images per forward of the occlusion test.
+
+    Example:
+        >>> alarm = ShortcutAlarm()
+        >>> alarm.state_dict()
+        {'candidates': []}
+    """
+
+    def __init__(
+        self,
+        min_drop: float = 0.5,
+        min_share: float = 0.7,
+        min_group: int = 3,
+        max_batch: int = 128,
+    ) -> None:
+        if not 0.0 < min_drop <= 1.0 or not 0.0 < min_share <= 1.0:
+            raise ValueError(
+                f"min_drop and min_share must be in (0, 1], got {min_drop} and {min_share}"
+            )
+        self.min_drop = min_drop
+        self.min_share = min_share
+        self.min_group = min_group
+        self.max_batch = max_batch
+        # (token, class or None) tested last time: a cue the model keeps using is re-tested
+        self._remembered: list[tuple[int, int | None]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"candidates": [list(c) for c in self._remembered]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._remembered = [(int(t), None if g is None else int(g)) for t, g in state["candidates"]]
+
+    def _groups(self, targets: torch.Tensor) -> list[tuple[int | None, torch.Tensor]]:
+        groups: list[tuple[int | None, torch.Tensor]] = [(None, torch.ones_like(targets).bool())]
+        classes, counts = targets.unique(return_counts=True)
+        for c, k in zip(classes.tolist(), counts.tolist(), strict=True):
+            if k >= self.min_group and k < targets.numel():
+                groups.append((int(c), targets == c))
+        return groups
+
+    def candidates(
+        self, maps: Sequence[torch.Tensor], targets: torch.Tensor, informative: torch.Tensor
+    ) -> list[tuple[int, int | None]]:
+        """``(token, class or None)`` pairs: the peak of the mean of the informative maps of
+        every group, for each batch of maps given (e.g. one per explained block), then the
+        remembered ones."""
+        found: list[tuple[int, int | None]] = []
+        for group, members in self._groups(targets):
+            keep = (members & informative).float()
+            if not bool(keep.any()):
+                continue
+            for batch in maps:
+                mean_map = mean_saliency_map(batch * keep[:, None, None])
+                found.append((int(mean_map.flatten().argmax()), group))
+        present = {g for g, _ in self._groups(targets)}
+        found += [c for c in self._remembered if c[1] in present]
+        return list(dict.fromkeys(found))
+
+    def check(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        score: Callable[[torch.Tensor], torch.Tensor],
+        images: torch.Tensor,
+        maps: Sequence[torch.Tensor],
+        targets: torch.Tensor,
+        informative: torch.Tensor,
+    ) -> tuple[list[Suspect], float]:
+        """Test the candidates on ``images`` (the probes): ``forward`` gives logits,
+        ``score`` per-class scores from them (the explainer's ``score_fn``); ``maps`` one or
+        more ``[N, h, w]`` batches of the probes' maps, ``targets`` the explained classes.
+        Returns the suspects (most probes hit first) and the largest group mean drop of any
+        candidate (a continuous signal, 0 without candidates)."""
+        grid = tuple(maps[0].shape[-2:])
+        pairs = self.candidates(maps, targets, informative)
+        self._remembered = pairs[:8]
+        if not pairs:
+            return [], 0.0
+        groups = dict(self._groups(targets))
+        rows = [groups[g].nonzero().flatten() for _, g in pairs]
+        tokens = torch.cat([torch.full_like(r, t) for r, (t, _) in zip(rows, pairs, strict=True)])
+        rows_all = torch.cat(rows)
+        batch = torch.cat([images, occlude(images, rows_all, tokens, grid)])  # type: ignore[arg-type]
+        logits = torch.cat([forward(chunk) for chunk in batch.split(self.max_batch)])
+        p = score(logits.float())
+        n = images.shape[0]
+        p0 = p[:n].gather(1, targets[:, None]).squeeze(1)
+        p_occ = p[n:].gather(1, targets[rows_all][:, None]).squeeze(1)
+        drop = ((p0[rows_all] - p_occ) / p0[rows_all].clamp_min(1e-12)).clamp(-1.0, 1.0)
+        sizes = [len(r) for r in rows]
+        suspects, worst = [], 0.0
+        for (token, group), part in zip(pairs, drop.split(sizes), strict=True):
+            hits, mean = int((part >= self.min_drop).sum()), float(part.mean())
+            worst = max(worst, mean)
+            if hits >= self.min_share * len(part):
+                row, col = divmod(token, grid[1])
+                suspects.append(Suspect(row, col, grid, group, len(part), hits, mean))  # type: ignore[arg-type]
+        # a place confirmed on all probes needs no repeat for each class
+        everyone = {(s.row, s.col) for s in suspects if s.group is None}
+        suspects = [s for s in suspects if s.group is None or (s.row, s.col) not in everyone]
+        suspects.sort(key=lambda s: (s.group is not None, -s.hits / s.probes, -s.mean_drop))
+        return suspects, worst
 
 
 def shortcut_message(
@@ -34,10 +226,13 @@ def shortcut_message(
     step: int,
     hotspot_threshold: float | None = None,
     energy_threshold: float | None = None,
+    suspects: Sequence[Suspect] = (),
+    class_names: Sequence[str] | None = None,
 ) -> str | None:
-    """The warning for one evaluation's ``values`` (``hotspot_ratio`` and, with masks,
-    ``energy_in_mask``), or None when no threshold is crossed."""
-    reasons = []
+    """The warning for one evaluation, or None: the confirmed ``suspects`` (see
+    :class:`ShortcutAlarm`), ``hotspot_ratio`` above ``hotspot_threshold`` and, with masks,
+    ``energy_in_mask`` below ``energy_threshold``."""
+    reasons = [s.describe(class_names) for s in suspects[:3]]
     ratio, energy = values.get("hotspot_ratio"), values.get("energy_in_mask")
     if hotspot_threshold is not None and ratio is not None and ratio > hotspot_threshold:
         reasons.append(f"hotspot ratio {ratio:.2f} > {hotspot_threshold}")
@@ -45,10 +240,11 @@ def shortcut_message(
         reasons.append(f"energy in the object masks {energy:.2f} < {energy_threshold}")
     if not reasons:
         return None
-    row, col, border = hotspot_location(mean_map)
-    place = f"on the {border}" if border else "inside the image"
-    return (
-        f"ViTReciproCAMCallback: possible shortcut at epoch {epoch} (step {step}): "
-        + " and ".join(reasons)
-        + f"; the mean saliency peaks at token row {row}, column {col} ({place})"
+    text = f"ViTReciproCAMCallback: possible shortcut at epoch {epoch} (step {step}): " + "; ".join(
+        reasons
     )
+    if not suspects:
+        row, col, border = hotspot_location(mean_map)
+        place = f"on the {border}" if border else "inside the image"
+        text += f"; the mean saliency peaks at token row {row}, column {col} ({place})"
+    return text

@@ -335,8 +335,8 @@ def clean_vit() -> nn.Module:
     return model
 
 
-def _shortcut_warnings(tmp_path: Path, model: nn.Module, val: Dataset) -> list[str]:
-    cb = ViTReciproCAMCallback(num_images=16, log_images=False, energy_threshold=0.3)
+def _shortcut_warnings(tmp_path: Path, model: nn.Module, val: Dataset, **kwargs) -> list[str]:
+    cb = ViTReciproCAMCallback(num_images=16, log_images=False, **kwargs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit(Module(model, lr=0.0), [cb], tmp_path, val=val, max_epochs=1, limit_train_batches=1)
@@ -344,12 +344,19 @@ def _shortcut_warnings(tmp_path: Path, model: nn.Module, val: Dataset) -> list[s
 
 
 def test_shortcut_warning_fires_on_planted_shortcut(tmp_path: Path) -> None:
-    messages = _shortcut_warnings(tmp_path, _rigged_corner_vit(), Squares(32, 3, corner=True))
+    val = Squares(32, 3, corner=True)
+    messages = _shortcut_warnings(tmp_path, _rigged_corner_vit(), val)
     assert messages, "no shortcut warning for a model that reads only the corner"
     text = messages[0]
     assert "possible shortcut" in text and "epoch 0" in text
-    assert "hotspot ratio" in text and "energy in the object masks" in text
-    assert "row 0, column 0" in text and "top-left corner" in text
+    # where, how strong and on what evidence: the occluded corner collapses every probe
+    assert "occluding token row 0, column 0 (on the top-left corner)" in text
+    assert "on 16 of 16 probes" in text and "hotspot ratio" not in text
+    # the opt-in map thresholds add their own reasons
+    opt_in = _shortcut_warnings(
+        tmp_path, _rigged_corner_vit(), val, hotspot_threshold=4.0, energy_threshold=0.3
+    )
+    assert "hotspot ratio" in opt_in[0] and "energy in the object masks" in opt_in[0]
 
 
 def test_no_shortcut_warning_on_clean_model(tmp_path: Path, clean_vit: nn.Module) -> None:
@@ -583,3 +590,35 @@ def test_flat_maps_are_named_and_left_out_of_the_mean_map(tmp_path: Path) -> Non
     lines = [json.loads(x) for x in text.splitlines()]
     assert all(x["vitrcam/flat_maps"] == 1.0 and x["vitrcam/score_range"] == 0.0 for x in lines)
     assert not any("vitrcam/hotspot_ratio" in x for x in lines)  # no signal from flat maps
+
+
+def test_sharded_strategies_are_refused_early() -> None:
+    from types import SimpleNamespace
+
+    from lightning_vitrcam.callback import _check_strategy
+
+    class FSDPStrategy:  # stands in for Lightning's (it needs a GPU to be built)
+        pass
+
+    with pytest.raises(ValueError, match="sharded strategy FSDPStrategy.*strategy='ddp'"):
+        _check_strategy(SimpleNamespace(strategy=FSDPStrategy()))
+    _check_strategy(L.Trainer(accelerator="cpu", logger=False))  # single device: fine
+
+
+class GreySquares(Squares):
+    """One-channel images (X-ray-like): the mean of the three colour channels."""
+
+    def __getitem__(self, i: int) -> Any:
+        item = super().__getitem__(i)
+        return {**item, "image": item["image"].mean(dim=0, keepdim=True)}
+
+
+def test_grayscale_vit_through_the_callback(tmp_path: Path) -> None:
+    cb = ViTReciproCAMCallback(num_images=2, explain="both")
+    fit(Module(in_chans=1), [cb], tmp_path, max_epochs=1, train=GreySquares(16), val=GreySquares(8))
+    assert len(cb.history) == 1 and cb._mean_std == ((0.5,), (0.5,))
+    grid = tmp_path / "vitrcam" / "saliency_grid" / "step_000002.png"
+    from PIL import Image
+
+    with Image.open(grid) as img:
+        assert img.mode == "RGB" and img.width >= 3 * 96  # grey input, overlays in colour

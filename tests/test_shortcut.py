@@ -1,0 +1,154 @@
+"""The occlusion-confirmed shortcut alarm on models whose answer is known."""
+
+from __future__ import annotations
+
+import torch
+
+from lightning_vitrcam.shortcut import ShortcutAlarm, Suspect, occlude, shortcut_message
+
+GRID = (4, 4)  # 32x32 images, 8x8 cells
+
+
+def corner_model(images: torch.Tensor) -> torch.Tensor:
+    """4 classes read from the mean colour of the top-left 8x8 cell only (a planted shortcut)."""
+    cue = images[:, :, :8, :8].mean(dim=(2, 3))  # [B, 3]
+    return 10.0 * torch.cat([cue, -cue.sum(1, keepdim=True)], dim=1)
+
+
+def per_class_corner_model(images: torch.Tensor) -> torch.Tensor:
+    """Class k's evidence is the brightness of corner k (0: top-left, 1: top-right, ...)."""
+    cells = [
+        images[:, :, :8, :8],
+        images[:, :, :8, -8:],
+        images[:, :, -8:, :8],
+        images[:, :, -8:, -8:],
+    ]
+    return 10.0 * torch.stack([c.mean(dim=(1, 2, 3)) for c in cells], dim=1)
+
+
+def global_model(images: torch.Tensor) -> torch.Tensor:
+    """Reads the whole image (a model that looks at the object, not at one place)."""
+    m = images.mean(dim=(2, 3))
+    return 10.0 * torch.cat([m, -m.sum(1, keepdim=True)], dim=1)
+
+
+def softmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.softmax(dim=-1)
+
+
+def peaked_maps(n: int, token: int | list[int]) -> torch.Tensor:
+    tokens = [token] * n if isinstance(token, int) else token
+    maps = torch.rand(n, *GRID, generator=torch.Generator().manual_seed(0)) * 0.2
+    for i, t in enumerate(tokens):
+        maps[i].view(-1)[t] = 1.0
+    return maps
+
+
+def corner_images(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class colour fills the whole image (what a model that looks at the object reads)
+    and, stronger, the top-left cell (the corner cue)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, 32, 32, generator=g) * 0.1
+    labels = torch.arange(n) % 3
+    colour = torch.eye(3)[labels][:, :, None, None]
+    images += 0.5 * colour
+    images[:, :, :8, :8] += 2.0 * colour
+    return images, labels
+
+
+def test_occlude_fills_exactly_the_token_cell_with_the_mean_colour() -> None:
+    images = torch.arange(2 * 3 * 6 * 9, dtype=torch.float32).view(2, 3, 6, 9)
+    out = occlude(images, torch.tensor([1, 0]), torch.tensor([5, 0]), (2, 3))
+    mean = images.mean(dim=(0, 2, 3))
+    # token 5 = row 1, column 2 of a 2x3 grid: pixel rows 3..5, columns 6..8 of image 1
+    assert torch.equal(out[0, :, 3:, 6:], mean.view(3, 1, 1).expand(3, 3, 3))
+    untouched = torch.ones(6, 9, dtype=torch.bool)
+    untouched[3:, 6:] = False
+    assert torch.equal(out[0][:, untouched], images[1][:, untouched])
+    assert torch.equal(out[1, :, :3, :3], mean.view(3, 1, 1).expand(3, 3, 3))
+
+
+def test_corner_shortcut_is_confirmed_with_its_evidence() -> None:
+    images, _ = corner_images(12)
+    targets = corner_model(images).argmax(1)
+    alarm = ShortcutAlarm()
+    maps = peaked_maps(12, 0)
+    suspects, drop = alarm.check(
+        corner_model, softmax, images, [maps], targets, torch.ones(12, dtype=torch.bool)
+    )
+    assert suspects and suspects[0] == Suspect(0, 0, GRID, None, 12, 12, suspects[0].mean_drop)
+    assert 0.5 < suspects[0].mean_drop <= drop  # drop: the strongest group mean of any candidate
+    text = suspects[0].describe()
+    assert "occluding token row 0, column 0 (on the top-left corner)" in text
+    assert "on 12 of 12 probes" in text
+
+
+def test_model_that_reads_the_whole_image_is_not_flagged() -> None:
+    images, _ = corner_images(12)
+    targets = global_model(images).argmax(1)
+    suspects, drop = ShortcutAlarm().check(
+        global_model, softmax, images, [peaked_maps(12, 0)], targets, torch.ones(12).bool()
+    )
+    assert suspects == [] and drop < 0.2
+
+
+def test_class_specific_corners_are_found_per_class() -> None:
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(16, 3, 32, 32, generator=g) * 0.1
+    labels = torch.arange(16) % 4
+    corners = [(slice(0, 8), slice(0, 8)), (slice(0, 8), slice(24, 32))]
+    corners += [(slice(24, 32), slice(0, 8)), (slice(24, 32), slice(24, 32))]
+    for i, c in enumerate(labels.tolist()):
+        rows, cols = corners[c]
+        images[i, :, rows, cols] += 1.0
+    targets = per_class_corner_model(images).argmax(1)
+    assert torch.equal(targets, labels)
+    corner_token = [0, 3, 12, 15]
+    maps = peaked_maps(16, [corner_token[c] for c in labels.tolist()])
+    suspects, _ = ShortcutAlarm().check(
+        per_class_corner_model, softmax, images, [maps], targets, torch.ones(16).bool()
+    )
+    found = {(s.group, s.row * 4 + s.col) for s in suspects}
+    # every class's own corner, each on the probes of that class; no global suspect (a corner
+    # matters to a quarter of the probes only)
+    assert found == {(c, corner_token[c]) for c in range(4)}
+    assert all(s.probes == 4 and s.hits == 4 for s in suspects)
+
+
+def test_remembered_candidate_is_retested_when_the_maps_peak_elsewhere() -> None:
+    images, _ = corner_images(12)
+    targets = corner_model(images).argmax(1)
+    alarm = ShortcutAlarm()
+    everyone = torch.ones(12, dtype=torch.bool)
+    alarm.check(corner_model, softmax, images, [peaked_maps(12, 0)], targets, everyone)
+    state = alarm.state_dict()
+    fresh = ShortcutAlarm()
+    fresh.load_state_dict(state)  # as after a resume
+    suspects, _ = fresh.check(
+        corner_model, softmax, images, [peaked_maps(12, 10)], targets, everyone
+    )
+    assert (0, 0) in {(s.row, s.col) for s in suspects}
+    assert (
+        ShortcutAlarm().check(
+            corner_model, softmax, images, [peaked_maps(12, 10)], targets, everyone
+        )[0]
+        == []
+    )
+
+
+def test_flat_maps_propose_nothing_and_small_classes_are_not_tested_alone() -> None:
+    alarm = ShortcutAlarm(min_group=3)
+    targets = torch.tensor([0, 0, 1, 1, 1])
+    maps = peaked_maps(5, 7)
+    assert alarm.candidates([maps], targets, torch.zeros(5, dtype=torch.bool)) == []
+    cands = alarm.candidates([maps], targets, torch.ones(5, dtype=torch.bool))
+    assert cands == [(7, None), (7, 1)]  # class 0 has 2 probes: only tested with everyone
+
+
+def test_message_names_the_place_and_class() -> None:
+    s = Suspect(0, 3, (4, 4), 2, 5, 4, 0.73)
+    text = shortcut_message({}, torch.zeros(4, 4), 3, 120, suspects=[s], class_names=list("abcd"))
+    assert text is not None and "epoch 3 (step 120)" in text
+    assert "token row 0, column 3 (on the top-right corner)" in text
+    assert "by 0.73 on average and by at least half on 4 of 5 probes predicted as 'c'" in text
+    assert shortcut_message({"hotspot_ratio": 9.0}, torch.zeros(4, 4), 0, 1) is None
