@@ -49,6 +49,7 @@ from lightning_vitrcam.render import (
     probe_timelines,
     saliency_picture,
 )
+from lightning_vitrcam.sharding import gather_result, probe_shard, take
 from lightning_vitrcam.shortcut import (
     PossibleShortcutWarning,
     ShortcutAlarm,
@@ -85,6 +86,10 @@ class _Skip(Exception):
             f"ViTReciproCAMCallback: the evaluation at epoch {epoch} (step {step}) was skipped:"
             f" {self.cause}. {self.remedy[0].upper()}{self.remedy[1:]}. Training continues."
         )
+
+
+# (result the metrics use, predicted-class result, true-class result)
+_Explained = tuple[ReciproCAMResult, ReciproCAMResult | None, ReciproCAMResult | None]
 
 
 @dataclass
@@ -131,10 +136,11 @@ class ViTReciproCAMCallback(Callback):
     A seeded sample of ``num_images`` validation images (the probes) is drawn once at the start
     of fit and explained after every ``every_n_epochs``-th validation (or every
     ``every_n_steps`` optimizer steps) and once more at the end of training, on the training
-    device under the trainer's precision, on every rank (sharded strategies need all ranks in
-    each forward). Nothing of the training run changes: the model is explained in eval mode
-    without gradients, every module's training flag is restored, no hook stays behind and the
-    global RNGs are left untouched.
+    device under the trainer's precision. Under DDP each rank explains its share of the probes
+    and the results are gathered (:mod:`~lightning_vitrcam.sharding`), so every rank holds, and
+    rank zero logs, exactly what one process would. Nothing of the training run changes: the
+    model is explained in eval mode without gradients, every module's training flag is
+    restored, no hook stays behind and the global RNGs are left untouched.
 
     Logged each time under ``vitrcam/`` (scalars also through ``pl_module.log``, so that
     ``EarlyStopping``/``ModelCheckpoint`` can monitor them, except at the end of training):
@@ -349,10 +355,7 @@ class ViTReciproCAMCallback(Callback):
         self._cam = ViTReciproCAM(
             self._vit, self.target_block, self.kernel, max_batch=self.max_batch
         )
-        # every rank explains the same probes, so the ADCC states agree without a sync
-        self._adcc = (
-            ADCC(self._cam, sync_on_compute=False).to(self._device) if self.compute_adcc else None
-        )
+        self._adcc = ADCC(self._cam).to(self._device) if self.compute_adcc else None
 
     def _read_probes(self, trainer: Trainer, pl_module: LightningModule) -> Probes:
         epoch_mode = self.every_n_steps is None and self.every_n_epochs is not None
@@ -462,62 +465,76 @@ class ViTReciproCAMCallback(Callback):
     def _input(self, trainer: Trainer, images: torch.Tensor) -> torch.Tensor:
         return trainer.precision_plugin.convert_input(images)
 
-    def _explain(
-        self, images: torch.Tensor, labels: torch.Tensor | None
-    ) -> tuple[ReciproCAMResult, ReciproCAMResult | None, ReciproCAMResult | None]:
+    def _explain(self, images: torch.Tensor, labels: torch.Tensor | None) -> _Explained:
         """(result the metrics use, predicted-class result, true-class result)."""
         cam = self._cam
         assert cam is not None
-        # in "label" mode the predicted maps are only drawn; the flag is the same on every
-        # rank, so sharded strategies still see the same forwards everywhere
+        # in "label" mode the predicted maps are only drawn
         pred = cam(images) if self.explain != "label" or self.log_images else None
         true = cam(images, labels) if self.explain != "predicted" else None
         primary = true if self.explain == "label" else pred
         assert primary is not None
         return primary, pred, true
 
-    def _measure(self, trainer: Trainer) -> _Outcome:
-        """Every tensor computation of one evaluation: explanations, signals, ADCC."""
+    def _explain_own(self, trainer: Trainer, images: torch.Tensor) -> _Explained:
+        """This rank's share of the probes explained (and scored for ADCC): no collective
+        runs here, so a failure on one rank cannot leave the others waiting in one."""
+        probe = self._probe
+        assert probe is not None
+        shard = probe_shard(len(probe), trainer.global_rank, trainer.world_size, images.device)
+        labels = None if probe.labels is None else probe.labels[shard.rows]
+        own = self._explain(images[shard.rows], labels)
+        logits = own[0].logits
+        bad = ~torch.isfinite(logits)
+        if bool(bad.any()):
+            nan = int(torch.isnan(logits).sum())
+            raise _Skip(
+                f"the model's logits on the probe images contain {nan} NaN and"
+                f" {int(bad.sum()) - nan} inf values",
+                "the model has probably diverged: lower the learning rate, clip gradients or"
+                " check the loss",
+            )
+        if self._adcc is not None and shard.valid:
+            # ADCC of this rank's own probes; the metric sums its states across ranks
+            mine = slice(0, shard.valid)
+            self._adcc.update(images[shard.rows[mine]], result=take(own[0], mine))
+        return own
+
+    def _combine(self, trainer: Trainer, images: torch.Tensor, own: _Explained) -> _Outcome:
+        """All ranks' shares gathered, then the signals, ADCC and the shortcut alarm, the
+        same on every rank."""
         probe = self._probe
         assert probe is not None
         previous = self._history[-1] if self._history else None
-        with self._explaining(trainer):
-            images = self._input(trainer, probe.images)
-            primary, pred, true = self._explain(images, probe.labels)
-            bad = ~torch.isfinite(primary.logits)
-            if bool(bad.any()):
-                nan = int(torch.isnan(primary.logits).sum())
-                raise _Skip(
-                    f"the model's logits on the probe images contain {nan} NaN and"
-                    f" {int(bad.sum()) - nan} inf values",
-                    "the model has probably diverged: lower the learning rate, clip gradients"
-                    " or check the loss",
+        n = len(probe)
+        primary, pred, true = (
+            None if r is None else gather_result(trainer.strategy, r, n) for r in own
+        )
+        assert primary is not None
+        flat = flat_maps(primary.log_odds_range, self.flat_threshold)
+        stats, mean_map = probe_signals(
+            primary.maps, probe.masks, None if previous is None else previous.maps, ~flat
+        )
+        stats["score_range"] = primary.score_range.median().to(mean_map.dtype)
+        stats["flat_maps"] = flat.float().mean()
+        if self._adcc is not None:
+            parts = self._adcc.compute()
+            self._adcc.reset()
+            stats.update({k: parts[k] for k in ADCC_KEYS})
+        suspects: list[Suspect] = []
+        if self.shortcut_alarm:
+            cam = self._cam
+            assert cam is not None
+            with eval_mode(cam.model):
+                suspects, drop = self._alarm.check(
+                    cam.adapter.forward,
+                    cam.score_fn,
+                    images,
+                    [primary.maps],
+                    primary.targets,
+                    ~flat,
                 )
-            flat = flat_maps(primary.log_odds_range, self.flat_threshold)
-            stats, mean_map = probe_signals(
-                primary.maps, probe.masks, None if previous is None else previous.maps, ~flat
-            )
-            stats["score_range"] = primary.score_range.median().to(mean_map.dtype)
-            stats["flat_maps"] = flat.float().mean()
-            if self._adcc is not None:
-                self._adcc.update(images, result=primary)
-                parts = self._adcc.compute()
-                self._adcc.reset()
-                stats.update({k: parts[k] for k in ADCC_KEYS})
-            suspects: list[Suspect] = []
-            if self.shortcut_alarm:
-                cam = self._cam
-                assert cam is not None
-                with eval_mode(cam.model):
-                    suspects, drop = self._alarm.check(
-                        cam.adapter.forward,
-                        cam.score_fn,
-                        images,
-                        [primary.maps],
-                        primary.targets,
-                        ~flat,
-                    )
-                stats["shortcut_drop"] = torch.tensor(drop, device=mean_map.device)
+            stats["shortcut_drop"] = torch.tensor(drop, device=mean_map.device)
         # one host transfer for all scalars
         values = dict(zip(stats, torch.stack(list(stats.values())).float().tolist(), strict=True))
         if "adcc" in values and previous is not None and previous.adcc is not None:
@@ -525,17 +542,39 @@ class ViTReciproCAMCallback(Callback):
         return _Outcome(images, primary, pred, true, values, mean_map, flat, suspects)
 
     def _measure_safely(self, trainer: Trainer) -> tuple[_Outcome | None, _Skip | None]:
-        """:meth:`_measure`, turning any failure into a :class:`_Skip`; out of memory halves
-        ``max_batch`` and retries once."""
+        """One evaluation's tensor work, any failure turned into a :class:`_Skip`.
+
+        The local part (:meth:`_explain_own`) may fail on one rank alone: out of memory
+        halves ``max_batch`` and retries once, then all ranks agree whether to go on before
+        any of them enters a collective (:meth:`_combine`).
+        """
+        probe = self._probe
+        assert probe is not None
+        with self._explaining(trainer):
+            images = self._input(trainer, probe.images)
+            own, skip = self._local_safely(trainer, images)
+            if not trainer.strategy.reduce_boolean_decision(skip is None, all=True):
+                if self._adcc is not None:
+                    self._adcc.reset()
+                return None, skip or _Skip("another process failed", "see its warning")
+            assert own is not None
+            try:
+                return self._combine(trainer, images, own), None
+            except Exception as err:  # noqa: BLE001 - a monitor never ends a run
+                return None, _Skip.of(err)
+
+    def _local_safely(
+        self, trainer: Trainer, images: torch.Tensor
+    ) -> tuple[_Explained | None, _Skip | None]:
         try:
-            return self._measure(trainer), None
+            return self._explain_own(trainer, images), None
         except torch.OutOfMemoryError:
             before = self.max_batch
             self._release_memory()
             self.max_batch = max(1, before // 2)
             self._build_explainer()
             try:
-                return self._measure(trainer), None
+                return self._explain_own(trainer, images), None
             except torch.OutOfMemoryError:
                 self._release_memory()
                 return None, _Skip(
@@ -572,8 +611,9 @@ class ViTReciproCAMCallback(Callback):
         if via_module_log:
             # logger=False: Lightning would forward step-level values only every
             # log_every_n_steps; the loggers get every evaluation below instead. The values
-            # are the same on every rank, so sync_dist's mean leaves them as they are; it keeps
-            # Lightning from warning about unsynced epoch-level values under DDP.
+            # are computed from the gathered results, the same on every rank, so sync_dist's
+            # mean leaves them as they are; it keeps Lightning from warning about unsynced
+            # epoch-level values under DDP.
             for key, value in scalars.items():
                 pl_module.log(key, value, logger=False, sync_dist=True)
         if not trainer.is_global_zero:

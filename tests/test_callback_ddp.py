@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,9 +24,15 @@ SCRIPT = textwrap.dedent(
     from torch.utils.data import DataLoader
     from tests.helpers import Module, Squares
     import lightning_vitrcam.loggers as vlog
-    from lightning_vitrcam import ViTReciproCAMCallback
+    from lightning_vitrcam import ViTReciproCAM, ViTReciproCAMCallback
 
     out = os.environ["VITRCAM_OUT"]
+    sizes = []  # images per explanation call on this rank
+    explain = ViTReciproCAM.__call__
+    def counting(self, images, targets=None):
+        sizes.append(int(images.shape[0]))
+        return explain(self, images, targets)
+    ViTReciproCAM.__call__ = counting
     writes = []
     original = vlog.tensorboard_pictures
     def spy(logger, pictures, step):
@@ -34,7 +41,7 @@ SCRIPT = textwrap.dedent(
     vlog.tensorboard_pictures = spy
 
     L.seed_everything(0)
-    cb = ViTReciproCAMCallback(num_images=4, explain="both")
+    cb = ViTReciproCAMCallback(num_images=5, explain="both")
     trainer = L.Trainer(
         callbacks=[cb], accelerator="cpu", devices=2, strategy="ddp", max_epochs=2,
         limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=0,
@@ -54,9 +61,17 @@ SCRIPT = textwrap.dedent(
         "maps": [h["maps"].float().sum().item() for h in cb.history],
         "adcc": float(trainer.callback_metrics["vitrcam/adcc"]),
         "writes": writes,
+        "sizes": sizes,
+        "indices": cb._probe.indices,
     }
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(summary, f)
+    if rank == 0:
+        last = cb.history[-1]
+        torch.save(
+            {"weights": trainer.lightning_module.model.state_dict(), "maps": last["maps"]},
+            os.path.join(out, "final.pt"),
+        )
     """
 )
 
@@ -87,10 +102,30 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    # both ranks explained the same probes at the same steps and got the same maps
+    # both ranks evaluated at the same steps and hold the same gathered maps
     assert ranks[0]["steps"] == ranks[1]["steps"] == [2, 4]
     assert ranks[0]["maps"] == pytest.approx(ranks[1]["maps"], rel=1e-5)
     assert ranks[0]["adcc"] == pytest.approx(ranks[1]["adcc"], rel=1e-5)
+    # ... but each explained only its share: 5 probes over 2 ranks, 3 rows each (one padded),
+    # after the setup's one-image dry run
+    for r in ranks:
+        assert r["sizes"][0] == 1 and max(r["sizes"][1:]) == 3, r["sizes"]
+
+    # the gathered maps and ADCC equal one process explaining all probes with those weights
+    from lightning_vitrcam import ViTReciproCAM
+    from lightning_vitrcam.metrics import ADCC
+    from tests.helpers import Squares, TrainOnly
+
+    final = torch.load(tmp_path / "final.pt")
+    vit = TrainOnly().model.eval()
+    vit.load_state_dict(final["weights"])
+    images = Squares(16, seed=2).x[ranks[0]["indices"]]
+    cam = ViTReciproCAM(vit)
+    single = cam(images)
+    torch.testing.assert_close(final["maps"].float(), single.maps, atol=2e-3, rtol=0)
+    metric = ADCC(cam)
+    metric.update(images, result=single)
+    assert ranks[0]["adcc"] == pytest.approx(float(metric.compute()["adcc"]), rel=1e-4)
     # only rank zero wrote pictures: two evaluations and the timeline
     assert len(ranks[0]["writes"]) == 3 and ranks[1]["writes"] == []
 

@@ -172,3 +172,20 @@ def test_shortcut_experiment_tiny_run(tmp_path) -> None:
         root_dir=str(tmp_path),
     )
     assert len(rows) == 1 and rows[0].epoch == 0 and rows[0].hotspot_ratio >= 1.0
+
+
+def test_per_class_corners() -> None:
+    ds = ShapesDataset(200, shortcut_p=1.0, shortcut_corner="per_class", seed=5)
+    colors = torch.tensor(PATCH_COLORS[:4], dtype=torch.uint8)
+    for k, corner in enumerate(CORNERS):
+        rows, cols = corner_slices(corner, 64, 8)
+        mine = ds.labels == k
+        region = ds.images[mine][:, :, rows, cols]
+        assert bool((region == colors[k].view(1, 3, 1, 1)).all())  # class k: its own corner
+        assert not bool(ds.masks[mine][:, rows, cols].any())  # shapes stay clear of it
+    # fixed-corner data are unchanged by the per-image corner logic
+    fixed = ShapesDataset(40, shortcut_p=0.5, shortcut_corner="bottom_left", seed=3)
+    rows, cols = corner_slices("bottom_left", 64, 8)
+    assert torch.equal(
+        (fixed.images[:, :, rows, cols] != 0).flatten(1).any(1), torch.ones(40).bool()
+    )

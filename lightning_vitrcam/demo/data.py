@@ -33,6 +33,7 @@ __all__ = [
     "DEMO_MEAN",
     "DEMO_STD",
     "PATCH_COLORS",
+    "PER_CLASS",
     "SHAPE_NAMES",
     "SQUARE_COLOURS",
     "ShapesDataModule",
@@ -41,8 +42,10 @@ __all__ = [
     "corner_slices",
 ]
 
-Corner = Literal["top_left", "top_right", "bottom_left", "bottom_right"]
+Corner = Literal["top_left", "top_right", "bottom_left", "bottom_right", "per_class"]
 CORNERS: tuple[str, ...] = ("top_left", "top_right", "bottom_left", "bottom_right")
+# the class-specific variant: class k's patch sits in CORNERS[k % 4]
+PER_CLASS = "per_class"
 SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "diamond")
 # Fully saturated and far apart, so the shortcut is trivially readable from one token.
 PATCH_COLORS: tuple[tuple[int, int, int], ...] = (
@@ -147,7 +150,9 @@ class ShapesDataset(Dataset):
     light colour on a darker grey low-frequency texture with pixel noise. All shapes of one size
     cover the same area, so only their form tells the classes apart. ``mask`` marks the shape's
     pixels. With probability ``shortcut_p`` the ``patch_size`` square in ``shortcut_corner``
-    is painted ``PATCH_COLORS[label]`` (``has_patch``). Shapes never reach that corner area
+    is painted ``PATCH_COLORS[label]`` (``has_patch``); with ``shortcut_corner="per_class"``
+    the corner depends on the class too (class k: ``CORNERS[k % 4]``), a class-specific
+    position a global mean map does not single out. Shapes never reach that corner area
     (whether or not the patch is drawn), so masks and patch never overlap. Everything is drawn
     once at construction from a local ``torch.Generator``; the same arguments give the same data,
     and ``shortcut_p`` only decides where the patch goes, not the shapes themselves.
@@ -181,8 +186,10 @@ class ShapesDataset(Dataset):
             raise ValueError(f"num_classes must be in [2, {len(SHAPE_NAMES)}], got {num_classes}")
         if not 0.0 <= shortcut_p <= 1.0:
             raise ValueError(f"shortcut_p must be in [0, 1], got {shortcut_p}")
-        if shortcut_corner not in CORNERS:
-            raise ValueError(f"shortcut_corner must be one of {CORNERS}, got {shortcut_corner!r}")
+        if shortcut_corner not in (*CORNERS, PER_CLASS):
+            raise ValueError(
+                f"shortcut_corner must be one of {(*CORNERS, PER_CLASS)}, got {shortcut_corner!r}"
+            )
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         # The largest shape must fit beside the corner area with a one-pixel border.
@@ -250,10 +257,9 @@ class ShapesDataset(Dataset):
         clash = (cx < keep_out) & (cy < keep_out)
         cx = torch.where(clash & push_x, alt, cx)
         cy = torch.where(clash & ~push_x, alt, cy)
-        if self.shortcut_corner.endswith("right"):
-            cx = s - cx
-        if self.shortcut_corner.startswith("bottom"):
-            cy = s - cy
+        corner = self._corners(labels)  # index into CORNERS, per image
+        cx = torch.where(corner % 2 == 1, s - cx, cx)  # right corners
+        cy = torch.where(corner >= 2, s - cy, cy)  # bottom corners
         # Light shapes on a darker background: every channel separates object from background,
         # which a linear patch embedding reads far more easily than hue or saturation.
         (c_lo, c_hi), (b_lo, b_hi) = _SHAPE_LEVEL, _BG_LEVEL
@@ -289,11 +295,18 @@ class ShapesDataset(Dataset):
             images[sl] = (img.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
             masks[sl] = mask
 
-        rows, cols = corner_slices(self.shortcut_corner, s, self.patch_size)
-        patch_idx = has_patch.nonzero(as_tuple=True)[0]
-        patch_rgb = self.patch_colors[labels[patch_idx]].view(-1, 3, 1, 1)
-        images[patch_idx, :, rows, cols] = patch_rgb
+        for k, name in enumerate(CORNERS):
+            rows, cols = corner_slices(name, s, self.patch_size)
+            patch_idx = (has_patch & (corner == k)).nonzero(as_tuple=True)[0]
+            patch_rgb = self.patch_colors[labels[patch_idx]].view(-1, 3, 1, 1)
+            images[patch_idx, :, rows, cols] = patch_rgb
         return images, labels.long(), masks, has_patch
+
+    def _corners(self, labels: torch.Tensor) -> torch.Tensor:
+        """Each image's patch corner as an index into ``CORNERS``."""
+        if self.shortcut_corner == PER_CLASS:
+            return labels % len(CORNERS)
+        return torch.full_like(labels, CORNERS.index(self.shortcut_corner))
 
 
 class ShapesDataModule(L.LightningDataModule):
@@ -314,7 +327,8 @@ class ShapesDataModule(L.LightningDataModule):
         image_size: Side of the square images in pixels.
         num_classes: Number of shape classes, the first of ``SHAPE_NAMES`` (2 to 6).
         shortcut_p: Probability that an image carries the class-coloured corner patch.
-        shortcut_corner: Corner of the patch.
+        shortcut_corner: Corner of the patch, or ``"per_class"`` (class k's patch in
+            ``CORNERS[k % 4]``).
         patch_size: Side of the patch in pixels; equal to the ViT patch size, the shortcut
             fills exactly one token.
         batch_size: Batch size of every loader.

@@ -1,9 +1,9 @@
 """A shortcut experiment: train the demo ViT with the callback and record what it showed.
 
 Example:
-    >>> rows = [EpochSignals(0, 0.97, 0.25, 9.2, 0.15, 0.83, True)]
+    >>> rows = [EpochSignals(0, 0.97, 0.25, 9.2, 0.15, 0.83, True, shortcut_drop=0.71)]
     >>> print(signals_table({"shortcut": rows}).splitlines()[-1])
-    | shortcut | 0 | 0.97 | 0.25 | 9.2 | 0.15 | 0.83 | yes |
+    | shortcut | 0 | 0.97 | 0.25 | 0.71 | 9.2 | 0.15 | 0.83 | yes |
     >>> first_warning(rows)
     0
 """
@@ -28,21 +28,25 @@ __all__ = ["EpochSignals", "first_warning", "shortcut_experiment", "signals_tabl
 
 @dataclass
 class EpochSignals:
-    """What one epoch of :func:`shortcut_experiment` showed."""
+    """What one epoch of :func:`shortcut_experiment` showed (None: not logged that epoch,
+    e.g. map signals when every map was flat)."""
 
     epoch: int
     val_acc: float
     patch_free_acc: float
-    hotspot_ratio: float
+    hotspot_ratio: float | None
     energy_in_mask: float | None
     adcc: float | None
     warned: bool
+    shortcut_drop: float | None = None
+    flat_maps: float | None = None
+    message: str | None = None
 
 
 class _SignalRecorder(Callback):
     """Collects the per-epoch signals once validation and the ReciproCAM callback are done."""
 
-    def __init__(self, datamodule: ShapesDataModule) -> None:
+    def __init__(self, datamodule: Any) -> None:
         self.datamodule = datamodule
         self.rows: list[EpochSignals] = []
         self.caught: list[warnings.WarningMessage] = []
@@ -50,22 +54,26 @@ class _SignalRecorder(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
-        if "vitrcam/hotspot_ratio" not in metrics:
+        if "vitrcam/flat_maps" not in metrics:
             return
 
         def value(key: str) -> float | None:
             return float(metrics[key]) if key in metrics else None
 
         shortcut = [w for w in self.caught if issubclass(w.category, PossibleShortcutWarning)]
+        new = shortcut[self._seen :]
         self.rows.append(
             EpochSignals(
                 epoch=trainer.current_epoch,
                 val_acc=float(metrics["val/acc"]),
                 patch_free_acc=pl_module.evaluate_accuracy(self.datamodule.patch_free_dataloader()),
-                hotspot_ratio=float(metrics["vitrcam/hotspot_ratio"]),
+                hotspot_ratio=value("vitrcam/hotspot_ratio"),
                 energy_in_mask=value("vitrcam/energy_in_mask"),
                 adcc=value("vitrcam/adcc"),
-                warned=len(shortcut) > self._seen,
+                warned=bool(new),
+                shortcut_drop=value("vitrcam/shortcut_drop"),
+                flat_maps=value("vitrcam/flat_maps"),
+                message=str(new[-1].message) if new else None,
             )
         )
         self._seen = len(shortcut)
@@ -75,28 +83,36 @@ def shortcut_experiment(
     shortcut_p: float,
     epochs: int = 4,
     *,
+    shortcut_corner: str = "top_left",
+    label_smoothing: float = 0.1,
     num_train: int = 3000,
     num_val: int = 500,
     num_patch_free: int = 500,
+    model_name: str = "vit_tiny_patch16_224",
     model_kwargs: dict[str, Any] | None = None,
     callback_kwargs: dict[str, Any] | None = None,
     root_dir: str = "lightning_logs",
     name: str | None = None,
     seed: int = 0,
+    datamodule: Any = None,
+    logger: bool = True,
 ) -> list[EpochSignals]:
     """Train the demo ViT with the callback and record, per epoch, validation accuracy,
-    accuracy on patch-free images, hotspot ratio, energy in the object, ADCC and whether the
-    callback warned "possible shortcut". TensorBoard logs go to ``root_dir/name``.
-    ``tests/test_demo.py`` runs it with tiny settings; real runs use the defaults.
+    accuracy on patch-free images, the callback's signals and whether it warned "possible
+    shortcut" (and what it said). TensorBoard logs go to ``root_dir/name`` (``logger=False``:
+    none). ``datamodule`` replaces the demo's shapes data (it must offer
+    ``patch_free_dataloader()``; ``shortcut_p``, ``shortcut_corner`` and the sizes are then
+    ignored). ``tests/test_demo.py`` runs it with tiny settings; real runs use the defaults.
     """
     from lightning.pytorch.loggers import TensorBoardLogger
 
     L.seed_everything(seed, verbose=False)
-    data = ShapesDataModule(
+    data = datamodule or ShapesDataModule(
         num_train=num_train,
         num_val=num_val,
         num_patch_free=num_patch_free,
         shortcut_p=shortcut_p,
+        shortcut_corner=shortcut_corner,  # type: ignore[arg-type]
         seed=seed,
     )
     recorder = _SignalRecorder(data)
@@ -104,16 +120,25 @@ def shortcut_experiment(
         max_epochs=epochs,
         accelerator="cpu",
         devices=1,
-        logger=TensorBoardLogger(root_dir, name=name or f"shortcut_p={shortcut_p}"),
+        logger=TensorBoardLogger(root_dir, name=name or f"shortcut_p={shortcut_p}")
+        if logger
+        else False,
         callbacks=[ViTReciproCAMCallback(**(callback_kwargs or {})), recorder],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        default_root_dir=root_dir,
+    )
+    model = ViTClassifier(
+        model_name=model_name,
+        model_kwargs=model_kwargs,
+        num_classes=len(data.class_names),
+        label_smoothing=label_smoothing,
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PossibleShortcutWarning)
         recorder.caught = caught
-        trainer.fit(ViTClassifier(model_kwargs=model_kwargs), datamodule=data)
+        trainer.fit(model, datamodule=data)
     return recorder.rows
 
 
@@ -124,16 +149,16 @@ def signals_table(runs: Mapping[str, Sequence[EpochSignals]]) -> str:
         return "-" if v is None else format(v, spec)
 
     lines = [
-        "| run | epoch | val acc | patch-free acc | hotspot ratio | energy in object | ADCC"
-        " | warned |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | epoch | val acc | patch-free acc | shortcut drop | hotspot ratio"
+        " | energy in object | ADCC | warned |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for run, rows in runs.items():
         for r in rows:
             lines.append(
                 f"| {run} | {r.epoch} | {r.val_acc:.2f} | {r.patch_free_acc:.2f} |"
-                f" {r.hotspot_ratio:.1f} | {fmt(r.energy_in_mask)} | {fmt(r.adcc)} |"
-                f" {'yes' if r.warned else 'no'} |"
+                f" {fmt(r.shortcut_drop)} | {fmt(r.hotspot_ratio, '.1f')} |"
+                f" {fmt(r.energy_in_mask)} | {fmt(r.adcc)} | {'yes' if r.warned else 'no'} |"
             )
     return "\n".join(lines)
 

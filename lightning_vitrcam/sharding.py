@@ -1,0 +1,70 @@
+"""Probe work split across data-parallel ranks: each rank explains its share, all gather.
+
+With ``W`` ranks and ``N`` probes, rank ``r`` explains the padded rows ``r*k .. (r+1)*k - 1``
+(``k = ceil(N / W)``; rows past the end repeat the last probe so that every rank runs the same
+shapes); Lightning's ``strategy.all_gather`` then gives every rank the full result in probe
+order, exactly what one process explaining all probes returns.
+
+Example:
+    >>> shard = probe_shard(5, rank=1, world=2)
+    >>> shard.rows.tolist(), shard.valid
+    ([3, 4, 4], 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lightning_vitrcam.explainer import ReciproCAMResult
+
+__all__ = ["Shard", "gather_result", "probe_shard", "take"]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The probe rows one rank explains; the first ``valid`` are its own, the rest padding."""
+
+    rows: torch.Tensor
+    valid: int
+
+
+def probe_shard(n: int, rank: int, world: int, device: torch.device | str | None = None) -> Shard:
+    """Rank ``rank``'s share of ``n`` probes split over ``world`` ranks (see the module)."""
+    k = math.ceil(n / world)
+    start = rank * k
+    rows = torch.arange(start, start + k, device=device).clamp_max(n - 1)
+    return Shard(rows, max(0, min(k, n - start)))
+
+
+def take(result: ReciproCAMResult, rows: Any) -> ReciproCAMResult:
+    """The result restricted to ``rows`` (a slice or an index tensor) of its images."""
+    fields = {
+        f.name: getattr(result, f.name)[rows]
+        for f in dataclasses.fields(result)
+        if isinstance(getattr(result, f.name), torch.Tensor)
+    }
+    return dataclasses.replace(result, **fields)
+
+
+def gather_result(strategy: Any, result: ReciproCAMResult, n: int) -> ReciproCAMResult:
+    """Every rank's share of an explanation gathered into the full ``n``-probe result, on
+    every rank (Lightning's ``strategy.all_gather``; a single process returns it as it is)."""
+    world = getattr(strategy, "world_size", 1)
+    if world == 1:
+        return result
+
+    def gather(t: torch.Tensor) -> torch.Tensor:
+        stacked = strategy.all_gather(t.contiguous())  # [world, k, ...]
+        return stacked.reshape(-1, *t.shape[1:])[:n]
+
+    fields = {
+        f.name: gather(getattr(result, f.name))
+        for f in dataclasses.fields(result)
+        if isinstance(getattr(result, f.name), torch.Tensor)
+    }
+    return dataclasses.replace(result, **fields)
