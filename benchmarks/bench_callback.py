@@ -36,14 +36,17 @@ from lightning_vitrcam.demo import ShapesDataModule, ViTClassifier
 
 
 class TimedCallback(ViTReciproCAMCallback):
-    """The callback with a stopwatch around every hook that does work."""
+    """The callback with a (CUDA-synchronised) stopwatch around every hook that does work."""
 
     seconds = 0.0
     evaluations: list[float]
 
     def _timed(self, name: str, *args: Any) -> None:
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+        sync()
         start = time.perf_counter()
         getattr(super(), name)(*args)
+        sync()
         spent = time.perf_counter() - start
         self.seconds += spent
         if name == "on_validation_epoch_end":

@@ -24,6 +24,7 @@ import lightning as L
 import timm
 import torch
 import torch.nn.functional as F
+from bench_callback import TimedCallback  # benchmarks/ is on sys.path when run as a script
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
 
@@ -65,32 +66,6 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return torch.optim.AdamW(self.parameters(), lr=1e-4)
-
-
-class TimedCallback(ViTReciproCAMCallback):
-    """The callback with a (CUDA-synchronised) stopwatch around every hook that does work."""
-
-    seconds = 0.0
-
-    def _timed(self, name: str, *args: Any) -> None:
-        sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
-        sync()
-        start = time.perf_counter()
-        getattr(super(), name)(*args)
-        sync()
-        self.seconds += time.perf_counter() - start
-
-    def on_fit_start(self, *args: Any) -> None:
-        self._timed("on_fit_start", *args)
-
-    def on_validation_epoch_end(self, *args: Any) -> None:
-        self._timed("on_validation_epoch_end", *args)
-
-    def on_train_batch_end(self, *args: Any) -> None:
-        self._timed("on_train_batch_end", *args)
-
-    def on_train_end(self, *args: Any) -> None:
-        self._timed("on_train_end", *args)
 
 
 def fit(args: argparse.Namespace, cfg: dict[str, Any], steps: int, callback: Any) -> float:

@@ -622,3 +622,32 @@ def test_grayscale_vit_through_the_callback(tmp_path: Path) -> None:
 
     with Image.open(grid) as img:
         assert img.mode == "RGB" and img.width >= 3 * 96  # grey input, overlays in colour
+
+
+# --------------------------------------------------------------------------- short real training
+def _train_and_collect(tmp_path: Path, corner: bool) -> tuple[list[str], L.Trainer]:
+    """A tiny ViT trained for real on coloured squares, with the callback at its defaults."""
+    L.seed_everything(0)
+    module = Module(lr=3e-3, depth=2, drop_rate=0.0)
+    train = Squares(512, seed=20, corner=corner)
+    val = Squares(64, seed=21, corner=corner)
+    cb = ViTReciproCAMCallback(log_images=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = fit(module, [cb], tmp_path, train=train, val=val, max_epochs=3,
+                      limit_train_batches=None, limit_val_batches=None)  # fmt: skip
+    found = [str(w.message) for w in caught if issubclass(w.category, PossibleShortcutWarning)]
+    return found, trainer
+
+
+def test_short_training_on_a_corner_shortcut_warns(tmp_path: Path) -> None:
+    messages, trainer = _train_and_collect(tmp_path, corner=True)
+    assert float(trainer.callback_metrics["val_loss"]) < 0.5  # it did learn (the corner)
+    assert messages and "epoch 2" in messages[-1]  # still warned at the last evaluation
+    assert "occluding token row 0, column 0 (on the top-left corner)" in messages[-1]
+
+
+def test_short_training_on_clean_squares_does_not_warn(tmp_path: Path) -> None:
+    messages, trainer = _train_and_collect(tmp_path, corner=False)
+    assert float(trainer.callback_metrics["val_loss"]) < 0.5  # it learned the squares
+    assert messages == []
