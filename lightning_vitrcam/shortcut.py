@@ -12,12 +12,16 @@ the image whatever the object does. Two facts, measured on the demo's training r
   collapses the predicted-class probability on most probes of the group, while for a model
   that reads the object the same occlusion changes almost nothing.
 
-:class:`ShortcutAlarm` takes the peaks of the global and the per-class mean maps as
-candidates (plus the candidates of the previous evaluation: a cue the model keeps using is
-re-tested even when this evaluation's maps peak elsewhere), occludes each candidate in the
-probes of its group in one batched forward and reports a :class:`Suspect` when the relative
-drop ``(p - p_occluded) / p`` reaches ``min_drop`` on at least ``min_share`` of the group's
-probes. The ViT-ReciproCAM pictures are unchanged; this test is the library's own.
+:class:`ShortcutAlarm` takes as candidates the peaks of the global and the per-class mean maps,
+the places a hierarchical occlusion search finds most often (each probe's grid halved along
+both axes, the quarter whose occlusion hurts the probe most kept, down to one token: this finds
+the place whichever block reads it, where the explained block's maps are weak or flat, as they
+were on a held-out average-pooled ViT that read its cue in the first block), and the candidates
+of the previous evaluation (a cue the model keeps using is re-tested even when this
+evaluation's maps peak elsewhere). It occludes each candidate in the probes of its group in one
+batched forward and reports a :class:`Suspect` when the relative drop ``(p - p_occluded) / p``
+reaches ``min_drop`` on at least ``min_share`` of the group's probes. The ViT-ReciproCAM
+pictures are unchanged; this test is the library's own.
 
 Example:
     >>> import torch
@@ -43,6 +47,7 @@ __all__ = [
     "ShortcutAlarm",
     "Suspect",
     "occlude",
+    "occlude_boxes",
     "shortcut_message",
 ]
 
@@ -88,9 +93,36 @@ class Suspect:
         )
 
 
-def occlude(images: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, grid: tuple[int, int]):
-    """Copies ``images[rows]`` with the pixel cell of token ``tokens[i]`` (row-major on the
-    ``h x w`` grid) filled with the images' per-channel mean, all in one tensor operation.
+def occlude_boxes(
+    images: torch.Tensor, rows: torch.Tensor, boxes: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
+    """Copies ``images[rows]``, each with the token box ``boxes[i] = (r0, r1, c0, c1)`` (rows
+    ``r0 <= r < r1``, columns ``c0 <= c < c1`` of the ``h x w`` grid) filled with the images'
+    per-channel mean, all in one tensor operation.
+
+    Example:
+        >>> x = torch.zeros(1, 1, 4, 4); x[0, 0, 0, 0] = 16.0
+        >>> occlude_boxes(x, torch.tensor([0]), torch.tensor([[1, 2, 0, 2]]), (2, 2))[0, 0]
+        tensor([[16.,  0.,  0.,  0.],
+                [ 0.,  0.,  0.,  0.],
+                [ 1.,  1.,  1.,  1.],
+                [ 1.,  1.,  1.,  1.]])
+    """
+    h, w = grid
+    H, W = images.shape[-2:]
+    fill = images.mean(dim=(0, 2, 3), keepdim=True)
+    # pixel -> token cell; exact for patch grids, nearest cell when H or W is not a multiple
+    cell_r = ((torch.arange(H, device=images.device) * h) // H).view(1, H, 1)
+    cell_c = ((torch.arange(W, device=images.device) * w) // W).view(1, 1, W)
+    r0, r1, c0, c1 = (boxes[:, k].view(-1, 1, 1) for k in range(4))
+    inside = (cell_r >= r0) & (cell_r < r1) & (cell_c >= c0) & (cell_c < c1)
+    return torch.where(inside[:, None], fill.to(images.dtype), images[rows])
+
+
+def occlude(
+    images: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
+    """:func:`occlude_boxes` of single tokens (row-major indices ``tokens`` on the grid).
 
     Example:
         >>> x = torch.ones(2, 1, 4, 4); x[1] = 3.0
@@ -98,15 +130,13 @@ def occlude(images: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, grid
         >>> out[0, 0, :2, :2].tolist(), out[1, 0, 2:, 2:].tolist(), float(out[1, 0, 0, 0])
         ([[2.0, 2.0], [2.0, 2.0]], [[2.0, 2.0], [2.0, 2.0]], 3.0)
     """
-    h, w = grid
-    H, W = images.shape[-2:]
-    fill = images.mean(dim=(0, 2, 3), keepdim=True)
-    # pixel -> token cell; exact for patch grids, nearest cell when H or W is not a multiple
-    cell_r = (torch.arange(H, device=images.device) * h) // H
-    cell_c = (torch.arange(W, device=images.device) * w) // W
-    tr, tc = (tokens // w).view(-1, 1, 1), (tokens % w).view(-1, 1, 1)
-    inside = (cell_r.view(1, H, 1) == tr) & (cell_c.view(1, 1, W) == tc)
-    return torch.where(inside[:, None], fill.to(images.dtype), images[rows])
+    r, c = tokens // grid[1], tokens % grid[1]
+    return occlude_boxes(images, rows, torch.stack([r, r + 1, c, c + 1], dim=1), grid)
+
+
+def _mode(tokens: torch.Tensor) -> int:
+    values, counts = tokens.unique(return_counts=True)
+    return int(values[counts.argmax()])
 
 
 class ShortcutAlarm:
@@ -117,6 +147,11 @@ class ShortcutAlarm:
         min_share: share of a group's probes that must be hit.
         min_group: smallest group of probes a per-class candidate is tested on.
         max_batch: images per forward of the occlusion test.
+        search: also propose the places found by a hierarchical occlusion search (each probe's
+            grid halved along both axes, the quarter whose occlusion drops the probe's score
+            most kept, down to one token: ``4 * ceil(log2(max(h, w)))`` occluded copies per
+            probe, 12 on an 8x8 grid). It finds the place whichever block reads it, where the
+            maps of the explained block are weak or flat.
 
     Example:
         >>> alarm = ShortcutAlarm()
@@ -130,6 +165,7 @@ class ShortcutAlarm:
         min_share: float = 0.7,
         min_group: int = 3,
         max_batch: int = 128,
+        search: bool = True,
     ) -> None:
         if not 0.0 < min_drop <= 1.0 or not 0.0 < min_share <= 1.0:
             raise ValueError(
@@ -139,6 +175,7 @@ class ShortcutAlarm:
         self.min_share = min_share
         self.min_group = min_group
         self.max_batch = max_batch
+        self.search = search
         # (token, class or None) tested last time: a cue the model keeps using is re-tested
         self._remembered: list[tuple[int, int | None]] = []
 
@@ -174,6 +211,54 @@ class ShortcutAlarm:
         found += [c for c in self._remembered if c[1] in present]
         return list(dict.fromkeys(found))
 
+    def _scores(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        score: Callable[[torch.Tensor], torch.Tensor],
+        batch: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> torch.Tensor:
+        """Each image's score of its target class, ``max_batch`` images per forward."""
+        logits = torch.cat([forward(chunk) for chunk in batch.split(self.max_batch)])
+        return score(logits.float()).gather(1, targets[:, None]).squeeze(1)
+
+    def search_tokens(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        score: Callable[[torch.Tensor], torch.Tensor],
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        p0: torch.Tensor,
+        grid: tuple[int, int],
+    ) -> torch.Tensor:
+        """``[N]``: each probe's most sensitive token, found by halving its grid box along
+        both axes and keeping the quarter whose occlusion drops its score the most."""
+        n, device = images.shape[0], images.device
+        h, w = grid
+        box = torch.tensor([0, h, 0, w], device=device).repeat(n, 1)  # r0, r1, c0, c1
+        probes = torch.arange(n, device=device)
+        while bool(((box[:, 1] - box[:, 0] > 1) | (box[:, 3] - box[:, 2] > 1)).any()):
+            r0, r1, c0, c1 = box.unbind(1)
+            rm = torch.where(r1 - r0 > 1, (r0 + r1 + 1) // 2, r1)
+            cm = torch.where(c1 - c0 > 1, (c0 + c1 + 1) // 2, c1)
+            quarters = torch.stack(
+                [
+                    torch.stack([r0, rm, c0, cm], 1),
+                    torch.stack([r0, rm, cm, c1], 1),
+                    torch.stack([rm, r1, c0, cm], 1),
+                    torch.stack([rm, r1, cm, c1], 1),
+                ],
+                dim=1,
+            )  # [n, 4, 4]
+            flat = quarters.reshape(-1, 4)
+            rows = probes.repeat_interleave(4)
+            p = self._scores(forward, score, occlude_boxes(images, rows, flat, grid), targets[rows])
+            drop = (p0[rows] - p).view(n, 4)
+            empty = ((flat[:, 1] <= flat[:, 0]) | (flat[:, 3] <= flat[:, 2])).view(n, 4)
+            best = drop.masked_fill(empty, float("-inf")).argmax(dim=1)
+            box = quarters[probes, best]
+        return box[:, 0] * w + box[:, 2]
+
     def check(
         self,
         forward: Callable[[torch.Tensor], torch.Tensor],
@@ -189,20 +274,22 @@ class ShortcutAlarm:
         Returns the suspects (most probes hit first) and the largest group mean drop of any
         candidate (a continuous signal, 0 without candidates)."""
         grid = tuple(maps[0].shape[-2:])
+        p0 = self._scores(forward, score, images, targets)
         pairs = self.candidates(maps, targets, informative)
-        self._remembered = pairs[:8]
+        if self.search:
+            found = self.search_tokens(forward, score, images, targets, p0, grid)  # type: ignore[arg-type]
+            for group, members in self._groups(targets):
+                pairs.append((_mode(found[members]), group))
+            pairs = list(dict.fromkeys(pairs))
+        self._remembered = pairs[:12]
         if not pairs:
             return [], 0.0
         groups = dict(self._groups(targets))
         rows = [groups[g].nonzero().flatten() for _, g in pairs]
         tokens = torch.cat([torch.full_like(r, t) for r, (t, _) in zip(rows, pairs, strict=True)])
         rows_all = torch.cat(rows)
-        batch = torch.cat([images, occlude(images, rows_all, tokens, grid)])  # type: ignore[arg-type]
-        logits = torch.cat([forward(chunk) for chunk in batch.split(self.max_batch)])
-        p = score(logits.float())
-        n = images.shape[0]
-        p0 = p[:n].gather(1, targets[:, None]).squeeze(1)
-        p_occ = p[n:].gather(1, targets[rows_all][:, None]).squeeze(1)
+        occluded = occlude(images, rows_all, tokens, grid)  # type: ignore[arg-type]
+        p_occ = self._scores(forward, score, occluded, targets[rows_all])
         drop = ((p0[rows_all] - p_occ) / p0[rows_all].clamp_min(1e-12)).clamp(-1.0, 1.0)
         sizes = [len(r) for r in rows]
         suspects, worst = [], 0.0

@@ -118,18 +118,18 @@ def test_class_specific_corners_are_found_per_class() -> None:
 def test_remembered_candidate_is_retested_when_the_maps_peak_elsewhere() -> None:
     images, _ = corner_images(12)
     targets = corner_model(images).argmax(1)
-    alarm = ShortcutAlarm()
+    alarm = ShortcutAlarm(search=False)
     everyone = torch.ones(12, dtype=torch.bool)
     alarm.check(corner_model, softmax, images, [peaked_maps(12, 0)], targets, everyone)
     state = alarm.state_dict()
-    fresh = ShortcutAlarm()
+    fresh = ShortcutAlarm(search=False)
     fresh.load_state_dict(state)  # as after a resume
     suspects, _ = fresh.check(
         corner_model, softmax, images, [peaked_maps(12, 10)], targets, everyone
     )
     assert (0, 0) in {(s.row, s.col) for s in suspects}
     assert (
-        ShortcutAlarm().check(
+        ShortcutAlarm(search=False).check(
             corner_model, softmax, images, [peaked_maps(12, 10)], targets, everyone
         )[0]
         == []
@@ -152,3 +152,33 @@ def test_message_names_the_place_and_class() -> None:
     assert "token row 0, column 3 (on the top-right corner)" in text
     assert "by 0.73 on average and by at least half on 4 of 5 probes predicted as 'c'" in text
     assert shortcut_message({"hotspot_ratio": 9.0}, torch.zeros(4, 4), 0, 1) is None
+
+
+def test_occlusion_search_finds_the_place_when_every_map_is_flat() -> None:
+    images, _ = corner_images(12)
+    targets = corner_model(images).argmax(1)
+    alarm = ShortcutAlarm()
+    p0 = softmax(corner_model(images)).gather(1, targets[:, None]).squeeze(1)
+    found = alarm.search_tokens(corner_model, softmax, images, targets, p0, GRID)
+    assert found.tolist() == [0] * 12  # every probe's most sensitive token: the corner
+    flat = torch.zeros(12, dtype=torch.bool)  # no map proposes anything
+    suspects, _ = alarm.check(corner_model, softmax, images, [peaked_maps(12, 10)], targets, flat)
+    assert [(s.row, s.col, s.group, s.hits) for s in suspects] == [(0, 0, None, 12)]
+    # a model that reads the whole image has no such place
+    targets = global_model(images).argmax(1)
+    assert alarm.check(global_model, softmax, images, [peaked_maps(12, 10)], targets, flat)[0] == []
+
+
+def cell_model(images: torch.Tensor) -> torch.Tensor:
+    """Reads the 3x3 pixel cell of token (4, 6) on a 5x7 grid of 15x21 images."""
+    cue = images[:, :, 12:15, 18:21].mean(dim=(1, 2, 3))
+    return 10.0 * torch.stack([cue, -images.mean(dim=(1, 2, 3))], dim=1)
+
+
+def test_search_on_a_non_square_odd_grid_reaches_single_tokens() -> None:
+    images = torch.randn(3, 3, 15, 21, generator=torch.Generator().manual_seed(0)) * 0.1
+    images[:, :, 12:15, 18:21] = 3.0
+    targets = torch.zeros(3, dtype=torch.long)
+    p0 = softmax(cell_model(images))[:, 0]
+    found = ShortcutAlarm().search_tokens(cell_model, softmax, images, targets, p0, (5, 7))
+    assert found.tolist() == [4 * 7 + 6] * 3
