@@ -156,9 +156,10 @@ class ViTReciproCAMCallback(Callback):
     maps can be trusted; ``shortcut_drop`` is the shortcut alarm's strongest evidence.
 
     A :class:`PossibleShortcutWarning` (rank zero) says where the model's prediction hangs on one
-    fixed place and on what evidence: the peaks of the global and per-class mean maps are
-    occluded in the probes, and a place whose occlusion collapses the prediction on most probes
-    of a group is reported (:class:`~lightning_vitrcam.shortcut.ShortcutAlarm`, beyond the
+    fixed place and on what evidence: the peaks of the global and per-class mean maps, and the
+    places a hierarchical occlusion search finds (``shortcut_search``), are occluded in the
+    probes, and a place whose occlusion collapses the prediction on most probes of a group is
+    reported (:class:`~lightning_vitrcam.shortcut.ShortcutAlarm`, beyond the
     paper; e.g. "occluding token row 0, column 0 (on the top-left corner) drops the
     predicted-class probability by 0.69 on average and by at least half on 15 of 16 probes").
     Optionally also when the hotspot ratio exceeds ``hotspot_threshold`` or the energy in the
@@ -197,6 +198,10 @@ class ViTReciproCAMCallback(Callback):
             when it cannot be found (none or several candidates).
         shortcut_alarm: run the occlusion-confirmed shortcut alarm (a few extra forwards of
             the probes per evaluation).
+        shortcut_search: let the alarm also propose the places a hierarchical occlusion search
+            finds (12 occluded copies per probe on an 8x8 token grid, 16 on 14x14); it finds a
+            cue whichever block reads it, where the explained block's maps are flat or weak.
+            False: only the maps' peaks are tested (cheaper, misses such cues).
         min_drop: the alarm counts a probe as hit when occluding the suspected token removes
             at least this share of its predicted-class probability.
         min_share: the alarm reports a place when at least this share of a group's probes
@@ -241,6 +246,7 @@ class ViTReciproCAMCallback(Callback):
         max_batch: int = 128,
         model_attr: str | None = None,
         shortcut_alarm: bool = True,
+        shortcut_search: bool = True,
         min_drop: float = 0.5,
         min_share: float = 0.7,
         hotspot_threshold: float | None = None,
@@ -278,11 +284,14 @@ class ViTReciproCAMCallback(Callback):
         self.max_batch = max_batch
         self.model_attr = model_attr
         self.shortcut_alarm = shortcut_alarm
+        self.shortcut_search = shortcut_search
         self.min_drop = min_drop
         self.min_share = min_share
         self.hotspot_threshold = hotspot_threshold
         self.energy_threshold = energy_threshold
-        self._alarm = ShortcutAlarm(min_drop, min_share, max_batch=max_batch)
+        self._alarm = ShortcutAlarm(
+            min_drop, min_share, max_batch=max_batch, search=shortcut_search
+        )
         self.seed = seed
         self.log_images = log_images
         self.timeline_columns = timeline_columns

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lightning_vitrcam import ViTReciproCAMCallback
 from lightning_vitrcam.shortcut import ShortcutAlarm, Suspect, occlude, shortcut_message
 
 GRID = (4, 4)  # 32x32 images, 8x8 cells
@@ -164,6 +165,9 @@ def test_occlusion_search_finds_the_place_when_every_map_is_flat() -> None:
     flat = torch.zeros(12, dtype=torch.bool)  # no map proposes anything
     suspects, _ = alarm.check(corner_model, softmax, images, [peaked_maps(12, 10)], targets, flat)
     assert [(s.row, s.col, s.group, s.hits) for s in suspects] == [(0, 0, None, 12)]
+    # without the search, flat maps propose nothing, so nothing is confirmed
+    blind = ViTReciproCAMCallback(shortcut_search=False)._alarm
+    assert blind.check(corner_model, softmax, images, [peaked_maps(12, 10)], targets, flat)[0] == []
     # a model that reads the whole image has no such place
     targets = global_model(images).argmax(1)
     assert alarm.check(global_model, softmax, images, [peaked_maps(12, 10)], targets, flat)[0] == []
