@@ -82,15 +82,32 @@ class Suspect:
     mean_drop: float
 
     def describe(self, class_names: Sequence[str] | None = None) -> str:
-        who = "probes"
-        if self.group is not None:
-            name = class_names[self.group] if class_names else str(self.group)
-            who = f"probes predicted as {name!r}"
         return (
             f"occluding {_place(self.row, self.col, *self.grid)} drops the predicted-class"
             f" probability by {self.mean_drop:.2f} on average and by at least half on"
-            f" {self.hits} of {self.probes} {who}"
+            f" {self.hits} of {self.probes} {self._who(class_names)}"
         )
+
+    def _who(self, class_names: Sequence[str] | None) -> str:
+        if self.group is None:
+            return "probes"
+        name = class_names[self.group] if class_names else str(self.group)
+        return f"probes predicted as {name!r}"
+
+
+def _describe_place(suspects: Sequence[Suspect], class_names: Sequence[str] | None) -> str:
+    """One reason per place: the groups confirmed at the same token share one sentence."""
+    if len(suspects) == 1:
+        return suspects[0].describe(class_names)
+    first = suspects[0]
+    groups = ", ".join(
+        f"{s.hits} of {s.probes} {s._who(class_names)} (by {s.mean_drop:.2f} on average)"
+        for s in suspects
+    )
+    return (
+        f"occluding {_place(first.row, first.col, *first.grid)} drops the predicted-class"
+        f" probability by at least half on {groups}"
+    )
 
 
 def occlude_boxes(
@@ -319,7 +336,10 @@ def shortcut_message(
     """The warning for one evaluation, or None: the confirmed ``suspects`` (see
     :class:`ShortcutAlarm`), ``hotspot_ratio`` above ``hotspot_threshold`` and, with masks,
     ``energy_in_mask`` below ``energy_threshold``."""
-    reasons = [s.describe(class_names) for s in suspects[:3]]
+    places: dict[tuple[int, int], list[Suspect]] = {}
+    for s in suspects:
+        places.setdefault((s.row, s.col), []).append(s)
+    reasons = [_describe_place(group, class_names) for group in list(places.values())[:3]]
     ratio, energy = values.get("hotspot_ratio"), values.get("energy_in_mask")
     if hotspot_threshold is not None and ratio is not None and ratio > hotspot_threshold:
         reasons.append(f"hotspot ratio {ratio:.2f} > {hotspot_threshold}")

@@ -155,6 +155,19 @@ def test_message_names_the_place_and_class() -> None:
     assert shortcut_message({"hotspot_ratio": 9.0}, torch.zeros(4, 4), 0, 1) is None
 
 
+def test_message_names_each_place_once() -> None:
+    same = [Suspect(0, 0, (4, 4), 3, 4, 4, 0.94), Suspect(0, 0, (4, 4), 1, 3, 3, 0.85)]
+    other = Suspect(3, 3, (4, 4), None, 8, 6, 0.6)
+    text = shortcut_message({}, torch.zeros(4, 4), 1, 9, suspects=[*same, other],
+                            class_names=list("abcd"))  # fmt: skip
+    assert text is not None and text.count("token row 0, column 0") == 1
+    assert (
+        "by at least half on 4 of 4 probes predicted as 'd' (by 0.94 on average),"
+        " 3 of 3 probes predicted as 'b' (by 0.85 on average); occluding token row 3, column 3"
+    ) in text
+    assert "by 0.60 on average and by at least half on 6 of 8 probes" in text
+
+
 def test_occlusion_search_finds_the_place_when_every_map_is_flat() -> None:
     images, _ = corner_images(12)
     targets = corner_model(images).argmax(1)
