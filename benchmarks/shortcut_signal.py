@@ -48,6 +48,12 @@ STRIPES_VIT = dict(
 )  # fmt: skip
 
 
+GLYPHS_VIT = dict(
+    img_size=32, patch_size=4, in_chans=1, embed_dim=96, depth=5, num_heads=4,
+    class_token=False, reg_tokens=4, global_pool="map",
+)  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- held-out data
 class _Arrays(Dataset):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> None:
@@ -105,18 +111,69 @@ def stripes(
     return (img.clamp(0, 1) - 0.5) / 0.5, labels, disc
 
 
+GLYPH_MARKERS = torch.tensor(  # 4x4 binary tags, one per class (a scanner's text marker)
+    [
+        [[1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]],
+        [[1, 0, 0, 1], [1, 0, 0, 1], [1, 1, 1, 1], [1, 0, 0, 1]],
+        [[0, 1, 1, 0], [1, 0, 0, 1], [1, 0, 0, 1], [0, 1, 1, 0]],
+        [[1, 1, 1, 1], [0, 1, 1, 0], [0, 1, 1, 0], [0, 1, 1, 0]],
+        [[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]],
+    ],
+    dtype=torch.float32,
+)
+
+
+def glyphs(n: int, kind: str, p: float, seed: int, size: int = 32, contrast: float = 0.22):
+    """Grey-scale glyphs (5 classes: bar, upright bar, plus, cross, ring; rotated +-0.25 rad)
+    on smooth noise, 1 channel, normalised with mean = std = 0.5; ``(images, labels, masks)``.
+    Shortcut kinds: ``fixed``, a 4x4 tag naming the class at rows 2-5, columns 25-28 (inside
+    the image, straddling two token rows); ``per_class``, a bright 3x3 dot on the left edge
+    whose height names the class."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randperm(n, generator=g) % 5
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    arm = 5.0 + 3.0 * torch.rand(n, generator=g)
+    cx = 12 + 8 * torch.rand(n, generator=g)
+    cy = 11 + 10 * torch.rand(n, generator=g)
+    rot = 0.25 * (2 * torch.rand(n, generator=g) - 1)
+    dx, dy = xx - cx.view(-1, 1, 1), yy - cy.view(-1, 1, 1)
+    c, s = rot.cos().view(-1, 1, 1), rot.sin().view(-1, 1, 1)
+    u, v = c * dx + s * dy, -s * dx + c * dy
+    a = arm.view(-1, 1, 1)
+    bar = (v.abs() <= 1.1) & (u.abs() <= a)
+    upright = (u.abs() <= 1.1) & (v.abs() <= a)
+    diag = (((u - v).abs() <= 1.5) | ((u + v).abs() <= 1.5)) & (u.abs() <= 0.75 * a)
+    diag &= v.abs() <= 0.75 * a
+    ring = ((u**2 + v**2).sqrt() - a).abs() <= 1.1
+    shapes = torch.stack([bar, upright, bar | upright, diag, ring], 1)
+    glyph = shapes[torch.arange(n), labels]
+    smooth = F.interpolate(torch.rand(n, 1, 4, 4, generator=g), size=(size, size), mode="bicubic")
+    img = 0.35 + 0.3 * smooth + contrast * glyph[:, None].float()
+    img = img + 0.1 * torch.randn(n, 1, size, size, generator=g)
+    want = torch.rand(n, generator=g) < p
+    for i in want.nonzero().flatten().tolist():
+        k = int(labels[i])
+        if kind == "fixed":
+            img[i, 0, 2:6, 25:29] = GLYPH_MARKERS[k]
+        elif kind == "per_class":
+            y0 = 1 + 6 * k
+            img[i, 0, y0 : y0 + 3, 1:4] = 1.0
+    return (img.clamp(0, 1) - 0.5) / 0.5, labels, glyph
+
+
 class StripesDataModule(L.LightningDataModule):
     """Train/val with the shortcut at rate ``shortcut_p``, and a patch-free split."""
 
-    class_names = ("0 deg", "45 deg", "90 deg", "135 deg")
+    class_names: tuple[str, ...] = ("0 deg", "45 deg", "90 deg", "135 deg")
+    make = staticmethod(stripes)
 
     def __init__(self, kind: str, shortcut_p: float, seed: int, batch_size: int = 64) -> None:
         super().__init__()
         s = seed * 100
         p = 0.0 if kind == "none" else shortcut_p
-        self.train = _Arrays(*stripes(3000, kind, p, s + 1))
-        self.val = _Arrays(*stripes(500, kind, p, s + 2))
-        self.free = _Arrays(*stripes(500, "none", 0.0, s + 3))
+        self.train = _Arrays(*self.make(3000, kind, p, s + 1))
+        self.val = _Arrays(*self.make(500, kind, p, s + 2))
+        self.free = _Arrays(*self.make(500, "none", 0.0, s + 3))
         self.batch_size = batch_size
 
     def train_dataloader(self) -> DataLoader:
@@ -129,6 +186,11 @@ class StripesDataModule(L.LightningDataModule):
         return DataLoader(self.free, batch_size=self.batch_size)
 
 
+class GlyphsDataModule(StripesDataModule):
+    class_names = ("bar", "upright", "plus", "cross", "ring")
+    make = staticmethod(glyphs)
+
+
 # ----------------------------------------------------------------------------- the grid
 def one_run(args: dict[str, Any]) -> dict[str, Any]:
     from lightning_vitrcam.demo import shortcut_experiment
@@ -139,6 +201,8 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if data == "stripes":
         extra = dict(datamodule=StripesDataModule(kind, p, seed), model_kwargs=STRIPES_VIT)
+    elif data == "glyphs":
+        extra = dict(datamodule=GlyphsDataModule(kind, p, seed), model_kwargs=GLYPHS_VIT)
     else:
         extra = dict(shortcut_corner="per_class" if kind == "per_class" else "top_left")
     start = time.perf_counter()
@@ -205,7 +269,7 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[str, bool]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", choices=["shapes", "stripes"], default="shapes")
+    parser.add_argument("--data", choices=["shapes", "stripes", "glyphs"], default="shapes")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--ls", nargs="+", type=float, default=[0.0, 0.1])

@@ -49,7 +49,7 @@ from lightning_vitrcam.render import (
     probe_timelines,
     saliency_picture,
 )
-from lightning_vitrcam.sharding import gather_result, probe_shard, take
+from lightning_vitrcam.sharding import gather_result, probe_shard, sharded_forward, take
 from lightning_vitrcam.shortcut import (
     PossibleShortcutWarning,
     ShortcutAlarm,
@@ -536,7 +536,7 @@ class ViTReciproCAMCallback(Callback):
             assert cam is not None
             with eval_mode(cam.model):
                 suspects, drop = self._alarm.check(
-                    cam.adapter.forward,
+                    sharded_forward(trainer.strategy, cam.adapter.forward),
                     cam.score_fn,
                     images,
                     [primary.maps],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 
 from lightning_vitrcam.explainer import ReciproCAMResult
 
-__all__ = ["Shard", "gather_result", "probe_shard", "take"]
+__all__ = ["Shard", "gather_result", "probe_shard", "sharded_forward", "take"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +69,30 @@ def gather_result(strategy: Any, result: ReciproCAMResult, n: int) -> ReciproCAM
         if isinstance(getattr(result, f.name), torch.Tensor)
     }
     return dataclasses.replace(result, **fields)
+
+
+def sharded_forward(
+    strategy: Any, forward: Callable[[torch.Tensor], torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``forward`` (a batch to its logits) with the batch's rows split over the ranks as in
+    :func:`probe_shard` and the outputs gathered in row order on every rank: the shortcut
+    alarm's occlusion forwards cost each rank its share instead of the whole batch. Every rank
+    must call it with the same batch shape (the alarm's inputs are the gathered probes, the
+    same on every rank). A single process gets ``forward`` itself.
+
+    Example:
+        >>> double = sharded_forward(None, lambda x: 2 * x)
+        >>> double(torch.ones(3, 1)).flatten().tolist()
+        [2.0, 2.0, 2.0]
+    """
+    world = getattr(strategy, "world_size", 1)
+    if world == 1:
+        return forward
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        n = batch.shape[0]
+        shard = probe_shard(n, strategy.global_rank, world, device=batch.device)
+        out = forward(batch[shard.rows]).contiguous()
+        return strategy.all_gather(out).reshape(-1, *out.shape[1:])[:n]
+
+    return run

@@ -195,6 +195,9 @@ class ShortcutAlarm:
         self.search = search
         # (token, class or None) tested last time: a cue the model keeps using is re-tested
         self._remembered: list[tuple[int, int | None]] = []
+        #: every candidate of the last :meth:`check`: ``{"token", "group", "drops"}`` with
+        #: each tested probe's relative drop, so a rule can be studied offline
+        self.last_tests: list[dict[str, Any]] = []
 
     def state_dict(self) -> dict[str, Any]:
         return {"candidates": [list(c) for c in self._remembered]}
@@ -299,6 +302,7 @@ class ShortcutAlarm:
                 pairs.append((_mode(found[members]), group))
             pairs = list(dict.fromkeys(pairs))
         self._remembered = pairs[:12]
+        self.last_tests = []
         if not pairs:
             return [], 0.0
         groups = dict(self._groups(targets))
@@ -311,6 +315,7 @@ class ShortcutAlarm:
         sizes = [len(r) for r in rows]
         suspects, worst = [], 0.0
         for (token, group), part in zip(pairs, drop.split(sizes), strict=True):
+            self.last_tests.append({"token": token, "group": group, "drops": part.tolist()})
             hits, mean = int((part >= self.min_drop).sum()), float(part.mean())
             worst = max(worst, mean)
             if hits >= self.min_share * len(part):

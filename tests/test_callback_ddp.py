@@ -39,6 +39,21 @@ SCRIPT = textwrap.dedent(
         writes.append([p.tag for p in pictures])
         original(logger, pictures, step)
     vlog.tensorboard_pictures = spy
+    import lightning_vitrcam.callback as vcb
+    from lightning_vitrcam.sharding import sharded_forward
+    alarm_sizes = []  # (whole batch, rows this rank ran) per occlusion forward
+    def spy_sharded(strategy, forward):
+        mine = []
+        def counted(batch):
+            mine.append(int(batch.shape[0]))
+            return forward(batch)
+        inner = sharded_forward(strategy, counted)
+        def outer(batch):
+            out = inner(batch)
+            alarm_sizes.append((int(batch.shape[0]), mine.pop()))
+            return out
+        return outer
+    vcb.sharded_forward = spy_sharded
 
     L.seed_everything(0)
     cb = ViTReciproCAMCallback(num_images=5, explain="both")
@@ -63,6 +78,9 @@ SCRIPT = textwrap.dedent(
         "writes": writes,
         "sizes": sizes,
         "indices": cb._probe.indices,
+        "alarm_sizes": alarm_sizes,
+        "alarm_tests": cb._alarm.last_tests,
+        "shortcut_drop": float(trainer.callback_metrics["vitrcam/shortcut_drop"]),
     }
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(summary, f)
@@ -126,6 +144,29 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     metric = ADCC(cam)
     metric.update(images, result=single)
     assert ranks[0]["adcc"] == pytest.approx(float(metric.compute()["adcc"]), rel=1e-4)
+    # the alarm's occlusion forwards were split too: each rank ran half of every batch ...
+    for r in ranks:
+        assert r["alarm_sizes"] and all(
+            mine == -(-whole // 2) for whole, mine in r["alarm_sizes"]
+        ), r["alarm_sizes"]
+    assert ranks[0]["shortcut_drop"] == ranks[1]["shortcut_drop"]
+    assert ranks[0]["alarm_tests"] and ranks[0]["alarm_tests"] == ranks[1]["alarm_tests"]
+    # ... and the gathered drops equal one process occluding the same tokens
+    from lightning_vitrcam.shortcut import occlude
+
+    targets = single.targets
+    with torch.no_grad():
+        p0 = cam.score_fn(vit(images).float()).gather(1, targets[:, None])[:, 0]
+        for test in ranks[0]["alarm_tests"]:
+            group = test["group"]
+            rows = (
+                torch.arange(len(targets)) if group is None else (targets == group).nonzero()[:, 0]
+            )
+            tokens = torch.full_like(rows, test["token"])
+            occluded = occlude(images, rows, tokens, tuple(single.maps.shape[-2:]))
+            p = cam.score_fn(vit(occluded).float()).gather(1, targets[rows, None])[:, 0]
+            expected = ((p0[rows] - p) / p0[rows].clamp_min(1e-12)).clamp(-1, 1)
+            torch.testing.assert_close(torch.tensor(test["drops"]), expected, atol=1e-4, rtol=0)
     # only rank zero wrote pictures: two evaluations and the timeline
     assert len(ranks[0]["writes"]) == 3 and ranks[1]["writes"] == []
 

@@ -41,6 +41,8 @@ class EpochSignals:
     shortcut_drop: float | None = None
     flat_maps: float | None = None
     message: str | None = None
+    #: the alarm's candidates tested at this evaluation (see ``ShortcutAlarm.last_tests``)
+    alarm_tests: list[dict[str, Any]] | None = None
 
 
 class _SignalRecorder(Callback):
@@ -60,6 +62,7 @@ class _SignalRecorder(Callback):
         def value(key: str) -> float | None:
             return float(metrics[key]) if key in metrics else None
 
+        monitor = next(c for c in trainer.callbacks if isinstance(c, ViTReciproCAMCallback))
         shortcut = [w for w in self.caught if issubclass(w.category, PossibleShortcutWarning)]
         new = shortcut[self._seen :]
         self.rows.append(
@@ -74,6 +77,7 @@ class _SignalRecorder(Callback):
                 shortcut_drop=value("vitrcam/shortcut_drop"),
                 flat_maps=value("vitrcam/flat_maps"),
                 message=str(new[-1].message) if new else None,
+                alarm_tests=list(monitor._alarm.last_tests),
             )
         )
         self._seen = len(shortcut)
