@@ -266,6 +266,23 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[str, bool]:
     return "\n".join(lines), ok
 
 
+def replay(runs: list[dict[str, Any]], alarm: Any) -> list[dict[str, Any]]:
+    """The runs with ``warned`` recomputed by ``alarm``'s rule from each evaluation's recorded
+    candidates and per-probe drops (``alarm_tests``). Which candidates are tested does not
+    depend on the rule, so this is exactly what the rule would have warned in those runs."""
+    out = []
+    for run in runs:
+        rows = []
+        for row in run["rows"]:
+            tests = row.get("alarm_tests")
+            if tests is None:
+                raise ValueError("these runs carry no alarm_tests: record them again")
+            warned = any(alarm.confirms(torch.tensor(t["drops"]))[1] for t in tests)
+            rows.append({**row, "warned": warned})
+        out.append({**run, "rows": rows})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", choices=["shapes", "stripes", "glyphs"], default="shapes")
@@ -277,7 +294,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: all)")
     parser.add_argument("--root", default="lightning_logs/shortcut_signal")
     parser.add_argument("--out", default=None, help="write every run's rows as JSON here")
+    parser.add_argument(
+        "--replay",
+        nargs="+",
+        default=None,
+        help="no training: re-judge the runs saved by --out with the alarm's current rule",
+    )
     args = parser.parse_args()
+    if args.replay:
+        from lightning_vitrcam import ViTReciproCAMCallback
+        from lightning_vitrcam.shortcut import ShortcutAlarm
+
+        cb = ViTReciproCAMCallback()  # its defaults
+        saved = [run for path in args.replay for run in json.load(open(path))]
+        rule = ShortcutAlarm(cb.min_drop, cb.min_share, cb.min_hits)
+        print(summarise(replay(saved, rule))[0])
+        return
     threads = args.threads or max(1, torch.get_num_threads() // args.jobs)
     grid = [
         dict(data=args.data, kind=k, seed=s, ls=ls, epochs=args.epochs, threads=threads,

@@ -205,7 +205,8 @@ class ViTReciproCAMCallback(Callback):
         min_drop: the alarm counts a probe as hit when occluding the suspected token removes
             at least this share of its predicted-class probability.
         min_share: the alarm reports a place when at least this share of a group's probes
-            (all probes, or those of one predicted class) are hit.
+            (all probes, or those of one predicted class) are hit ...
+        min_hits: ... and at least this many of them.
         hotspot_threshold: also warn when the hotspot ratio exceeds this (None, the default:
             never; a ratio says how peaked the mean map is, not whether the model depends on
             the peak, and object-centred data peak in the centre).
@@ -249,6 +250,7 @@ class ViTReciproCAMCallback(Callback):
         shortcut_search: bool = True,
         min_drop: float = 0.5,
         min_share: float = 0.7,
+        min_hits: int = 1,
         hotspot_threshold: float | None = None,
         energy_threshold: float | None = None,
         seed: int = 0,
@@ -287,10 +289,11 @@ class ViTReciproCAMCallback(Callback):
         self.shortcut_search = shortcut_search
         self.min_drop = min_drop
         self.min_share = min_share
+        self.min_hits = min_hits
         self.hotspot_threshold = hotspot_threshold
         self.energy_threshold = energy_threshold
         self._alarm = ShortcutAlarm(
-            min_drop, min_share, max_batch=max_batch, search=shortcut_search
+            min_drop, min_share, min_hits, max_batch=max_batch, search=shortcut_search
         )
         self.seed = seed
         self.log_images = log_images

@@ -162,6 +162,8 @@ class ShortcutAlarm:
     Args:
         min_drop: relative drop of the predicted-class probability that counts as a hit.
         min_share: share of a group's probes that must be hit.
+        min_hits: fewest hit probes that confirm a place, whatever the group's size (a small
+            group's share is a coarse number: 2 of 3 probes is 67%).
         min_group: smallest group of probes a per-class candidate is tested on.
         max_batch: images per forward of the occlusion test.
         search: also propose the places found by a hierarchical occlusion search (each probe's
@@ -180,6 +182,7 @@ class ShortcutAlarm:
         self,
         min_drop: float = 0.5,
         min_share: float = 0.7,
+        min_hits: int = 1,
         min_group: int = 3,
         max_batch: int = 128,
         search: bool = True,
@@ -190,9 +193,12 @@ class ShortcutAlarm:
             )
         self.min_drop = min_drop
         self.min_share = min_share
+        self.min_hits = min_hits
         self.min_group = min_group
         self.max_batch = max_batch
         self.search = search
+        if min_hits < 1:
+            raise ValueError(f"min_hits must be at least 1, got {min_hits}")
         # (token, class or None) tested last time: a cue the model keeps using is re-tested
         self._remembered: list[tuple[int, int | None]] = []
         #: every candidate of the last :meth:`check`: ``{"token", "group", "drops"}`` with
@@ -204,6 +210,19 @@ class ShortcutAlarm:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._remembered = [(int(t), None if g is None else int(g)) for t, g in state["candidates"]]
+
+    def confirms(self, drops: torch.Tensor) -> tuple[int, bool]:
+        """``(hits, confirmed)`` for one candidate's per-probe relative drops in one group:
+        a hit is a drop of at least ``min_drop``; the place is confirmed with at least
+        ``min_share`` of the group and at least ``min_hits`` probes hit.
+
+        Example:
+            >>> alarm = ShortcutAlarm(min_share=0.5, min_hits=3)
+            >>> alarm.confirms(torch.tensor([0.9, 0.8, 0.1, 0.0]))
+            (2, False)
+        """
+        hits = int((drops >= self.min_drop).sum())
+        return hits, hits >= max(self.min_share * drops.numel(), self.min_hits)
 
     def _groups(self, targets: torch.Tensor) -> list[tuple[int | None, torch.Tensor]]:
         groups: list[tuple[int | None, torch.Tensor]] = [(None, torch.ones_like(targets).bool())]
@@ -316,9 +335,9 @@ class ShortcutAlarm:
         suspects, worst = [], 0.0
         for (token, group), part in zip(pairs, drop.split(sizes), strict=True):
             self.last_tests.append({"token": token, "group": group, "drops": part.tolist()})
-            hits, mean = int((part >= self.min_drop).sum()), float(part.mean())
+            (hits, confirmed), mean = self.confirms(part), float(part.mean())
             worst = max(worst, mean)
-            if hits >= self.min_share * len(part):
+            if confirmed:
                 row, col = divmod(token, grid[1])
                 suspects.append(Suspect(row, col, grid, group, len(part), hits, mean))  # type: ignore[arg-type]
         # a place confirmed on all probes needs no repeat for each class

@@ -199,3 +199,29 @@ def test_search_on_a_non_square_odd_grid_reaches_single_tokens() -> None:
     p0 = softmax(cell_model(images))[:, 0]
     found = ShortcutAlarm().search_tokens(cell_model, softmax, images, targets, p0, (5, 7))
     assert found.tolist() == [4 * 7 + 6] * 3
+
+
+def test_share_and_count_of_hit_probes_decide() -> None:
+    """Half the probes read the corner, half the whole image: the place is confirmed when
+    half of a group suffices and enough probes are hit, not otherwise."""
+    images, _ = corner_images(8)
+    images[:4, 0, -1, -1] = 10.0  # the flag of the probes that read the corner
+
+    def mixed(x: torch.Tensor) -> torch.Tensor:
+        flag = x[:, 0, -1, -1] > 5.0
+        return torch.where(flag[:, None], corner_model(x), global_model(x))
+
+    targets = mixed(images).argmax(1)
+    everyone = torch.ones(8, dtype=torch.bool)
+
+    def found(alarm: ShortcutAlarm) -> list[Suspect]:
+        return alarm.check(mixed, softmax, images, [peaked_maps(8, 0)], targets, everyone)[0]
+
+    hits = ShortcutAlarm(search=False, min_share=0.5, min_hits=3)
+    assert [(s.row, s.col, s.group, s.hits, s.probes) for s in found(hits)] == [(0, 0, None, 4, 8)]
+    assert found(ShortcutAlarm(search=False, min_share=0.5, min_hits=5)) == []
+    assert found(ShortcutAlarm(search=False, min_share=0.7)) == []
+    first = hits.last_tests[0]  # the all-probes group at the maps' peak, each probe's drop
+    assert (first["token"], first["group"]) == (0, None)
+    drops = torch.tensor(first["drops"])
+    assert (drops[:4] >= 0.5).all() and (drops[4:] < 0.5).all()
