@@ -206,7 +206,8 @@ class ViTReciproCAMCallback(Callback):
             at least this share of its predicted-class probability.
         min_share: the alarm reports a place when at least this share of a group's probes
             (all probes, or those of one predicted class) are hit ...
-        min_hits: ... and at least this many of them.
+        min_hits: ... and at least this many of them (see :class:`ShortcutAlarm` for why
+            half and 3).
         hotspot_threshold: also warn when the hotspot ratio exceeds this (None, the default:
             never; a ratio says how peaked the mean map is, not whether the model depends on
             the peak, and object-centred data peak in the centre).
@@ -249,8 +250,8 @@ class ViTReciproCAMCallback(Callback):
         shortcut_alarm: bool = True,
         shortcut_search: bool = True,
         min_drop: float = 0.5,
-        min_share: float = 0.7,
-        min_hits: int = 1,
+        min_share: float = 0.5,
+        min_hits: int = 3,
         hotspot_threshold: float | None = None,
         energy_threshold: float | None = None,
         seed: int = 0,

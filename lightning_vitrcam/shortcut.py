@@ -20,7 +20,8 @@ were on a held-out average-pooled ViT that read its cue in the first block), and
 of the previous evaluation (a cue the model keeps using is re-tested even when this
 evaluation's maps peak elsewhere). It occludes each candidate in the probes of its group in one
 batched forward and reports a :class:`Suspect` when the relative drop ``(p - p_occluded) / p``
-reaches ``min_drop`` on at least ``min_share`` of the group's probes. The ViT-ReciproCAM
+reaches ``min_drop`` on at least ``min_share`` of the group's probes and on at least
+``min_hits`` of them. The ViT-ReciproCAM
 pictures are unchanged; this test is the library's own.
 
 Example:
@@ -161,9 +162,15 @@ class ShortcutAlarm:
 
     Args:
         min_drop: relative drop of the predicted-class probability that counts as a hit.
-        min_share: share of a group's probes that must be hit.
-        min_hits: fewest hit probes that confirm a place, whatever the group's size (a small
-            group's share is a coarse number: 2 of 3 probes is 67%).
+        min_share: share of a group's probes that must be hit. Half, not most: a model that
+            is counted as using a shortcut (validation accuracy >= 0.9 while accuracy without
+            the cue is <= 0.5) may already answer from the object on up to half of its probes
+            while it moves off the cue; a 70% share missed 2 such evaluations of 30 on the
+            held-out stripes grid (``benchmarks/shortcut_signal.py``).
+        min_hits: fewest hit probes that confirm a place, whatever the group's size; 3, the
+            smallest group tested, so that a place never rests on two probes (on clean
+            training runs of the demo data the object made 2 of 4 probes of a class collapse
+            at one token in 4 of 132 clean evaluations; 3 of 8 was the most with 3 hits).
         min_group: smallest group of probes a per-class candidate is tested on.
         max_batch: images per forward of the occlusion test.
         search: also propose the places found by a hierarchical occlusion search (each probe's
@@ -181,8 +188,8 @@ class ShortcutAlarm:
     def __init__(
         self,
         min_drop: float = 0.5,
-        min_share: float = 0.7,
-        min_hits: int = 1,
+        min_share: float = 0.5,
+        min_hits: int = 3,
         min_group: int = 3,
         max_batch: int = 128,
         search: bool = True,
