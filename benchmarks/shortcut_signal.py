@@ -54,6 +54,15 @@ GLYPHS_VIT = dict(
 )  # fmt: skip
 
 
+# --model alt: the same data, another model (a check on models the alarm was not designed on)
+ALT_VITS = {
+    "stripes": dict(
+        img_size=48, patch_size=6, embed_dim=128, depth=4, num_heads=4, reg_tokens=2,
+        global_pool="token",
+    ),
+}  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- held-out data
 class _Arrays(Dataset):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> None:
@@ -111,23 +120,21 @@ def stripes(
     return (img.clamp(0, 1) - 0.5) / 0.5, labels, disc
 
 
-GLYPH_MARKERS = torch.tensor(  # 4x4 binary tags, one per class (a scanner's text marker)
-    [
-        [[1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]],
-        [[1, 0, 0, 1], [1, 0, 0, 1], [1, 1, 1, 1], [1, 0, 0, 1]],
-        [[0, 1, 1, 0], [1, 0, 0, 1], [1, 0, 0, 1], [0, 1, 1, 0]],
-        [[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]],
-    ],
-    dtype=torch.float32,
+GLYPH_MARKERS = torch.zeros(4, 4, 4)  # 4x4 two-tone tags, one per class (a scanner's marker)
+GLYPH_MARKERS[0, :2], GLYPH_MARKERS[1, 2:], GLYPH_MARKERS[2, :, :2], GLYPH_MARKERS[3, :, 2:] = (
+    1,
+    1,
+    1,
+    1,
 )
 
 
 def glyphs(n: int, kind: str, p: float, seed: int, size: int = 32, contrast: float = 0.6):
     """Grey-scale glyphs (4 classes: bar, upright bar, cross, ring; rotated +-0.25 rad)
     on smooth noise, 1 channel, normalised with mean = std = 0.5; ``(images, labels, masks)``.
-    Shortcut kinds: ``fixed``, a 4x4 tag naming the class at rows 2-5, columns 25-28 (inside
-    the image, straddling two token rows); ``per_class``, a bright 3x3 dot on the left edge
-    whose height names the class."""
+    Shortcut kinds: ``fixed``, a 4x4 two-tone tag naming the class (top, bottom, left or
+    right half bright) at rows 2-5, columns 25-28 (inside the image, straddling two token
+    rows); ``per_class``, a bright 4x4 dot on the left edge whose height names the class."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randperm(n, generator=g) % 4
     yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
@@ -155,8 +162,8 @@ def glyphs(n: int, kind: str, p: float, seed: int, size: int = 32, contrast: flo
         if kind == "fixed":
             img[i, 0, 2:6, 25:29] = GLYPH_MARKERS[k]
         elif kind == "per_class":
-            y0 = 1 + 6 * k
-            img[i, 0, y0 : y0 + 3, 1:4] = 1.0
+            y0 = 1 + 8 * k
+            img[i, 0, y0 : y0 + 4, 1:5] = 1.0
     return (img.clamp(0, 1) - 0.5) / 0.5, labels, glyph
 
 
@@ -200,6 +207,8 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if data == "stripes":
         extra = dict(datamodule=StripesDataModule(kind, p, seed), model_kwargs=STRIPES_VIT)
+        if args["model"] == "alt":
+            extra["model_kwargs"] = ALT_VITS["stripes"]
     elif data == "glyphs":
         extra = dict(datamodule=GlyphsDataModule(kind, p, seed), model_kwargs=GLYPHS_VIT)
     else:
@@ -216,7 +225,7 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
         **extra,
     )
     return {
-        "data": data,
+        "data": data if args["model"] == "default" else f"{data} ({args['model']} model)",
         "kind": kind,
         "seed": seed,
         "ls": ls,
@@ -287,6 +296,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", choices=["shapes", "stripes", "glyphs"], default="shapes")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument(
+        "--model",
+        choices=["default", "alt"],
+        default="default",
+        help="alt: another ViT on the same data (stripes: class token, 2 registers, 4 blocks)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--ls", nargs="+", type=float, default=[0.0, 0.1])
     parser.add_argument("--epochs", type=int, default=10)
@@ -301,6 +316,8 @@ def main() -> None:
         help="no training: re-judge the runs saved by --out with the alarm's current rule",
     )
     args = parser.parse_args()
+    if args.model == "alt" and args.data not in ALT_VITS:
+        parser.error(f"--model alt exists for --data {' or '.join(ALT_VITS)} only")
     if args.replay:
         from lightning_vitrcam import ViTReciproCAMCallback
         from lightning_vitrcam.shortcut import ShortcutAlarm
@@ -313,7 +330,7 @@ def main() -> None:
     threads = args.threads or max(1, torch.get_num_threads() // args.jobs)
     grid = [
         dict(data=args.data, kind=k, seed=s, ls=ls, epochs=args.epochs, threads=threads,
-             root=args.root)
+             root=args.root, model=args.model)
         for s, ls, k in product(args.seeds, args.ls, args.kinds)
     ]  # fmt: skip
     runs: list[dict[str, Any]] = []
