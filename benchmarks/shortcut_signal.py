@@ -120,21 +120,23 @@ def stripes(
     return (img.clamp(0, 1) - 0.5) / 0.5, labels, disc
 
 
-GLYPH_MARKERS = torch.zeros(4, 4, 4)  # 4x4 two-tone tags, one per class (a scanner's marker)
-GLYPH_MARKERS[0, :2], GLYPH_MARKERS[1, 2:], GLYPH_MARKERS[2, :, :2], GLYPH_MARKERS[3, :, 2:] = (
-    1,
-    1,
-    1,
-    1,
+GLYPH_MARKERS = torch.tensor(  # 4x4 binary tags, one per class (a scanner's text marker)
+    [
+        [[1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]],
+        [[1, 0, 0, 1], [1, 0, 0, 1], [1, 1, 1, 1], [1, 0, 0, 1]],
+        [[0, 1, 1, 0], [1, 0, 0, 1], [1, 0, 0, 1], [0, 1, 1, 0]],
+        [[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]],
+    ],
+    dtype=torch.float32,
 )
 
 
 def glyphs(n: int, kind: str, p: float, seed: int, size: int = 32, contrast: float = 0.6):
     """Grey-scale glyphs (4 classes: bar, upright bar, cross, ring; rotated +-0.25 rad)
     on smooth noise, 1 channel, normalised with mean = std = 0.5; ``(images, labels, masks)``.
-    Shortcut kinds: ``fixed``, a 4x4 two-tone tag naming the class (top, bottom, left or
-    right half bright) at rows 2-5, columns 25-28 (inside the image, straddling two token
-    rows); ``per_class``, a bright 4x4 dot on the left edge whose height names the class."""
+    Shortcut kinds: ``fixed``, a 4x4 tag naming the class at rows 2-5, columns 25-28 (inside
+    the image, straddling two token rows); ``per_class``, a bright 3x3 dot on the left edge
+    whose height names the class."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randperm(n, generator=g) % 4
     yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
@@ -162,8 +164,8 @@ def glyphs(n: int, kind: str, p: float, seed: int, size: int = 32, contrast: flo
         if kind == "fixed":
             img[i, 0, 2:6, 25:29] = GLYPH_MARKERS[k]
         elif kind == "per_class":
-            y0 = 1 + 8 * k
-            img[i, 0, y0 : y0 + 4, 1:5] = 1.0
+            y0 = 1 + 6 * k
+            img[i, 0, y0 : y0 + 3, 1:4] = 1.0
     return (img.clamp(0, 1) - 0.5) / 0.5, labels, glyph
 
 
