@@ -5,6 +5,7 @@ the tail in one batch).
     python benchmarks/bench_cam.py                     # ViT-B/16: timm, torchvision, HF; CPU fp32
     python benchmarks/bench_cam.py --families timm hf --device cuda --batch 32 --amp bf16
     python benchmarks/bench_cam.py --quick             # tiny models (a smoke run, seconds)
+    python benchmarks/bench_cam.py --no-general --no-literal --repeats 7   # fast path vs forward
 
 The ViT-B/16-sized configurations are timm ``vit_base_patch16_224``, torchvision ``vit_b_16``
 and HF ``ViTConfig()`` defaults (1000 classes each), 224x224 images. Prints one table with
@@ -132,8 +133,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
+def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warm_up: bool = True) -> float:
+    if warm_up:
+        fn()
     _sync(device)
     times = []
     for _ in range(repeats):
@@ -172,10 +174,16 @@ def measure(
         return call
 
     notes = []
-    results = {
-        "plain forward": timed(run(lambda: logits_of(model(images))), device, args.repeats),
-        "fast path": timed(run(lambda: fast(images)), device, args.repeats),
-    }
+    plain_call, fast_call = run(lambda: logits_of(model(images))), run(lambda: fast(images))
+    plain_call(), fast_call()  # warm-up
+    # interleaved, so that a machine whose speed drifts (other jobs, clocks) burdens both
+    plain_t, fast_t = [], []
+    for _ in range(args.repeats):
+        plain_t.append(timed(plain_call, device, 1, warm_up=False))
+        fast_t.append(timed(fast_call, device, 1, warm_up=False))
+    results = {"plain forward": statistics.median(plain_t), "fast path": statistics.median(fast_t)}
+    if args.no_general:
+        return _rows(family, results, batch), notes
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     base = _peak(device)
@@ -197,12 +205,18 @@ def measure(
     h, w = a.grid_size
     diff = float((a.scores - b.scores).abs().max())
     notes.append(f"{family}: {h}x{w} tokens, max |fast - general| score difference {diff:.2e}")
+    return _rows(family, results, batch), notes
+
+
+def _rows(
+    family: str, results: dict[str, float], batch: int
+) -> list[tuple[str, str, float, float, str]]:
     plain, literal = results["plain forward"], results.get("literal paper")
     rows = []
     for name, sec in results.items():
         versus = "-" if literal is None else f"{literal / sec:.1f}"
         rows.append((family, name, 1000 * sec / batch, sec / plain, versus))
-    return rows, notes
+    return rows
 
 
 def main() -> None:
@@ -215,6 +229,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--slow-repeats", type=int, default=1)
     parser.add_argument("--no-literal", action="store_true", help="skip the literal timm row")
+    parser.add_argument(
+        "--no-general",
+        action="store_true",
+        help="plain forward and fast path only (and no fast/general comparison): minutes less",
+    )
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (0: default; --quick: 1)"
     )
