@@ -81,11 +81,16 @@ class Suspect:
     probes: int
     hits: int
     mean_drop: float
+    min_drop: float = 0.5
+
+    @property
+    def _at_least(self) -> str:
+        return "half" if self.min_drop == 0.5 else f"{self.min_drop:.0%}"
 
     def describe(self, class_names: Sequence[str] | None = None) -> str:
         return (
             f"occluding {_place(self.row, self.col, *self.grid)} drops the predicted-class"
-            f" probability by {self.mean_drop:.2f} on average and by at least half on"
+            f" probability by {self.mean_drop:.2f} on average and by at least {self._at_least} on"
             f" {self.hits} of {self.probes} {self._who(class_names)}"
         )
 
@@ -107,7 +112,7 @@ def _describe_place(suspects: Sequence[Suspect], class_names: Sequence[str] | No
     )
     return (
         f"occluding {_place(first.row, first.col, *first.grid)} drops the predicted-class"
-        f" probability by at least half on {groups}"
+        f" probability by at least {first._at_least} on {groups}"
     )
 
 
@@ -346,7 +351,9 @@ class ShortcutAlarm:
             worst = max(worst, mean)
             if confirmed:
                 row, col = divmod(token, grid[1])
-                suspects.append(Suspect(row, col, grid, group, len(part), hits, mean))  # type: ignore[arg-type]
+                suspects.append(
+                    Suspect(row, col, grid, group, len(part), hits, mean, self.min_drop)  # type: ignore[arg-type]
+                )
         # a place confirmed on all probes needs no repeat for each class
         everyone = {(s.row, s.col) for s in suspects if s.group is None}
         suspects = [s for s in suspects if s.group is None or (s.row, s.col) not in everyone]

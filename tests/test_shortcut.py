@@ -225,3 +225,15 @@ def test_share_and_count_of_hit_probes_decide() -> None:
     assert (first["token"], first["group"]) == (0, None)
     drops = torch.tensor(first["drops"])
     assert (drops[:4] >= 0.5).all() and (drops[4:] < 0.5).all()
+
+
+def test_message_states_the_drop_that_counted() -> None:
+    """The warning quotes the alarm's own min_drop, not a fixed "half"."""
+    images, _ = corner_images(12)
+    targets = corner_model(images).argmax(1)
+    suspects, _ = ShortcutAlarm(min_drop=0.3).check(
+        corner_model, softmax, images, [peaked_maps(12, 0)], targets, torch.ones(12).bool()
+    )
+    assert suspects and suspects[0].min_drop == 0.3
+    assert "by at least 30% on 12 of 12 probes" in suspects[0].describe()
+    assert "by at least half on" in Suspect(0, 0, GRID, None, 4, 4, 0.9).describe()
