@@ -52,6 +52,12 @@ def take(result: ReciproCAMResult, rows: Any) -> ReciproCAMResult:
     return dataclasses.replace(result, **fields)
 
 
+def _gather_rows(strategy: Any, t: torch.Tensor, n: int) -> torch.Tensor:
+    """Every rank's ``[k, ...]`` share stacked in rank order, padding past ``n`` rows dropped."""
+    stacked = strategy.all_gather(t.contiguous())  # [world, k, ...]
+    return stacked.reshape(-1, *t.shape[1:])[:n]
+
+
 def gather_result(strategy: Any, result: ReciproCAMResult, n: int) -> ReciproCAMResult:
     """Every rank's share of an explanation gathered into the full ``n``-probe result, on
     every rank (Lightning's ``strategy.all_gather``; a single process returns it as it is)."""
@@ -59,12 +65,8 @@ def gather_result(strategy: Any, result: ReciproCAMResult, n: int) -> ReciproCAM
     if world == 1:
         return result
 
-    def gather(t: torch.Tensor) -> torch.Tensor:
-        stacked = strategy.all_gather(t.contiguous())  # [world, k, ...]
-        return stacked.reshape(-1, *t.shape[1:])[:n]
-
     fields = {
-        f.name: gather(getattr(result, f.name))
+        f.name: _gather_rows(strategy, getattr(result, f.name), n)
         for f in dataclasses.fields(result)
         if isinstance(getattr(result, f.name), torch.Tensor)
     }
@@ -92,7 +94,6 @@ def sharded_forward(
     def run(batch: torch.Tensor) -> torch.Tensor:
         n = batch.shape[0]
         shard = probe_shard(n, strategy.global_rank, world, device=batch.device)
-        out = forward(batch[shard.rows]).contiguous()
-        return strategy.all_gather(out).reshape(-1, *out.shape[1:])[:n]
+        return _gather_rows(strategy, forward(batch[shard.rows]), n)
 
     return run

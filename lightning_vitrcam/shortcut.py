@@ -171,7 +171,7 @@ class ShortcutAlarm:
             is counted as using a shortcut (validation accuracy >= 0.9 while accuracy without
             the cue is <= 0.5) may already answer from the object on up to half of its probes
             while it moves off the cue; a 70% share missed 2 such evaluations of 30 on the
-            held-out stripes grid (``benchmarks/shortcut_signal.py``).
+            stripes grid of ``benchmarks/shortcut_signal.py``.
         min_hits: fewest hit probes that confirm a place, whatever the group's size; 3, the
             smallest group tested, so that a place never rests on two probes (on clean
             training runs of the demo data the object made 2 of 4 probes of a class collapse
@@ -203,14 +203,14 @@ class ShortcutAlarm:
             raise ValueError(
                 f"min_drop and min_share must be in (0, 1], got {min_drop} and {min_share}"
             )
+        if min_hits < 1:
+            raise ValueError(f"min_hits must be at least 1, got {min_hits}")
         self.min_drop = min_drop
         self.min_share = min_share
         self.min_hits = min_hits
         self.min_group = min_group
         self.max_batch = max_batch
         self.search = search
-        if min_hits < 1:
-            raise ValueError(f"min_hits must be at least 1, got {min_hits}")
         # (token, class or None) tested last time: a cue the model keeps using is re-tested
         self._remembered: list[tuple[int, int | None]] = []
         #: every candidate of the last :meth:`check`: ``{"token", "group", "drops"}`` with
@@ -344,6 +344,7 @@ class ShortcutAlarm:
         p_occ = self._scores(forward, score, occluded, targets[rows_all])
         drop = ((p0[rows_all] - p_occ) / p0[rows_all].clamp_min(1e-12)).clamp(-1.0, 1.0)
         sizes = [len(r) for r in rows]
+        drop = drop.cpu()  # a few dozen numbers, read one by one below: one transfer
         suspects, worst = [], 0.0
         for (token, group), part in zip(pairs, drop.split(sizes), strict=True):
             self.last_tests.append({"token": token, "group": group, "drops": part.tolist()})
