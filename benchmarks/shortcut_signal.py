@@ -279,8 +279,11 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[str, bool]:
 
 def replay(runs: list[dict[str, Any]], alarm: Any) -> list[dict[str, Any]]:
     """The runs with ``warned`` recomputed by ``alarm``'s rule from each evaluation's recorded
-    candidates and per-probe drops (``alarm_tests``). Which candidates are tested does not
-    depend on the rule, so this is exactly what the rule would have warned in those runs."""
+    candidates, per-probe drops and transplants (``alarm_tests``). Which candidates are
+    tested does not depend on the rule, so this is exactly what the rule would have warned in
+    those runs, with one exception: a box is transplanted only when the recording rule's
+    occlusion test confirmed it, so a looser rule replays the others as unconfirmed (and runs
+    recorded before boxes were tested replay their single tokens only)."""
     out = []
     for run in runs:
         rows = []
@@ -288,7 +291,7 @@ def replay(runs: list[dict[str, Any]], alarm: Any) -> list[dict[str, Any]]:
             tests = row.get("alarm_tests")
             if tests is None:
                 raise ValueError("these runs carry no alarm_tests: record them again")
-            warned = any(alarm.confirms(torch.tensor(t["drops"]))[1] for t in tests)
+            warned = any(alarm.judge(t) for t in tests)
             rows.append({**row, "warned": warned})
         out.append({**run, "rows": rows})
     return out
@@ -326,7 +329,7 @@ def main() -> None:
 
         cb = ViTReciproCAMCallback()  # its defaults
         saved = [run for path in args.replay for run in json.load(open(path))]
-        rule = ShortcutAlarm(cb.min_drop, cb.min_share, cb.min_hits)
+        rule = ShortcutAlarm(cb.min_drop, cb.min_share, cb.min_hits)  # max_box: default
         print(summarise(replay(saved, rule))[0])
         return
     threads = args.threads or max(1, torch.get_num_threads() // args.jobs)

@@ -323,6 +323,12 @@ class ViTReciproCAMCallback(Callback):
             target_block=self.target_block,
         )
 
+    @property
+    def alarm(self) -> ShortcutAlarm:
+        """The shortcut alarm; its ``last_tests`` hold the last evaluation's evidence (each
+        candidate place, its group and every tested probe's drop)."""
+        return self._alarm
+
     def state_dict(self) -> dict[str, Any]:
         """The probe selection, the evaluation history (plain types and CPU tensors) and the
         alarm's candidates."""

@@ -39,6 +39,7 @@ __all__ = [
     "adcc_scores",
     "border_energy",
     "border_fraction",
+    "border_name",
     "FLAT_LOG_ODDS",
     "energy_in_mask",
     "flat_maps",
@@ -396,15 +397,26 @@ def hotspot_location(maps_or_mean: torch.Tensor) -> tuple[int, int, str | None]:
     h, w = mean.shape
     idx = int(mean.flatten().argmax())
     row, col = divmod(idx, w)
-    vertical = "top" if row == 0 else "bottom" if row == h - 1 else None
-    horizontal = "left" if col == 0 else "right" if col == w - 1 else None
-    if vertical and horizontal:
-        where: str | None = f"{vertical}-{horizontal} corner"
-    elif vertical or horizontal:
-        where = f"{vertical or horizontal} border"
-    else:
-        where = None
+    where = border_name(row, row + 1, col, col + 1, h, w)
     return row, col, where
+
+
+def border_name(r0: int, r1: int, c0: int, c1: int, h: int, w: int) -> str | None:
+    """The border of an ``h x w`` token grid that the box of rows ``r0 <= r < r1`` and
+    columns ``c0 <= c < c1`` touches (``"top-left corner"``, ``"right border"`` ...), or None
+    for a box inside the grid.
+
+    Example:
+        >>> border_name(0, 2, 6, 8, 8, 8), border_name(3, 4, 0, 1, 8, 8)
+        ('top-right corner', 'left border')
+        >>> print(border_name(2, 4, 2, 4, 8, 8))
+        None
+    """
+    vertical = "top" if r0 == 0 else "bottom" if r1 == h else None
+    horizontal = "left" if c0 == 0 else "right" if c1 == w else None
+    if vertical and horizontal:
+        return f"{vertical}-{horizontal} corner"
+    return f"{vertical or horizontal} border" if vertical or horizontal else None
 
 
 def _ring(h: int, w: int, width: int, device: torch.device) -> torch.Tensor:

@@ -21,8 +21,18 @@ of the previous evaluation (a cue the model keeps using is re-tested even when t
 evaluation's maps peak elsewhere). It occludes each candidate in the probes of its group in one
 batched forward and reports a :class:`Suspect` when the relative drop ``(p - p_occluded) / p``
 reaches ``min_drop`` on at least ``min_share`` of the group's probes and on at least
-``min_hits`` of them. The ViT-ReciproCAM
-pictures are unchanged; this test is the library's own.
+``min_hits`` of them.
+
+A cue larger than a patch (a logo over 2x2 tokens) survives the occlusion of any one of its
+tokens, so boxes of up to ``max_box`` tokens a side are candidates too: the window around each
+map peak with the most saliency and the search's small boxes. Occluding a box of the object
+can also collapse a clean model's prediction (a filled disc with a hole reads as a ring), so a
+box must pass a second, transplant test: pasted from the group's probes into probes of other
+classes, it must bring back at least ``min_drop`` of the donor's probability for the donor's
+class, on as many probes as the occlusion test asks. A shortcut is sufficient as well as
+necessary; the middle of an object is not.
+
+The ViT-ReciproCAM pictures are unchanged; these tests are the library's own.
 
 Example:
     >>> import torch
@@ -41,7 +51,7 @@ from typing import Any
 
 import torch
 
-from lightning_vitrcam.metrics import hotspot_location, mean_saliency_map
+from lightning_vitrcam.metrics import border_name, hotspot_location, mean_saliency_map
 
 __all__ = [
     "PossibleShortcutWarning",
@@ -49,6 +59,7 @@ __all__ = [
     "Suspect",
     "occlude",
     "occlude_boxes",
+    "paste_boxes",
     "shortcut_message",
 ]
 
@@ -58,20 +69,38 @@ class PossibleShortcutWarning(UserWarning):
     object masks)."""
 
 
-def _place(row: int, col: int, h: int, w: int) -> str:
-    grid = torch.zeros(h, w)
-    grid[row, col] = 1.0
-    where = hotspot_location(grid)[2]
-    return f"token row {row}, column {col} ({'on the ' + where if where else 'inside the image'})"
+#: a place on the token grid: rows ``r0 <= r < r1``, columns ``c0 <= c < c1``
+Box = tuple[int, int, int, int]
+# candidates remembered for the next evaluation
+_MEMORY = 24
+
+
+def _place(box: Box, h: int, w: int) -> str:
+    r0, r1, c0, c1 = box
+    if r1 - r0 == 1 and c1 - c0 == 1:
+        what = f"token row {r0}, column {c0}"
+    else:
+        rows = f"row {r0}" if r1 - r0 == 1 else f"rows {r0}-{r1 - 1}"
+        cols = f"column {c0}" if c1 - c0 == 1 else f"columns {c0}-{c1 - 1}"
+        what = f"the tokens at {rows}, {cols}"
+    where = border_name(r0, r1, c0, c1, h, w)
+    return f"{what} ({'on the ' + where if where else 'inside the image'})"
+
+
+def _is_token(box: Sequence[int]) -> bool:
+    return box[1] - box[0] == 1 and box[3] - box[2] == 1
 
 
 @dataclass(frozen=True)
 class Suspect:
-    """A token whose occlusion collapses the prediction on most probes of a group.
+    """A place whose occlusion collapses the prediction on most probes of a group.
 
-    ``group`` is the class index of the probes tested (None: all probes); ``hits`` of
-    ``probes`` lost at least ``min_drop`` of their predicted-class probability;
-    ``mean_drop`` is the group's mean relative drop.
+    The place is the token at ``row, col`` or, with ``height`` or ``width`` above 1, the box
+    of tokens it spans from there. ``group`` is the class index of the probes tested (None:
+    all probes); ``hits`` of ``probes`` lost at least ``min_drop`` of their predicted-class
+    probability; ``mean_drop`` is the group's mean relative drop. For a box, ``carried``
+    probes of other classes got back at least ``min_drop`` of a donor's probability for the
+    donor's class when the box was pasted into them from the group's probes.
     """
 
     row: int
@@ -82,16 +111,31 @@ class Suspect:
     hits: int
     mean_drop: float
     min_drop: float = 0.5
+    height: int = 1
+    width: int = 1
+    carried: int = 0
+
+    @property
+    def box(self) -> Box:
+        return (self.row, self.row + self.height, self.col, self.col + self.width)
 
     @property
     def _at_least(self) -> str:
         return "half" if self.min_drop == 0.5 else f"{self.min_drop:.0%}"
 
+    def _carried(self) -> str:
+        if _is_token(self.box):
+            return ""
+        return (
+            f", and pasted into probes of other classes it carried the class on {self.carried}"
+            f" of {self.probes}"
+        )
+
     def describe(self, class_names: Sequence[str] | None = None) -> str:
         return (
-            f"occluding {_place(self.row, self.col, *self.grid)} drops the predicted-class"
+            f"occluding {_place(self.box, *self.grid)} drops the predicted-class"
             f" probability by {self.mean_drop:.2f} on average and by at least {self._at_least} on"
-            f" {self.hits} of {self.probes} {self._who(class_names)}"
+            f" {self.hits} of {self.probes} {self._who(class_names)}{self._carried()}"
         )
 
     def _who(self, class_names: Sequence[str] | None) -> str:
@@ -102,7 +146,7 @@ class Suspect:
 
 
 def _describe_place(suspects: Sequence[Suspect], class_names: Sequence[str] | None) -> str:
-    """One reason per place: the groups confirmed at the same token share one sentence."""
+    """One reason per place: the groups confirmed at the same place share one sentence."""
     if len(suspects) == 1:
         return suspects[0].describe(class_names)
     first = suspects[0]
@@ -111,9 +155,20 @@ def _describe_place(suspects: Sequence[Suspect], class_names: Sequence[str] | No
         for s in suspects
     )
     return (
-        f"occluding {_place(first.row, first.col, *first.grid)} drops the predicted-class"
+        f"occluding {_place(first.box, *first.grid)} drops the predicted-class"
         f" probability by at least {first._at_least} on {groups}"
     )
+
+
+def _inside(images: torch.Tensor, boxes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``[B, H, W]``: the pixels of each image's token box."""
+    h, w = grid
+    H, W = images.shape[-2:]
+    # pixel -> token cell; exact for patch grids, nearest cell when H or W is not a multiple
+    cell_r = ((torch.arange(H, device=images.device) * h) // H).view(1, H, 1)
+    cell_c = ((torch.arange(W, device=images.device) * w) // W).view(1, 1, W)
+    r0, r1, c0, c1 = (boxes[:, k].view(-1, 1, 1) for k in range(4))
+    return (cell_r >= r0) & (cell_r < r1) & (cell_c >= c0) & (cell_c < c1)
 
 
 def occlude_boxes(
@@ -131,15 +186,30 @@ def occlude_boxes(
                 [ 1.,  1.,  1.,  1.],
                 [ 1.,  1.,  1.,  1.]])
     """
-    h, w = grid
-    H, W = images.shape[-2:]
     fill = images.mean(dim=(0, 2, 3), keepdim=True)
-    # pixel -> token cell; exact for patch grids, nearest cell when H or W is not a multiple
-    cell_r = ((torch.arange(H, device=images.device) * h) // H).view(1, H, 1)
-    cell_c = ((torch.arange(W, device=images.device) * w) // W).view(1, 1, W)
-    r0, r1, c0, c1 = (boxes[:, k].view(-1, 1, 1) for k in range(4))
-    inside = (cell_r >= r0) & (cell_r < r1) & (cell_c >= c0) & (cell_c < c1)
-    return torch.where(inside[:, None], fill.to(images.dtype), images[rows])
+    return torch.where(_inside(images, boxes, grid)[:, None], fill.to(images.dtype), images[rows])
+
+
+def paste_boxes(
+    images: torch.Tensor,
+    donors: torch.Tensor,
+    recipients: torch.Tensor,
+    boxes: torch.Tensor,
+    grid: tuple[int, int],
+) -> torch.Tensor:
+    """Copies ``images[recipients]``, each with the token box ``boxes[i]`` taken from
+    ``images[donors[i]]`` (a transplant: does that place alone carry the donor's class?).
+
+    Example:
+        >>> x = torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)])
+        >>> paste_boxes(x, torch.tensor([1]), torch.tensor([0]), torch.tensor([[0, 1, 1, 2]]),
+        ...             (2, 2))[0, 0]
+        tensor([[0., 0., 1., 1.],
+                [0., 0., 1., 1.],
+                [0., 0., 0., 0.],
+                [0., 0., 0., 0.]])
+    """
+    return torch.where(_inside(images, boxes, grid)[:, None], images[donors], images[recipients])
 
 
 def occlude(
@@ -157,13 +227,30 @@ def occlude(
     return occlude_boxes(images, rows, torch.stack([r, r + 1, c, c + 1], dim=1), grid)
 
 
-def _mode(tokens: torch.Tensor) -> int:
-    values, counts = tokens.unique(return_counts=True)
-    return int(values[counts.argmax()])
+def _starts(size: int, half: int) -> list[int]:
+    """Offsets of the ``half``-long windows at the start, middle and end of ``size``."""
+    return sorted({0, (size - half) // 2, size - half})
+
+
+def _mode_box(boxes: torch.Tensor) -> Box:
+    values, counts = boxes.unique(dim=0, return_counts=True)
+    r0, r1, c0, c1 = values[counts.argmax()].tolist()
+    return (r0, r1, c0, c1)
+
+
+def _recipients(targets: torch.Tensor) -> torch.Tensor:
+    """``[N]``: for each probe the next probe (cyclically) explained for another class, or
+    -1 where every probe has the same class."""
+    n = targets.numel()
+    shifts = torch.arange(1, max(n, 2), device=targets.device)
+    later = (torch.arange(n, device=targets.device)[:, None] + shifts) % n
+    other = targets[later] != targets[:, None]
+    first = later.gather(1, other.float().argmax(dim=1, keepdim=True)).squeeze(1)
+    return torch.where(other.any(dim=1), first, torch.full_like(first, -1))
 
 
 class ShortcutAlarm:
-    """Finds tokens the model's predictions hang on; see the module docstring.
+    """Finds places the model's predictions hang on; see the module docstring.
 
     Args:
         min_drop: relative drop of the predicted-class probability that counts as a hit.
@@ -178,11 +265,19 @@ class ShortcutAlarm:
             at one token in 4 of 132 clean evaluations; 3 of 8 was the most with 3 hits).
         min_group: smallest group of probes a per-class candidate is tested on.
         max_batch: images per forward of the occlusion test.
-        search: also propose the places found by a hierarchical occlusion search (each probe's
-            grid halved along both axes, the quarter whose occlusion drops the probe's score
-            most kept, down to one token: ``4 * ceil(log2(max(h, w)))`` occluded copies per
-            probe, 12 on an 8x8 grid). It finds the place whichever block reads it, where the
-            maps of the explained block are weak or flat.
+        search: also propose the places a hierarchical occlusion search finds (at each level
+            the half-size windows of each probe's box, at the start, middle and end of both
+            axes, are occluded and the one that drops the probe's score most is kept, down to
+            one token: 9 occluded copies per probe and level, 4 at the last, 22 on an 8x8 grid;
+            the overlap keeps a cue that straddles a midline inside one window). It finds the
+            place whichever block reads it, where the maps of the explained block are weak or
+            flat.
+        max_box: side, in tokens, of the boxes tested besides single tokens, for a cue larger
+            than a patch (a logo over 2x2 tokens survives the occlusion of any one of them).
+            Occluding a box of the object can collapse a clean model's prediction too, so a
+            box is confirmed only when it also carries the class: pasted from the group's
+            probes into probes of other classes it brings back at least ``min_drop`` of the
+            donor's probability on as many probes as the occlusion test asks. 1: tokens only.
 
     Example:
         >>> alarm = ShortcutAlarm()
@@ -198,6 +293,7 @@ class ShortcutAlarm:
         min_group: int = 3,
         max_batch: int = 128,
         search: bool = True,
+        max_box: int = 2,
     ) -> None:
         if not 0.0 < min_drop <= 1.0 or not 0.0 < min_share <= 1.0:
             raise ValueError(
@@ -205,28 +301,39 @@ class ShortcutAlarm:
             )
         if min_hits < 1:
             raise ValueError(f"min_hits must be at least 1, got {min_hits}")
+        if max_box < 1:
+            raise ValueError(f"max_box must be at least 1 (single tokens), got {max_box}")
         self.min_drop = min_drop
         self.min_share = min_share
         self.min_hits = min_hits
         self.min_group = min_group
         self.max_batch = max_batch
         self.search = search
-        # (token, class or None) tested last time: a cue the model keeps using is re-tested
-        self._remembered: list[tuple[int, int | None]] = []
-        #: every candidate of the last :meth:`check`: ``{"token", "group", "drops"}`` with
-        #: each tested probe's relative drop, so a rule can be studied offline
+        self.max_box = max_box
+        # (box, class or None) tested last time: a cue the model keeps using is re-tested;
+        # a bare token index is what older checkpoints stored
+        self._remembered: list[tuple[Box | int, int | None]] = []
+        #: every candidate of the last :meth:`check`: ``{"box", "group", "drops"}`` with each
+        #: tested probe's relative drop (and, for a box the occlusion confirmed, ``"restored"``:
+        #: each transplant's share of its donor's probability), so a rule can be studied offline
         self.last_tests: list[dict[str, Any]] = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"candidates": [list(c) for c in self._remembered]}
+        return {
+            "candidates": [[*(b if isinstance(b, tuple) else (b,)), g] for b, g in self._remembered]
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._remembered = [(int(t), None if g is None else int(g)) for t, g in state["candidates"]]
+        self._remembered = []
+        for *place, group in state["candidates"]:
+            box = int(place[0]) if len(place) == 1 else tuple(int(v) for v in place)
+            self._remembered.append((box, None if group is None else int(group)))  # type: ignore[arg-type]
 
     def confirms(self, drops: torch.Tensor) -> tuple[int, bool]:
         """``(hits, confirmed)`` for one candidate's per-probe relative drops in one group:
         a hit is a drop of at least ``min_drop``; the place is confirmed with at least
-        ``min_share`` of the group and at least ``min_hits`` probes hit.
+        ``min_share`` of the group and at least ``min_hits`` probes hit. A box is judged the
+        same way on its transplants' restored shares too (:meth:`judge`).
 
         Example:
             >>> alarm = ShortcutAlarm(min_share=0.5, min_hits=3)
@@ -236,6 +343,25 @@ class ShortcutAlarm:
         hits = int((drops >= self.min_drop).sum())
         return hits, hits >= max(self.min_share * drops.numel(), self.min_hits)
 
+    def judge(self, test: Mapping[str, Any]) -> bool:
+        """Whether one entry of :attr:`last_tests` confirms its place under this rule (a token
+        on its drops; a box on its drops and its transplants).
+
+        Example:
+            >>> alarm = ShortcutAlarm()
+            >>> alarm.judge({"box": [0, 2, 0, 2], "group": None, "drops": [0.9] * 4})
+            False
+            >>> alarm.judge({"box": [0, 2, 0, 2], "group": None, "drops": [0.9] * 4,
+            ...              "restored": [0.8, 0.7, 0.9, 0.1]})
+            True
+        """
+        if not self.confirms(torch.tensor(test["drops"]))[1]:
+            return False
+        if "token" in test or _is_token(test["box"]):
+            return True
+        restored = test.get("restored")
+        return restored is not None and self.confirms(torch.tensor(restored))[1]
+
     def _groups(self, targets: torch.Tensor) -> list[tuple[int | None, torch.Tensor]]:
         groups: list[tuple[int | None, torch.Tensor]] = [(None, torch.ones_like(targets).bool())]
         classes, counts = targets.unique(return_counts=True)
@@ -244,22 +370,44 @@ class ShortcutAlarm:
                 groups.append((int(c), targets == c))
         return groups
 
+    def _grown(self, mean_map: torch.Tensor, row: int, col: int) -> Box | None:
+        """The ``max_box``-sided window holding ``(row, col)`` with the most saliency."""
+        h, w = mean_map.shape
+        sh, sw = min(self.max_box, h), min(self.max_box, w)
+        if sh * sw == 1:
+            return None
+        sums = torch.nn.functional.avg_pool2d(mean_map[None, None], (sh, sw), stride=1)[0, 0]
+        r_lo, r_hi = max(0, row - sh + 1), min(row, h - sh)
+        c_lo, c_hi = max(0, col - sw + 1), min(col, w - sw)
+        window = sums[r_lo : r_hi + 1, c_lo : c_hi + 1]
+        dr, dc = divmod(int(window.flatten().argmax()), window.shape[1])
+        return (r_lo + dr, r_lo + dr + sh, c_lo + dc, c_lo + dc + sw)
+
     def candidates(
         self, maps: Sequence[torch.Tensor], targets: torch.Tensor, informative: torch.Tensor
-    ) -> list[tuple[int, int | None]]:
-        """``(token, class or None)`` pairs: the peak of the mean of the informative maps of
-        every group, for each batch of maps given (e.g. one per explained block), then the
-        remembered ones."""
-        found: list[tuple[int, int | None]] = []
+    ) -> list[tuple[Box, int | None]]:
+        """``(box, class or None)`` pairs: the peak token of the mean of the informative maps
+        of every group, for each batch of maps given (e.g. one per explained block), and the
+        ``max_box`` window around it with the most saliency, then the remembered ones."""
+        h, w = maps[0].shape[-2:]
+        found: list[tuple[Box, int | None]] = []
         for group, members in self._groups(targets):
             keep = (members & informative).float()
             if not bool(keep.any()):
                 continue
             for batch in maps:
                 mean_map = mean_saliency_map(batch * keep[:, None, None])
-                found.append((int(mean_map.flatten().argmax()), group))
+                row, col = divmod(int(mean_map.flatten().argmax()), w)
+                found.append(((row, row + 1, col, col + 1), group))
+                grown = self._grown(mean_map, row, col)
+                if grown is not None:
+                    found.append((grown, group))
         present = {g for g, _ in self._groups(targets)}
-        found += [c for c in self._remembered if c[1] in present]
+        for box, group in self._remembered:
+            if isinstance(box, int):  # a token index from an older checkpoint
+                box = (box // w, box // w + 1, box % w, box % w + 1)
+            if group in present:
+                found.append((box, group))
         return list(dict.fromkeys(found))
 
     def _scores(
@@ -273,6 +421,43 @@ class ShortcutAlarm:
         logits = torch.cat([forward(chunk) for chunk in batch.split(self.max_batch)])
         return score(logits.float()).gather(1, targets[:, None]).squeeze(1)
 
+    def search_boxes(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        score: Callable[[torch.Tensor], torch.Tensor],
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        p0: torch.Tensor,
+        grid: tuple[int, int],
+    ) -> torch.Tensor:
+        """``[N, levels, 4]``: each probe's box at every level of the search (coarse to fine,
+        the last a single token). Each level occludes the half-size windows of the probe's box
+        at the start, the middle and the end of each axis (so that a cue straddling the middle
+        lies inside one of them) and keeps the one that drops its score the most."""
+        n, device = images.shape[0], images.device
+        r0 = torch.zeros(n, dtype=torch.long, device=device)
+        c0 = torch.zeros_like(r0)
+        bh, bw = grid
+        path = []
+        while bh > 1 or bw > 1:
+            ch, cw = (bh + 1) // 2, (bw + 1) // 2
+            offsets = torch.tensor(
+                [(a, b) for a in _starts(bh, ch) for b in _starts(bw, cw)], device=device
+            )  # [k, 2]
+            k = len(offsets)
+            tops = r0[:, None] + offsets[:, 0]  # [n, k]
+            lefts = c0[:, None] + offsets[:, 1]
+            children = torch.stack([tops, tops + ch, lefts, lefts + cw], dim=-1)  # [n, k, 4]
+            rows = torch.arange(n, device=device).repeat_interleave(k)
+            occluded = occlude_boxes(images, rows, children.reshape(-1, 4), grid)
+            drop = (p0[rows] - self._scores(forward, score, occluded, targets[rows])).view(n, k)
+            best = children[torch.arange(n, device=device), drop.argmax(dim=1)]
+            r0, c0, bh, bw = best[:, 0], best[:, 2], ch, cw
+            path.append(best)
+        if not path:
+            return torch.tensor([0, 1, 0, 1], device=device).repeat(n, 1, 1)
+        return torch.stack(path, dim=1)
+
     def search_tokens(
         self,
         forward: Callable[[torch.Tensor], torch.Tensor],
@@ -282,33 +467,45 @@ class ShortcutAlarm:
         p0: torch.Tensor,
         grid: tuple[int, int],
     ) -> torch.Tensor:
-        """``[N]``: each probe's most sensitive token, found by halving its grid box along
-        both axes and keeping the quarter whose occlusion drops its score the most."""
-        n, device = images.shape[0], images.device
-        h, w = grid
-        box = torch.tensor([0, h, 0, w], device=device).repeat(n, 1)  # r0, r1, c0, c1
-        probes = torch.arange(n, device=device)
-        while bool(((box[:, 1] - box[:, 0] > 1) | (box[:, 3] - box[:, 2] > 1)).any()):
-            r0, r1, c0, c1 = box.unbind(1)
-            rm = torch.where(r1 - r0 > 1, (r0 + r1 + 1) // 2, r1)
-            cm = torch.where(c1 - c0 > 1, (c0 + c1 + 1) // 2, c1)
-            quarters = torch.stack(
-                [
-                    torch.stack([r0, rm, c0, cm], 1),
-                    torch.stack([r0, rm, cm, c1], 1),
-                    torch.stack([rm, r1, c0, cm], 1),
-                    torch.stack([rm, r1, cm, c1], 1),
-                ],
-                dim=1,
-            )  # [n, 4, 4]
-            flat = quarters.reshape(-1, 4)
-            rows = probes.repeat_interleave(4)
-            p = self._scores(forward, score, occlude_boxes(images, rows, flat, grid), targets[rows])
-            drop = (p0[rows] - p).view(n, 4)
-            empty = ((flat[:, 1] <= flat[:, 0]) | (flat[:, 3] <= flat[:, 2])).view(n, 4)
-            best = drop.masked_fill(empty, float("-inf")).argmax(dim=1)
-            box = quarters[probes, best]
-        return box[:, 0] * w + box[:, 2]
+        """``[N]``: each probe's most sensitive token (row-major), the end of
+        :meth:`search_boxes`."""
+        last = self.search_boxes(forward, score, images, targets, p0, grid)[:, -1]
+        return last[:, 0] * grid[1] + last[:, 2]
+
+    def _searched(self, path: torch.Tensor, targets: torch.Tensor) -> list[tuple[Box, int | None]]:
+        """Each group's most frequent single token and box up to ``max_box`` on the path."""
+        found = []
+        sides = torch.stack([path[..., 1] - path[..., 0], path[..., 3] - path[..., 2]], -1)
+        small = (sides <= self.max_box).all(-1).all(0)  # the levels whose boxes are small
+        for group, members in self._groups(targets):
+            for level in small.nonzero().flatten().tolist():
+                found.append((_mode_box(path[members, level]), group))
+        return found
+
+    def _transplants(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        score: Callable[[torch.Tensor], torch.Tensor],
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        p0: torch.Tensor,
+        tests: Sequence[tuple[Box, torch.Tensor]],
+        grid: tuple[int, int],
+    ) -> list[torch.Tensor]:
+        """For each ``(box, donor rows)``: the share of each donor's probability for its class
+        that the box, pasted into the next probe of another class, brings back (one batched
+        forward for all)."""
+        recipient = _recipients(targets)
+        donors = [rows[recipient[rows] >= 0] for _, rows in tests]
+        all_donors = torch.cat(donors)
+        boxes = torch.cat(
+            [torch.tensor(box, device=images.device).repeat(len(d), 1) for (box, _), d in
+             zip(tests, donors, strict=True)]
+        )  # fmt: skip
+        pasted = paste_boxes(images, all_donors, recipient[all_donors], boxes, grid)
+        q = self._scores(forward, score, pasted, targets[all_donors])
+        restored = (q / p0[all_donors].clamp_min(1e-12)).clamp(0.0, 1.0).cpu()
+        return list(restored.split([len(d) for d in donors]))
 
     def check(
         self,
@@ -324,42 +521,84 @@ class ShortcutAlarm:
         more ``[N, h, w]`` batches of the probes' maps, ``targets`` the explained classes.
         Returns the suspects (most probes hit first) and the largest group mean drop of any
         candidate (a continuous signal, 0 without candidates)."""
-        grid = tuple(maps[0].shape[-2:])
+        grid: tuple[int, int] = tuple(maps[0].shape[-2:])  # type: ignore[assignment]
         p0 = self._scores(forward, score, images, targets)
         pairs = self.candidates(maps, targets, informative)
         if self.search:
-            found = self.search_tokens(forward, score, images, targets, p0, grid)  # type: ignore[arg-type]
-            for group, members in self._groups(targets):
-                pairs.append((_mode(found[members]), group))
-            pairs = list(dict.fromkeys(pairs))
-        self._remembered = pairs[:12]
+            path = self.search_boxes(forward, score, images, targets, p0, grid)
+            pairs = list(dict.fromkeys(pairs + self._searched(path, targets)))
+        self._remembered = list(pairs[:_MEMORY])
         self.last_tests = []
         if not pairs:
             return [], 0.0
         groups = dict(self._groups(targets))
         rows = [groups[g].nonzero().flatten() for _, g in pairs]
-        tokens = torch.cat([torch.full_like(r, t) for r, (t, _) in zip(rows, pairs, strict=True)])
+        boxes = torch.cat(
+            [torch.tensor(b, device=images.device).repeat(len(r), 1)
+             for r, (b, _) in zip(rows, pairs, strict=True)]
+        )  # fmt: skip
         rows_all = torch.cat(rows)
-        occluded = occlude(images, rows_all, tokens, grid)  # type: ignore[arg-type]
-        p_occ = self._scores(forward, score, occluded, targets[rows_all])
+        p_occ = self._scores(forward, score, occlude_boxes(images, rows_all, boxes, grid),
+                             targets[rows_all])  # fmt: skip
         drop = ((p0[rows_all] - p_occ) / p0[rows_all].clamp_min(1e-12)).clamp(-1.0, 1.0)
-        sizes = [len(r) for r in rows]
-        drop = drop.cpu()  # a few dozen numbers, read one by one below: one transfer
+        drops = drop.cpu().split([len(r) for r in rows])  # one transfer for a few dozen numbers
+        for (box, group), part in zip(pairs, drops, strict=True):
+            self.last_tests.append({"box": list(box), "group": group, "drops": part.tolist()})
+        # a box must also carry the class (see max_box): transplants for those the occlusion
+        # confirmed, in one more forward
+        boxes_to_carry = [
+            i for i, (box, _) in enumerate(pairs)
+            if not _is_token(box) and self.confirms(drops[i])[1]
+        ]  # fmt: skip
+        if boxes_to_carry:
+            restored = self._transplants(
+                forward, score, images, targets, p0,
+                [(pairs[i][0], rows[i]) for i in boxes_to_carry], grid,
+            )  # fmt: skip
+            for i, part in zip(boxes_to_carry, restored, strict=True):
+                self.last_tests[i]["restored"] = part.tolist()
         suspects, worst = [], 0.0
-        for (token, group), part in zip(pairs, drop.split(sizes), strict=True):
-            self.last_tests.append({"token": token, "group": group, "drops": part.tolist()})
-            (hits, confirmed), mean = self.confirms(part), float(part.mean())
-            worst = max(worst, mean)
-            if confirmed:
-                row, col = divmod(token, grid[1])
+        for (box, group), part, test in zip(pairs, drops, self.last_tests, strict=True):
+            worst = max(worst, float(part.mean()))
+            if self.judge(test):
+                hits = self.confirms(part)[0]
+                carried = self.confirms(torch.tensor(test.get("restored", [])))[0]
+                r0, r1, c0, c1 = box
                 suspects.append(
-                    Suspect(row, col, grid, group, len(part), hits, mean, self.min_drop)  # type: ignore[arg-type]
+                    Suspect(
+                        r0,
+                        c0,
+                        grid,
+                        group,
+                        len(part),
+                        hits,
+                        float(part.mean()),
+                        self.min_drop,
+                        r1 - r0,
+                        c1 - c0,
+                        carried,
+                    )  # fmt: skip
                 )
-        # a place confirmed on all probes needs no repeat for each class
-        everyone = {(s.row, s.col) for s in suspects if s.group is None}
-        suspects = [s for s in suspects if s.group is None or (s.row, s.col) not in everyone]
-        suspects.sort(key=lambda s: (s.group is not None, -s.hits / s.probes, -s.mean_drop))
-        return suspects, worst
+        return _pruned(suspects), worst
+
+
+def _pruned(suspects: list[Suspect]) -> list[Suspect]:
+    """Most convincing first, without repeats: a place confirmed on all probes needs no
+    repeat per class, and a box holding a token confirmed for the same group says less."""
+    everyone = {s.box for s in suspects if s.group is None}
+    tokens = {(s.row, s.col, s.group) for s in suspects if _is_token(s.box)}
+
+    def redundant(s: Suspect) -> bool:
+        if s.group is not None and s.box in everyone:
+            return True
+        r0, r1, c0, c1 = s.box
+        return not _is_token(s.box) and any(
+            (r, c, s.group) in tokens for r in range(r0, r1) for c in range(c0, c1)
+        )
+
+    kept = [s for s in suspects if not redundant(s)]
+    kept.sort(key=lambda s: (s.group is not None, -s.hits / s.probes, -s.mean_drop))
+    return kept
 
 
 def shortcut_message(
@@ -375,9 +614,9 @@ def shortcut_message(
     """The warning for one evaluation, or None: the confirmed ``suspects`` (see
     :class:`ShortcutAlarm`), ``hotspot_ratio`` above ``hotspot_threshold`` and, with masks,
     ``energy_in_mask`` below ``energy_threshold``."""
-    places: dict[tuple[int, int], list[Suspect]] = {}
+    places: dict[Box, list[Suspect]] = {}
     for s in suspects:
-        places.setdefault((s.row, s.col), []).append(s)
+        places.setdefault(s.box, []).append(s)
     reasons = [_describe_place(group, class_names) for group in list(places.values())[:3]]
     ratio, energy = values.get("hotspot_ratio"), values.get("energy_in_mask")
     if hotspot_threshold is not None and ratio is not None and ratio > hotspot_threshold:

@@ -79,7 +79,7 @@ SCRIPT = textwrap.dedent(
         "sizes": sizes,
         "indices": cb._probe.indices,
         "alarm_sizes": alarm_sizes,
-        "alarm_tests": cb._alarm.last_tests,
+        "alarm_tests": cb.alarm.last_tests,
         "shortcut_drop": float(trainer.callback_metrics["vitrcam/shortcut_drop"]),
     }
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
@@ -151,8 +151,8 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
         ), r["alarm_sizes"]
     assert ranks[0]["shortcut_drop"] == ranks[1]["shortcut_drop"]
     assert ranks[0]["alarm_tests"] and ranks[0]["alarm_tests"] == ranks[1]["alarm_tests"]
-    # ... and the gathered drops equal one process occluding the same tokens
-    from lightning_vitrcam.shortcut import occlude
+    # ... and the gathered drops equal one process occluding the same places
+    from lightning_vitrcam.shortcut import occlude_boxes
 
     targets = single.targets
     with torch.no_grad():
@@ -162,8 +162,8 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
             rows = (
                 torch.arange(len(targets)) if group is None else (targets == group).nonzero()[:, 0]
             )
-            tokens = torch.full_like(rows, test["token"])
-            occluded = occlude(images, rows, tokens, tuple(single.maps.shape[-2:]))
+            boxes = torch.tensor(test["box"]).repeat(len(rows), 1)
+            occluded = occlude_boxes(images, rows, boxes, tuple(single.maps.shape[-2:]))
             p = cam.score_fn(vit(occluded).float()).gather(1, targets[rows, None])[:, 0]
             expected = ((p0[rows] - p) / p0[rows].clamp_min(1e-12)).clamp(-1, 1)
             torch.testing.assert_close(torch.tensor(test["drops"]), expected, atol=1e-4, rtol=0)

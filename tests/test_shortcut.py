@@ -138,12 +138,13 @@ def test_remembered_candidate_is_retested_when_the_maps_peak_elsewhere() -> None
 
 
 def test_flat_maps_propose_nothing_and_small_classes_are_not_tested_alone() -> None:
-    alarm = ShortcutAlarm(min_group=3)
+    alarm = ShortcutAlarm(min_group=3, max_box=1)
     targets = torch.tensor([0, 0, 1, 1, 1])
     maps = peaked_maps(5, 7)
     assert alarm.candidates([maps], targets, torch.zeros(5, dtype=torch.bool)) == []
     cands = alarm.candidates([maps], targets, torch.ones(5, dtype=torch.bool))
-    assert cands == [(7, None), (7, 1)]  # class 0 has 2 probes: only tested with everyone
+    token_7 = (1, 2, 3, 4)  # row 1, column 3 of the 4x4 grid
+    assert cands == [(token_7, None), (token_7, 1)]  # class 0 has 2 probes: tested with all
 
 
 def test_message_names_the_place_and_class() -> None:
@@ -179,7 +180,7 @@ def test_occlusion_search_finds_the_place_when_every_map_is_flat() -> None:
     suspects, _ = alarm.check(corner_model, softmax, images, [peaked_maps(12, 10)], targets, flat)
     assert [(s.row, s.col, s.group, s.hits) for s in suspects] == [(0, 0, None, 12)]
     # without the search, flat maps propose nothing, so nothing is confirmed
-    blind = ViTReciproCAMCallback(shortcut_search=False)._alarm
+    blind = ViTReciproCAMCallback(shortcut_search=False).alarm
     assert blind.check(corner_model, softmax, images, [peaked_maps(12, 10)], targets, flat)[0] == []
     # a model that reads the whole image has no such place
     targets = global_model(images).argmax(1)
@@ -222,7 +223,7 @@ def test_share_and_count_of_hit_probes_decide() -> None:
     assert found(ShortcutAlarm(search=False, min_share=0.5, min_hits=5)) == []
     assert found(ShortcutAlarm(search=False, min_share=0.7)) == []
     first = hits.last_tests[0]  # the all-probes group at the maps' peak, each probe's drop
-    assert (first["token"], first["group"]) == (0, None)
+    assert (first["box"], first["group"]) == ([0, 1, 0, 1], None)
     drops = torch.tensor(first["drops"])
     assert (drops[:4] >= 0.5).all() and (drops[4:] < 0.5).all()
 
@@ -237,3 +238,110 @@ def test_message_states_the_drop_that_counted() -> None:
     assert suspects and suspects[0].min_drop == 0.3
     assert "by at least 30% on 12 of 12 probes" in suspects[0].describe()
     assert "by at least half on" in Suspect(0, 0, GRID, None, 4, 4, 0.9).describe()
+
+
+def block_cue_model(images: torch.Tensor, top: int = 0, left: int = 0) -> torch.Tensor:
+    """Reads a cue over the 2x2 tokens of 8x8 pixels from ``(top, left)`` redundantly: the
+    brightest of their four cell means per colour, so occluding any one of them leaves the
+    answer unchanged."""
+    block = images[:, :, top : top + 16, left : left + 16]
+    cells = block.unfold(2, 8, 8).unfold(3, 8, 8).mean(dim=(-1, -2))
+    cue = cells.flatten(2).amax(dim=2)  # [B, 3]
+    return 10.0 * torch.cat([cue, -cue.sum(1, keepdim=True)], dim=1)
+
+
+def block_cue_images(n: int, size: int = 32, top: int = 0, left: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(2)
+    images = torch.randn(n, 3, size, size, generator=g) * 0.1
+    colour = torch.eye(3)[torch.arange(n) % 3][:, :, None, None]
+    images[:, :, top : top + 16, left : left + 16] += 2.0 * colour
+    return images
+
+
+def test_cue_over_several_tokens_is_confirmed_as_a_box() -> None:
+    images = block_cue_images(12)
+    targets = block_cue_model(images).argmax(1)
+    everyone = torch.ones(12, dtype=torch.bool)
+    maps = peaked_maps(12, 0)
+    # no single token matters: the tokens-only alarm finds nothing
+    tokens_only = ShortcutAlarm(max_box=1)
+    assert tokens_only.check(block_cue_model, softmax, images, [maps], targets, everyone)[0] == []
+    alarm = ShortcutAlarm()
+    suspects, _ = alarm.check(block_cue_model, softmax, images, [maps], targets, everyone)
+    assert [(s.box, s.group, s.hits, s.probes, s.carried) for s in suspects][0] == (
+        (0, 2, 0, 2),
+        None,
+        12,
+        12,
+        12,
+    )
+    text = suspects[0].describe()
+    assert "occluding the tokens at rows 0-1, columns 0-1 (on the top-left corner)" in text
+    assert "pasted into probes of other classes it carried the class on 12 of 12" in text
+    test = next(t for t in alarm.last_tests if t["box"] == [0, 2, 0, 2] and t["group"] is None)
+    assert min(test["restored"]) > 0.9  # the pasted cue alone brings the donor's class back
+
+
+def whole_object_model(images: torch.Tensor) -> torch.Tensor:
+    """Needs its central 2x2 tokens *and* the rest of the object (the weaker of the two colour
+    contrasts decides, a fourth class 'nothing' at 0): occluding the centre collapses it, the
+    centre alone carries nothing."""
+
+    def contrast(colour: torch.Tensor) -> torch.Tensor:
+        return colour - (colour.sum(1, keepdim=True) - colour) / 2
+
+    centre = images[:, :, 8:24, 8:24].mean(dim=(2, 3))
+    rest = (images.sum(dim=(2, 3)) - centre * 256) / (1024 - 256)
+    evidence = torch.minimum(contrast(centre), contrast(rest))
+    return 20.0 * torch.cat([evidence, torch.zeros_like(evidence[:, :1])], dim=1)
+
+
+def test_object_box_whose_occlusion_hurts_but_carries_nothing_is_not_flagged() -> None:
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(12, 3, 32, 32, generator=g) * 0.05
+    images += torch.eye(3)[torch.arange(12) % 3][:, :, None, None]  # the object fills it all
+    targets = whole_object_model(images).argmax(1)
+    maps = peaked_maps(12, [5] * 12)
+    maps[:, 1:3, 1:3] = 1.0  # the maps single out the centre box
+    alarm = ShortcutAlarm(search=False)
+    suspects, _ = alarm.check(
+        whole_object_model, softmax, images, [maps], targets, torch.ones(12).bool()
+    )
+    centre = next(t for t in alarm.last_tests if t["box"] == [1, 3, 1, 3] and t["group"] is None)
+    assert alarm.confirms(torch.tensor(centre["drops"]))[1]  # necessary ...
+    assert max(centre["restored"]) < 0.5  # ... but not sufficient
+    assert suspects == []
+
+
+def test_remembered_token_of_an_older_checkpoint_is_still_tested() -> None:
+    images, _ = corner_images(12)
+    targets = corner_model(images).argmax(1)
+    alarm = ShortcutAlarm(search=False, max_box=1)
+    alarm.load_state_dict({"candidates": [[0, None]]})  # token 0, as older versions stored it
+    everyone = torch.ones(12, dtype=torch.bool)
+    suspects, _ = alarm.check(
+        corner_model, softmax, images, [peaked_maps(12, 10)], targets, everyone
+    )
+    assert [(s.box, s.group) for s in suspects] == [((0, 1, 0, 1), None)]
+    assert [0, 1, 0, 1, None] in alarm.state_dict()["candidates"]
+
+
+def test_search_finds_a_box_cue_straddling_the_midlines_when_maps_are_flat() -> None:
+    """A 2x2-token cue at tokens 3-4 of an 8x8 grid straddles both midlines: no quarter of the
+    grid holds it, the overlapping half-size windows do."""
+    images = block_cue_images(12, size=64, top=24, left=24)
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return block_cue_model(x, top=24, left=24)
+
+    targets = model(images).argmax(1)
+    flat = torch.zeros(12, dtype=torch.bool)  # the maps propose nothing
+    maps = torch.rand(12, 8, 8, generator=torch.Generator().manual_seed(0))
+    alarm = ShortcutAlarm()
+    p0 = softmax(model(images)).gather(1, targets[:, None]).squeeze(1)
+    path = alarm.search_boxes(model, softmax, images, targets, p0, (8, 8))
+    assert path.shape == (12, 3, 4)  # 8 -> 4 -> 2 -> 1 tokens a side
+    assert (path[:, 1] == torch.tensor([3, 5, 3, 5])).all()  # the 2x2 level: the cue itself
+    suspects, _ = alarm.check(model, softmax, images, [maps], targets, flat)
+    assert [(s.box, s.group, s.hits, s.carried) for s in suspects] == [((3, 5, 3, 5), None, 12, 12)]
+    assert "(inside the image)" in suspects[0].describe()

@@ -77,7 +77,7 @@ class _SignalRecorder(Callback):
                 shortcut_drop=value("vitrcam/shortcut_drop"),
                 flat_maps=value("vitrcam/flat_maps"),
                 message=str(new[-1].message) if new else None,
-                alarm_tests=list(monitor._alarm.last_tests),
+                alarm_tests=list(monitor.alarm.last_tests),
             )
         )
         self._seen = len(shortcut)
