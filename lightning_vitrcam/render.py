@@ -63,6 +63,10 @@ __all__ = [
 MIN_TILE = 96
 _PAD = 2
 _BG = (24, 24, 24)
+# zlib level of every PNG written: on the demo's 16-probe grid (2906x392) level 1 took 0.036 s
+# and PIL's default 6 took 0.127 s for a file 5% smaller; encoding is the callback's cost, not
+# the run's storage
+PNG_COMPRESS_LEVEL = 1
 _FG = (235, 235, 235)
 _RED = (255, 70, 70)
 _GREEN = (120, 220, 120)
@@ -675,7 +679,7 @@ def to_png(image: torch.Tensor) -> bytes:
         b'\\x89PNG'
     """
     buf = io.BytesIO()
-    _to_pil(image).save(buf, format="PNG")
+    _to_pil(image).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
 
 
@@ -691,5 +695,5 @@ def save_png(image: torch.Tensor, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _to_pil(image).save(path, format="PNG")
+    path.write_bytes(to_png(image))
     return path

@@ -227,9 +227,9 @@ def occlude(
     return occlude_boxes(images, rows, torch.stack([r, r + 1, c, c + 1], dim=1), grid)
 
 
-def _starts(size: int, half: int) -> list[int]:
-    """Offsets of the ``half``-long windows at the start, middle and end of ``size``."""
-    return sorted({0, (size - half) // 2, size - half})
+def _child(side: int) -> int:
+    """Side of the search's windows in a box side: over half, so the two windows overlap."""
+    return side // 2 + 1 if side > 2 else 1
 
 
 def _mode_box(boxes: torch.Tensor) -> Box:
@@ -266,12 +266,12 @@ class ShortcutAlarm:
         min_group: smallest group of probes a per-class candidate is tested on.
         max_batch: images per forward of the occlusion test.
         search: also propose the places a hierarchical occlusion search finds (at each level
-            the half-size windows of each probe's box, at the start, middle and end of both
-            axes, are occluded and the one that drops the probe's score most is kept, down to
-            one token: 9 occluded copies per probe and level, 4 at the last, 22 on an 8x8 grid;
-            the overlap keeps a cue that straddles a midline inside one window). It finds the
-            place whichever block reads it, where the maps of the explained block are weak or
-            flat.
+            the four overlapping corner windows of each probe's box, each a little over half
+            its size, are occluded and the one that drops the probe's score most is kept, down
+            to one token: 4 occluded copies per probe and level, 16 on an 8x8 grid (8, 5, 3, 2,
+            1 tokens a side), 20 on 14x14; the overlap keeps a cue of up to 2x2 tokens that
+            straddles a midline inside one window). It finds the place whichever block reads
+            it, where the maps of the explained block are weak or flat.
         max_box: side, in tokens, of the boxes tested besides single tokens, for a cue larger
             than a patch (a logo over 2x2 tokens survives the occlusion of any one of them).
             Occluding a box of the object can collapse a clean model's prediction too, so a
@@ -431,19 +431,21 @@ class ShortcutAlarm:
         grid: tuple[int, int],
     ) -> torch.Tensor:
         """``[N, levels, 4]``: each probe's box at every level of the search (coarse to fine,
-        the last a single token). Each level occludes the half-size windows of the probe's box
-        at the start, the middle and the end of each axis (so that a cue straddling the middle
-        lies inside one of them) and keeps the one that drops its score the most."""
+        the last a single token). Each level occludes the four corner windows of the probe's
+        box, each a little over half its size along each axis (``side // 2 + 1``; 1 from a side
+        of 2) so that they overlap in the middle and a cue of up to 2x2 tokens straddling the
+        midlines lies inside one of them, and keeps the one that drops the score the most."""
         n, device = images.shape[0], images.device
         r0 = torch.zeros(n, dtype=torch.long, device=device)
         c0 = torch.zeros_like(r0)
         bh, bw = grid
         path = []
         while bh > 1 or bw > 1:
-            ch, cw = (bh + 1) // 2, (bw + 1) // 2
+            ch, cw = _child(bh), _child(bw)
             offsets = torch.tensor(
-                [(a, b) for a in _starts(bh, ch) for b in _starts(bw, cw)], device=device
-            )  # [k, 2]
+                [(a, b) for a in sorted({0, bh - ch}) for b in sorted({0, bw - cw})],
+                device=device,
+            )  # [k, 2], k = 4 (2 where one side is already a single token)
             k = len(offsets)
             tops = r0[:, None] + offsets[:, 0]  # [n, k]
             lefts = c0[:, None] + offsets[:, 1]

@@ -116,3 +116,31 @@ def test_import_leaves_optional_packages_unimported() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_tensorboard_pictures_read_back_pixel_exact(tmp_path: Path) -> None:
+    """The writer encodes PNGs itself (faster than add_image): TensorBoard must decode the
+    very pixels, colour and grey, at the step given."""
+    import io
+
+    import numpy as np
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    g = torch.Generator().manual_seed(0)
+    colour = torch.randint(0, 256, (3, 7, 11), dtype=torch.uint8, generator=g)
+    grey = torch.randint(0, 256, (1, 5, 4), dtype=torch.uint8, generator=g)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    vlog.tensorboard_pictures(
+        logger, [Picture("vitrcam/rgb", colour), Picture("vitrcam/grey", grey)], step=12
+    )
+    logger.experiment.flush()
+    acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    acc.Reload()
+    for tag, expected in (("vitrcam/rgb", colour), ("vitrcam/grey", grey)):
+        (event,) = acc.Images(tag)
+        assert event.step == 12 and (event.height, event.width) == tuple(expected.shape[1:])
+        decoded = torch.from_numpy(np.array(Image.open(io.BytesIO(event.encoded_image_string))))
+        decoded = decoded.permute(2, 0, 1) if decoded.dim() == 3 else decoded[None]
+        assert torch.equal(decoded, expected)

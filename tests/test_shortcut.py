@@ -340,8 +340,8 @@ def test_search_finds_a_box_cue_straddling_the_midlines_when_maps_are_flat() -> 
     alarm = ShortcutAlarm()
     p0 = softmax(model(images)).gather(1, targets[:, None]).squeeze(1)
     path = alarm.search_boxes(model, softmax, images, targets, p0, (8, 8))
-    assert path.shape == (12, 3, 4)  # 8 -> 4 -> 2 -> 1 tokens a side
-    assert (path[:, 1] == torch.tensor([3, 5, 3, 5])).all()  # the 2x2 level: the cue itself
+    assert path.shape == (12, 4, 4)  # 8 -> 5 -> 3 -> 2 -> 1 tokens a side
+    assert (path[:, 2] == torch.tensor([3, 5, 3, 5])).all()  # the 2x2 level: the cue itself
     suspects, _ = alarm.check(model, softmax, images, [maps], targets, flat)
     assert [(s.box, s.group, s.hits, s.carried) for s in suspects] == [((3, 5, 3, 5), None, 12, 12)]
     assert "(inside the image)" in suspects[0].describe()
