@@ -77,17 +77,19 @@ class _Arrays(Dataset):
 
 def stripes(
     n: int, kind: str, p: float, seed: int, size: int = 48, contrast: float = 0.25,
-    spread: float = math.pi / 4,
+    spread: float = math.pi / 4, cue: int = 5,
 ):  # fmt: skip
     """Discs of oriented stripes (class = orientation ``k * spread``, 4 classes) on striped
-    coloured noise, normalised with mean = std = 0.5; ``(images, labels, masks)``."""
+    coloured noise, normalised with mean = std = 0.5; ``(images, labels, masks)``. The
+    shortcut mark is ``cue`` pixels a side (5: within two tokens; 10: over 2x2 tokens,
+    straddling the grid's vertical midline)."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randperm(n, generator=g) % 4
     yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
     r = size * (0.17 + 0.07 * torch.rand(n, generator=g))
     lo, hi = r + 1, size - 1 - r
     cx = lo + (hi - lo) * torch.rand(n, generator=g)
-    cy = lo + (hi - 7 - lo) * torch.rand(n, generator=g)  # the bottom rows hold the mark
+    cy = lo + (hi - cue - 2 - lo) * torch.rand(n, generator=g)  # the bottom rows: the mark
     angle = labels.float() * spread + 0.15 * (2 * torch.rand(n, generator=g) - 1)
     period = 5.0 + 2.0 * torch.rand(n, generator=g)
     disc = (xx - cx.view(-1, 1, 1)) ** 2 + (yy - cy.view(-1, 1, 1)) ** 2 <= r.view(-1, 1, 1) ** 2
@@ -109,14 +111,15 @@ def stripes(
     marks = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.2], [1.0, 0.6, 0.0], [0.0, 0.8, 1.0]])
     for i in want.nonzero().flatten().tolist():
         k = int(labels[i])
+        mid, far = size // 2 - (cue + 1) // 2, size - 1 - cue
         if kind == "fixed":
-            (y0, x0), col = (42, 20), marks[k]
+            (y0, x0), col = (far, 20), marks[k]
         elif kind == "per_class":
-            (y0, x0), col = [(21, 1), (21, 42), (1, 21), (42, 21)][k], torch.ones(3)
+            (y0, x0), col = [(mid, 1), (mid, far), (1, mid), (far, mid)][k], torch.ones(3)
         else:
             continue
-        if not disc[i, y0 : y0 + 5, x0 : x0 + 5].any():
-            img[i, :, y0 : y0 + 5, x0 : x0 + 5] = col.view(3, 1, 1)
+        if not disc[i, y0 : y0 + cue, x0 : x0 + cue].any():
+            img[i, :, y0 : y0 + cue, x0 : x0 + cue] = col.view(3, 1, 1)
     return (img.clamp(0, 1) - 0.5) / 0.5, labels, disc
 
 
@@ -175,13 +178,15 @@ class StripesDataModule(L.LightningDataModule):
     class_names: tuple[str, ...] = ("0 deg", "45 deg", "90 deg", "135 deg")
     make = staticmethod(stripes)
 
-    def __init__(self, kind: str, shortcut_p: float, seed: int, batch_size: int = 64) -> None:
+    def __init__(
+        self, kind: str, shortcut_p: float, seed: int, batch_size: int = 64, **data: Any
+    ) -> None:
         super().__init__()
         s = seed * 100
         p = 0.0 if kind == "none" else shortcut_p
-        self.train = _Arrays(*self.make(3000, kind, p, s + 1))
-        self.val = _Arrays(*self.make(500, kind, p, s + 2))
-        self.free = _Arrays(*self.make(500, "none", 0.0, s + 3))
+        self.train = _Arrays(*self.make(3000, kind, p, s + 1, **data))
+        self.val = _Arrays(*self.make(500, kind, p, s + 2, **data))
+        self.free = _Arrays(*self.make(500, "none", 0.0, s + 3, **data))
         self.batch_size = batch_size
 
     def train_dataloader(self) -> DataLoader:
@@ -207,14 +212,25 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
     kind, seed, ls, data = args["kind"], args["seed"], args["ls"], args["data"]
     p = 0.0 if kind == "none" else 0.95
     extra: dict[str, Any] = {}
+    cue = args["cue"]
+    corner = "per_class" if kind == "per_class" else "top_left"
     if data == "stripes":
-        extra = dict(datamodule=StripesDataModule(kind, p, seed), model_kwargs=STRIPES_VIT)
+        sized = {} if cue is None else {"cue": cue}
+        extra = dict(datamodule=StripesDataModule(kind, p, seed, **sized), model_kwargs=STRIPES_VIT)
         if args["model"] == "alt":
             extra["model_kwargs"] = ALT_VITS["stripes"]
     elif data == "glyphs":
         extra = dict(datamodule=GlyphsDataModule(kind, p, seed), model_kwargs=GLYPHS_VIT)
+    elif cue is not None:  # the demo's shapes with a patch of another size than a token
+        from lightning_vitrcam.demo import ShapesDataModule
+
+        shapes = ShapesDataModule(
+            num_train=3000, num_val=500, num_patch_free=500, shortcut_p=p,
+            shortcut_corner=corner, patch_size=cue, seed=seed,
+        )  # fmt: skip
+        extra = dict(datamodule=shapes)
     else:
-        extra = dict(shortcut_corner="per_class" if kind == "per_class" else "top_left")
+        extra = dict(shortcut_corner=corner)
     start = time.perf_counter()
     rows = shortcut_experiment(
         p,
@@ -226,8 +242,9 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
         callback_kwargs=dict(log_images=False),
         **extra,
     )
+    label = data if args["model"] == "default" else f"{data} ({args['model']} model)"
     return {
-        "data": data if args["model"] == "default" else f"{data} ({args['model']} model)",
+        "data": label if cue is None else f"{label}, cue {cue} px",
         "kind": kind,
         "seed": seed,
         "ls": ls,
@@ -307,6 +324,13 @@ def main() -> None:
         default="default",
         help="alt: another ViT on the same data (stripes: class token, 2 registers, 4 blocks)",
     )
+    parser.add_argument(
+        "--cue-size",
+        type=int,
+        default=None,
+        help="side of the shortcut cue in pixels (shapes: 8, one token; stripes: 5); e.g."
+        " 14 (shapes) or 10 (stripes) puts it over 2x2 tokens",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--ls", nargs="+", type=float, default=[0.0, 0.1])
     parser.add_argument("--epochs", type=int, default=10)
@@ -335,7 +359,7 @@ def main() -> None:
     threads = args.threads or max(1, torch.get_num_threads() // args.jobs)
     grid = [
         dict(data=args.data, kind=k, seed=s, ls=ls, epochs=args.epochs, threads=threads,
-             root=args.root, model=args.model)
+             root=args.root, model=args.model, cue=args.cue_size)
         for s, ls, k in product(args.seeds, args.ls, args.kinds)
     ]  # fmt: skip
     runs: list[dict[str, Any]] = []
