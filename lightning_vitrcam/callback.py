@@ -199,11 +199,13 @@ class ViTReciproCAMCallback(Callback):
         shortcut_alarm: run the occlusion-confirmed shortcut alarm (a few extra forwards of
             the probes per evaluation).
         shortcut_search: let the alarm also propose the places a hierarchical occlusion search
-            finds (12 occluded copies per probe on an 8x8 token grid, 16 on 14x14); it finds a
+            finds (16 occluded copies per probe on an 8x8 token grid, 20 on 14x14); it finds a
             cue whichever block reads it, where the explained block's maps are flat or weak.
             False: only the maps' peaks are tested (cheaper, misses such cues).
-        min_drop: the alarm counts a probe as hit when occluding the suspected token removes
-            at least this share of its predicted-class probability.
+        min_drop: the alarm counts a probe as hit when occluding the suspected place (a
+            token, or a box of up to 2x2 tokens that must also carry its class when pasted
+            into other probes) removes at least this share of its predicted-class
+            probability.
         min_share: the alarm reports a place when at least this share of a group's probes
             (all probes, or those of one predicted class) are hit ...
         min_hits: ... and at least this many of them (see :class:`ShortcutAlarm` for why

@@ -13,9 +13,9 @@ the image whatever the object does. Two facts, measured on the demo's training r
   that reads the object the same occlusion changes almost nothing.
 
 :class:`ShortcutAlarm` takes as candidates the peaks of the global and the per-class mean maps,
-the places a hierarchical occlusion search finds most often (each probe's grid halved along
-both axes, the quarter whose occlusion hurts the probe most kept, down to one token: this finds
-the place whichever block reads it, where the explained block's maps are weak or flat, as they
+the places a hierarchical occlusion search finds most often (four overlapping corner windows
+of each probe's box occluded at each level, each a little over half the box, the one that hurts
+the probe most kept, down to one token: this finds the place whichever block reads it, where the explained block's maps are weak or flat, as they
 were on a held-out average-pooled ViT that read its cue in the first block), and the candidates
 of the previous evaluation (a cue the model keeps using is re-tested even when this
 evaluation's maps peak elsewhere). It occludes each candidate in the probes of its group in one
