@@ -14,12 +14,13 @@ the image whatever the object does. Two facts, measured on the demo's training r
 
 :class:`ShortcutAlarm` takes as candidates the peaks of the global and the per-class mean maps,
 the places a hierarchical occlusion search finds most often (four overlapping corner windows
-of each probe's box occluded at each level, each a little over half the box, the one that hurts
-the probe most kept, down to one token: this finds the place whichever block reads it, where the explained block's maps are weak or flat, as they
-were on a held-out average-pooled ViT that read its cue in the first block), and the candidates
-of the previous evaluation (a cue the model keeps using is re-tested even when this
-evaluation's maps peak elsewhere). It occludes each candidate in the probes of its group in one
-batched forward and reports a :class:`Suspect` when the relative drop ``(p - p_occluded) / p``
+of each probe's box occluded at each level, each a little over half the box, the one that
+hurts the probe most kept, down to one token: this finds the place whichever block reads it,
+where the explained block's maps are weak or flat, as they were on a held-out average-pooled
+ViT that read its cue in the first block), and the candidates of the previous evaluation (a
+cue the model keeps using is re-tested even when this evaluation's maps peak elsewhere). It
+occludes each candidate in the probes of its group in one batched forward and reports a
+:class:`Suspect` when the relative drop ``(p - p_occluded) / p``
 reaches ``min_drop`` on at least ``min_share`` of the group's probes and on at least
 ``min_hits`` of them.
 
@@ -389,7 +390,15 @@ class ShortcutAlarm:
         """``(box, class or None)`` pairs: the peak token of the mean of the informative maps
         of every group, for each batch of maps given (e.g. one per explained block), and the
         ``max_box`` window around it with the most saliency, then the remembered ones."""
-        h, w = maps[0].shape[-2:]
+        w = maps[0].shape[-1]
+        return list(
+            dict.fromkeys(self._map_places(maps, targets, informative) + self._recalled(targets, w))
+        )
+
+    def _map_places(
+        self, maps: Sequence[torch.Tensor], targets: torch.Tensor, informative: torch.Tensor
+    ) -> list[tuple[Box, int | None]]:
+        w = maps[0].shape[-1]
         found: list[tuple[Box, int | None]] = []
         for group, members in self._groups(targets):
             keep = (members & informative).float()
@@ -402,13 +411,18 @@ class ShortcutAlarm:
                 grown = self._grown(mean_map, row, col)
                 if grown is not None:
                     found.append((grown, group))
+        return found
+
+    def _recalled(self, targets: torch.Tensor, w: int) -> list[tuple[Box, int | None]]:
+        """The remembered places whose group is present among ``targets``."""
         present = {g for g, _ in self._groups(targets)}
+        found: list[tuple[Box, int | None]] = []
         for box, group in self._remembered:
             if isinstance(box, int):  # a token index from an older checkpoint
                 box = (box // w, box // w + 1, box % w, box % w + 1)
             if group in present:
                 found.append((box, group))
-        return list(dict.fromkeys(found))
+        return found
 
     def _scores(
         self,
@@ -525,10 +539,12 @@ class ShortcutAlarm:
         candidate (a continuous signal, 0 without candidates)."""
         grid: tuple[int, int] = tuple(maps[0].shape[-2:])  # type: ignore[assignment]
         p0 = self._scores(forward, score, images, targets)
-        pairs = self.candidates(maps, targets, informative)
+        fresh = self._map_places(maps, targets, informative)
         if self.search:
             path = self.search_boxes(forward, score, images, targets, p0, grid)
-            pairs = list(dict.fromkeys(pairs + self._searched(path, targets)))
+            fresh += self._searched(path, targets)
+        pairs = list(dict.fromkeys(fresh + self._recalled(targets, grid[1])))
+        # this evaluation's places first: the oldest remembered ones fall out of the memory
         self._remembered = list(pairs[:_MEMORY])
         self.last_tests = []
         if not pairs:
