@@ -514,6 +514,8 @@ class ShortcutAlarm:
         recipient = _recipients(targets)
         donors = [rows[recipient[rows] >= 0] for _, rows in tests]
         all_donors = torch.cat(donors)
+        if all_donors.numel() == 0:  # every probe explained for one class: no recipient
+            return [torch.zeros(0) for _ in tests]
         boxes = torch.cat(
             [torch.tensor(box, device=images.device).repeat(len(d), 1) for (box, _), d in
              zip(tests, donors, strict=True)]

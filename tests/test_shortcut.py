@@ -345,3 +345,25 @@ def test_search_finds_a_box_cue_straddling_the_midlines_when_maps_are_flat() -> 
     suspects, _ = alarm.check(model, softmax, images, [maps], targets, flat)
     assert [(s.box, s.group, s.hits, s.carried) for s in suspects] == [((3, 5, 3, 5), None, 12, 12)]
     assert "(inside the image)" in suspects[0].describe()
+
+
+def test_box_is_not_confirmed_without_probes_of_another_class() -> None:
+    """With every probe explained for one class, nothing can receive a transplant: the box is
+    left unconfirmed (and no empty batch reaches the model)."""
+    images = block_cue_images(12)
+    images[:, :, :16, :16] = 2.0 * torch.eye(3)[0][:, None, None]  # every probe: class 0
+    images[:, 0, 16:] = -2.0  # unread, it makes the occluding mean colour anything but red
+    targets = block_cue_model(images).argmax(1)
+    assert (targets == 0).all()
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[0] > 0, "an empty batch reached the model"
+        return block_cue_model(x)
+
+    alarm = ShortcutAlarm()
+    suspects, _ = alarm.check(
+        model, softmax, images, [peaked_maps(12, 0)], targets, torch.ones(12).bool()
+    )
+    box = next(t for t in alarm.last_tests if t["box"] == [0, 2, 0, 2])
+    assert alarm.confirms(torch.tensor(box["drops"]))[1] and box["restored"] == []
+    assert suspects == []
