@@ -625,10 +625,12 @@ def test_grayscale_vit_through_the_callback(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- short real training
-def _train_and_collect(tmp_path: Path, corner: bool) -> tuple[list[str], L.Trainer]:
+def _train_and_collect(
+    tmp_path: Path, corner: bool, patch_size: int = 8
+) -> tuple[list[str], L.Trainer]:
     """A tiny ViT trained for real on coloured squares, with the callback at its defaults."""
     L.seed_everything(0)
-    module = Module(lr=3e-3, depth=2, drop_rate=0.0)
+    module = Module(lr=3e-3, depth=2, drop_rate=0.0, patch_size=patch_size)
     train = Squares(512, seed=20, corner=corner)
     val = Squares(64, seed=21, corner=corner)
     cb = ViTReciproCAMCallback(log_images=False)
@@ -645,6 +647,19 @@ def test_short_training_on_a_corner_shortcut_warns(tmp_path: Path) -> None:
     assert float(trainer.callback_metrics["val_loss"]) < 0.5  # it did learn (the corner)
     assert messages and "epoch 2" in messages[-1]  # still warned at the last evaluation
     assert "occluding token row 0, column 0 (on the top-left corner)" in messages[-1]
+
+
+def test_short_training_on_a_corner_over_2x2_tokens_warns_with_the_box(tmp_path: Path) -> None:
+    """4-pixel patches: the 8x8 corner patch spans 2x2 tokens (whether the model reads all of
+    them redundantly, so that only the box is confirmed, depends on the run; the box path
+    itself is tested in test_shortcut.py)."""
+    messages, trainer = _train_and_collect(tmp_path, corner=True, patch_size=4)
+    assert float(trainer.callback_metrics["val_loss"]) < 0.5
+    assert messages and "epoch 2" in messages[-1]
+    # the smallest confirmed place is named: the 2x2 box or a token of it
+    inside = ["the tokens at rows 0-1, columns 0-1 (on the top-left corner)"]
+    inside += [f"token row {r}, column {c} (" for r in (0, 1) for c in (0, 1)]
+    assert any(f"occluding {place}" in messages[-1] for place in inside), messages[-1]
 
 
 def test_short_training_on_clean_squares_does_not_warn(tmp_path: Path) -> None:
