@@ -296,11 +296,11 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[str, bool]:
 
 def replay(runs: list[dict[str, Any]], alarm: Any) -> list[dict[str, Any]]:
     """The runs with ``warned`` recomputed by ``alarm``'s rule from each evaluation's recorded
-    candidates, per-probe drops and transplants (``alarm_tests``). Which candidates are
-    tested does not depend on the rule, so this is exactly what the rule would have warned in
-    those runs, with one exception: a box is transplanted only when the recording rule's
-    occlusion test confirmed it, so a looser rule replays the others as unconfirmed (and runs
-    recorded before boxes were tested replay their single tokens only)."""
+    candidates, per-probe drops and what a box keeps alone (``alarm_tests``). Which
+    candidates are tested does not depend on the rule, so this is exactly what the rule would
+    have warned in those runs, with one exception: a box is kept alone only when the recording
+    rule's occlusion test confirmed it, so a looser rule replays the others as unconfirmed (and
+    runs recorded before boxes were tested replay their single tokens only)."""
     out = []
     for run in runs:
         rows = []

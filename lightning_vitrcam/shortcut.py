@@ -28,10 +28,11 @@ A cue larger than a patch (a logo over 2x2 tokens) survives the occlusion of any
 tokens, so boxes of up to ``max_box`` tokens a side are candidates too: the window around each
 map peak with the most saliency and the search's small boxes. Occluding a box of the object
 can also collapse a clean model's prediction (a filled disc with a hole reads as a ring), so a
-box must pass a second, transplant test: pasted from the group's probes into probes of other
-classes, it must bring back at least ``min_drop`` of the donor's probability for the donor's
-class, on as many probes as the occlusion test asks. A shortcut is sufficient as well as
-necessary; the middle of an object is not.
+box must also pass a preservation test: kept alone, everything else filled with the mean
+colour, it must keep at least ``min_drop`` of each probe's predicted-class probability, on as
+many probes as the occlusion test asks. A shortcut is sufficient as well as necessary; the
+middle of an object is not. (Pasting the box into probes of other classes instead fails on
+class-specific places: the recipient's own cue competes with the pasted one.)
 
 The ViT-ReciproCAM pictures are unchanged; these tests are the library's own.
 
@@ -60,7 +61,7 @@ __all__ = [
     "Suspect",
     "occlude",
     "occlude_boxes",
-    "paste_boxes",
+    "keep_boxes",
     "shortcut_message",
 ]
 
@@ -99,9 +100,8 @@ class Suspect:
     The place is the token at ``row, col`` or, with ``height`` or ``width`` above 1, the box
     of tokens it spans from there. ``group`` is the class index of the probes tested (None:
     all probes); ``hits`` of ``probes`` lost at least ``min_drop`` of their predicted-class
-    probability; ``mean_drop`` is the group's mean relative drop. For a box, ``carried``
-    probes of other classes got back at least ``min_drop`` of a donor's probability for the
-    donor's class when the box was pasted into them from the group's probes.
+    probability; ``mean_drop`` is the group's mean relative drop. For a box, ``kept`` probes
+    kept at least ``min_drop`` of that probability with the box alone (the rest filled).
     """
 
     row: int
@@ -114,7 +114,7 @@ class Suspect:
     min_drop: float = 0.5
     height: int = 1
     width: int = 1
-    carried: int = 0
+    kept: int = 0
 
     @property
     def box(self) -> Box:
@@ -124,19 +124,16 @@ class Suspect:
     def _at_least(self) -> str:
         return "half" if self.min_drop == 0.5 else f"{self.min_drop:.0%}"
 
-    def _carried(self) -> str:
+    def _kept(self) -> str:
         if _is_token(self.box):
             return ""
-        return (
-            f", and pasted into probes of other classes it carried the class on {self.carried}"
-            f" of {self.probes}"
-        )
+        return f", and alone (the rest filled) it kept at least {self._at_least} on {self.kept}"
 
     def describe(self, class_names: Sequence[str] | None = None) -> str:
         return (
             f"occluding {_place(self.box, *self.grid)} drops the predicted-class"
             f" probability by {self.mean_drop:.2f} on average and by at least {self._at_least} on"
-            f" {self.hits} of {self.probes} {self._who(class_names)}{self._carried()}"
+            f" {self.hits} of {self.probes} {self._who(class_names)}{self._kept()}"
         )
 
     def _who(self, class_names: Sequence[str] | None) -> str:
@@ -191,26 +188,23 @@ def occlude_boxes(
     return torch.where(_inside(images, boxes, grid)[:, None], fill.to(images.dtype), images[rows])
 
 
-def paste_boxes(
-    images: torch.Tensor,
-    donors: torch.Tensor,
-    recipients: torch.Tensor,
-    boxes: torch.Tensor,
-    grid: tuple[int, int],
+def keep_boxes(
+    images: torch.Tensor, rows: torch.Tensor, boxes: torch.Tensor, grid: tuple[int, int]
 ) -> torch.Tensor:
-    """Copies ``images[recipients]``, each with the token box ``boxes[i]`` taken from
-    ``images[donors[i]]`` (a transplant: does that place alone carry the donor's class?).
+    """The complement of :func:`occlude_boxes`: copies of ``images[rows]`` that keep only the
+    token box ``boxes[i]``, everything else filled with the images' per-channel mean (does
+    that place alone carry the prediction?).
 
     Example:
-        >>> x = torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)])
-        >>> paste_boxes(x, torch.tensor([1]), torch.tensor([0]), torch.tensor([[0, 1, 1, 2]]),
-        ...             (2, 2))[0, 0]
-        tensor([[0., 0., 1., 1.],
-                [0., 0., 1., 1.],
-                [0., 0., 0., 0.],
-                [0., 0., 0., 0.]])
+        >>> x = torch.arange(16.0).view(1, 1, 4, 4)
+        >>> keep_boxes(x, torch.tensor([0]), torch.tensor([[0, 1, 1, 2]]), (2, 2))[0, 0]
+        tensor([[7.5000, 7.5000, 2.0000, 3.0000],
+                [7.5000, 7.5000, 6.0000, 7.0000],
+                [7.5000, 7.5000, 7.5000, 7.5000],
+                [7.5000, 7.5000, 7.5000, 7.5000]])
     """
-    return torch.where(_inside(images, boxes, grid)[:, None], images[donors], images[recipients])
+    fill = images.mean(dim=(0, 2, 3), keepdim=True)
+    return torch.where(_inside(images, boxes, grid)[:, None], images[rows], fill.to(images.dtype))
 
 
 def occlude(
@@ -239,17 +233,6 @@ def _mode_box(boxes: torch.Tensor) -> Box:
     return (r0, r1, c0, c1)
 
 
-def _recipients(targets: torch.Tensor) -> torch.Tensor:
-    """``[N]``: for each probe the next probe (cyclically) explained for another class, or
-    -1 where every probe has the same class."""
-    n = targets.numel()
-    shifts = torch.arange(1, max(n, 2), device=targets.device)
-    later = (torch.arange(n, device=targets.device)[:, None] + shifts) % n
-    other = targets[later] != targets[:, None]
-    first = later.gather(1, other.float().argmax(dim=1, keepdim=True)).squeeze(1)
-    return torch.where(other.any(dim=1), first, torch.full_like(first, -1))
-
-
 class ShortcutAlarm:
     """Finds places the model's predictions hang on; see the module docstring.
 
@@ -276,9 +259,9 @@ class ShortcutAlarm:
         max_box: side, in tokens, of the boxes tested besides single tokens, for a cue larger
             than a patch (a logo over 2x2 tokens survives the occlusion of any one of them).
             Occluding a box of the object can collapse a clean model's prediction too, so a
-            box is confirmed only when it also carries the class: pasted from the group's
-            probes into probes of other classes it brings back at least ``min_drop`` of the
-            donor's probability on as many probes as the occlusion test asks. 1: tokens only.
+            box is confirmed only when it is also sufficient: kept alone (the rest filled
+            with the mean colour) it keeps at least ``min_drop`` of the probability, on as many
+            probes as the occlusion test asks. 1: tokens only.
 
     Example:
         >>> alarm = ShortcutAlarm()
@@ -315,8 +298,9 @@ class ShortcutAlarm:
         # a bare token index is what older checkpoints stored
         self._remembered: list[tuple[Box | int, int | None]] = []
         #: every candidate of the last :meth:`check`: ``{"box", "group", "drops"}`` with each
-        #: tested probe's relative drop (and, for a box the occlusion confirmed, ``"restored"``:
-        #: each transplant's share of its donor's probability), so a rule can be studied offline
+        #: tested probe's relative drop (and, for a box the occlusion confirmed, ``"kept"``: the
+        #: share of each probe's probability the box alone keeps), so a rule can be studied
+        #: offline
         self.last_tests: list[dict[str, Any]] = []
 
     def state_dict(self) -> dict[str, Any]:
@@ -334,7 +318,7 @@ class ShortcutAlarm:
         """``(hits, confirmed)`` for one candidate's per-probe relative drops in one group:
         a hit is a drop of at least ``min_drop``; the place is confirmed with at least
         ``min_share`` of the group and at least ``min_hits`` probes hit. A box is judged the
-        same way on its transplants' restored shares too (:meth:`judge`).
+        same way on the shares its probes keep with the box alone (:meth:`judge`).
 
         Example:
             >>> alarm = ShortcutAlarm(min_share=0.5, min_hits=3)
@@ -346,22 +330,22 @@ class ShortcutAlarm:
 
     def judge(self, test: Mapping[str, Any]) -> bool:
         """Whether one entry of :attr:`last_tests` confirms its place under this rule (a token
-        on its drops; a box on its drops and its transplants).
+        on its drops; a box on its drops and on what it keeps alone).
 
         Example:
             >>> alarm = ShortcutAlarm()
             >>> alarm.judge({"box": [0, 2, 0, 2], "group": None, "drops": [0.9] * 4})
             False
             >>> alarm.judge({"box": [0, 2, 0, 2], "group": None, "drops": [0.9] * 4,
-            ...              "restored": [0.8, 0.7, 0.9, 0.1]})
+            ...              "kept": [0.8, 0.7, 0.9, 0.1]})
             True
         """
         if not self.confirms(torch.tensor(test["drops"]))[1]:
             return False
         if "token" in test or _is_token(test["box"]):
             return True
-        restored = test.get("restored")
-        return restored is not None and self.confirms(torch.tensor(restored))[1]
+        kept = test.get("kept")
+        return kept is not None and self.confirms(torch.tensor(kept))[1]
 
     def _groups(self, targets: torch.Tensor) -> list[tuple[int | None, torch.Tensor]]:
         groups: list[tuple[int | None, torch.Tensor]] = [(None, torch.ones_like(targets).bool())]
@@ -498,7 +482,7 @@ class ShortcutAlarm:
                 found.append((_mode_box(path[members, level]), group))
         return found
 
-    def _transplants(
+    def _preserved(
         self,
         forward: Callable[[torch.Tensor], torch.Tensor],
         score: Callable[[torch.Tensor], torch.Tensor],
@@ -508,22 +492,15 @@ class ShortcutAlarm:
         tests: Sequence[tuple[Box, torch.Tensor]],
         grid: tuple[int, int],
     ) -> list[torch.Tensor]:
-        """For each ``(box, donor rows)``: the share of each donor's probability for its class
-        that the box, pasted into the next probe of another class, brings back (one batched
-        forward for all)."""
-        recipient = _recipients(targets)
-        donors = [rows[recipient[rows] >= 0] for _, rows in tests]
-        all_donors = torch.cat(donors)
-        if all_donors.numel() == 0:  # every probe explained for one class: no recipient
-            return [torch.zeros(0) for _ in tests]
+        """For each ``(box, probe rows)``: the share of each probe's probability that the box
+        alone keeps (one batched forward for all)."""
+        rows = torch.cat([r for _, r in tests])
         boxes = torch.cat(
-            [torch.tensor(box, device=images.device).repeat(len(d), 1) for (box, _), d in
-             zip(tests, donors, strict=True)]
-        )  # fmt: skip
-        pasted = paste_boxes(images, all_donors, recipient[all_donors], boxes, grid)
-        q = self._scores(forward, score, pasted, targets[all_donors])
-        restored = (q / p0[all_donors].clamp_min(1e-12)).clamp(0.0, 1.0).cpu()
-        return list(restored.split([len(d) for d in donors]))
+            [torch.tensor(box, device=images.device).repeat(len(r), 1) for box, r in tests]
+        )
+        q = self._scores(forward, score, keep_boxes(images, rows, boxes, grid), targets[rows])
+        kept = (q / p0[rows].clamp_min(1e-12)).clamp(0.0, 1.0).cpu()
+        return list(kept.split([len(r) for _, r in tests]))
 
     def check(
         self,
@@ -564,25 +541,25 @@ class ShortcutAlarm:
         drops = drop.cpu().split([len(r) for r in rows])  # one transfer for a few dozen numbers
         for (box, group), part in zip(pairs, drops, strict=True):
             self.last_tests.append({"box": list(box), "group": group, "drops": part.tolist()})
-        # a box must also carry the class (see max_box): transplants for those the occlusion
-        # confirmed, in one more forward
-        boxes_to_carry = [
+        # a box must also be sufficient (see max_box): the boxes the occlusion confirmed are
+        # kept alone, in one more forward
+        boxes_to_keep = [
             i for i, (box, _) in enumerate(pairs)
             if not _is_token(box) and self.confirms(drops[i])[1]
         ]  # fmt: skip
-        if boxes_to_carry:
-            restored = self._transplants(
+        if boxes_to_keep:
+            kept = self._preserved(
                 forward, score, images, targets, p0,
-                [(pairs[i][0], rows[i]) for i in boxes_to_carry], grid,
+                [(pairs[i][0], rows[i]) for i in boxes_to_keep], grid,
             )  # fmt: skip
-            for i, part in zip(boxes_to_carry, restored, strict=True):
-                self.last_tests[i]["restored"] = part.tolist()
+            for i, part in zip(boxes_to_keep, kept, strict=True):
+                self.last_tests[i]["kept"] = part.tolist()
         suspects, worst = [], 0.0
         for (box, group), part, test in zip(pairs, drops, self.last_tests, strict=True):
             worst = max(worst, float(part.mean()))
             if self.judge(test):
                 hits = self.confirms(part)[0]
-                carried = self.confirms(torch.tensor(test.get("restored", [])))[0]
+                alone = self.confirms(torch.tensor(test.get("kept", [])))[0]
                 r0, r1, c0, c1 = box
                 suspects.append(
                     Suspect(
@@ -596,7 +573,7 @@ class ShortcutAlarm:
                         self.min_drop,
                         r1 - r0,
                         c1 - c0,
-                        carried,
+                        alone,
                     )  # fmt: skip
                 )
         return _pruned(suspects), worst
