@@ -203,9 +203,8 @@ class ViTReciproCAMCallback(Callback):
             cue whichever block reads it, where the explained block's maps are flat or weak.
             False: only the maps' peaks are tested (cheaper, misses such cues).
         min_drop: the alarm counts a probe as hit when occluding the suspected place (a
-            token, or a box of up to 2x2 tokens that must also carry its class when pasted
-            into other probes) removes at least this share of its predicted-class
-            probability.
+            token, or a box of up to 2x2 tokens that must also keep the prediction alone)
+            removes at least this share of its predicted-class probability.
         min_share: the alarm reports a place when at least this share of a group's probes
             (all probes, or those of one predicted class) are hit ...
         min_hits: ... and at least this many of them (see :class:`ShortcutAlarm` for why
