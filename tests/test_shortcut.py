@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 
 from lightning_vitrcam import ViTReciproCAMCallback
-from lightning_vitrcam.shortcut import ShortcutAlarm, Suspect, occlude, shortcut_message
+from lightning_vitrcam.shortcut import (
+    ShortcutAlarm,
+    Suspect,
+    _is_token,
+    occlude,
+    shortcut_message,
+)
 
 GRID = (4, 4)  # 32x32 images, 8x8 cells
 
@@ -277,20 +283,20 @@ def test_cue_over_several_tokens_is_confirmed_as_a_box() -> None:
     )
     text = suspects[0].describe()
     assert "occluding the tokens at rows 0-1, columns 0-1 (on the top-left corner)" in text
-    assert "and alone (the rest filled) it kept at least half on 12" in text
+    assert "and 12 of them kept at least half of it with the box alone" in text
     test = next(t for t in alarm.last_tests if t["box"] == [0, 2, 0, 2] and t["group"] is None)
     assert min(test["kept"]) > 0.9  # the cue alone keeps the prediction
 
 
 def whole_object_model(images: torch.Tensor) -> torch.Tensor:
-    """Needs its central 2x2 tokens *and* the rest of the object (the weaker of the two colour
+    """Needs its top-left 2x2 tokens *and* the rest of the object (the weaker of the two colour
     contrasts decides, against a fourth class 'nothing' at a quarter of a full contrast):
-    occluding the centre collapses it, the centre alone keeps nothing."""
+    occluding that box collapses it, the box alone keeps nothing."""
 
     def contrast(colour: torch.Tensor) -> torch.Tensor:
         return colour - (colour.sum(1, keepdim=True) - colour) / 2
 
-    centre = images[:, :, 8:24, 8:24].mean(dim=(2, 3))
+    centre = images[:, :, :16, :16].mean(dim=(2, 3))
     rest = (images.sum(dim=(2, 3)) - centre * 256) / (1024 - 256)
     evidence = torch.minimum(contrast(centre), contrast(rest))
     return 20.0 * torch.cat([evidence, torch.full_like(evidence[:, :1], 0.25)], dim=1)
@@ -302,12 +308,12 @@ def test_object_box_whose_occlusion_hurts_but_carries_nothing_is_not_flagged() -
     images += torch.eye(3)[torch.arange(12) % 3][:, :, None, None]  # the object fills it all
     targets = whole_object_model(images).argmax(1)
     maps = peaked_maps(12, [5] * 12)
-    maps[:, 1:3, 1:3] = 1.0  # the maps single out the centre box
+    maps[:, :2, :2] = 1.0  # the maps single out the top-left box
     alarm = ShortcutAlarm(search=False)
     suspects, _ = alarm.check(
         whole_object_model, softmax, images, [maps], targets, torch.ones(12).bool()
     )
-    centre = next(t for t in alarm.last_tests if t["box"] == [1, 3, 1, 3] and t["group"] is None)
+    centre = next(t for t in alarm.last_tests if t["box"] == [0, 2, 0, 2] and t["group"] is None)
     assert alarm.confirms(torch.tensor(centre["drops"]))[1]  # necessary ...
     assert max(centre["kept"]) < 0.5  # ... but not sufficient
     assert suspects == []
@@ -326,13 +332,13 @@ def test_remembered_token_of_an_older_checkpoint_is_still_tested() -> None:
     assert [0, 1, 0, 1, None] in alarm.state_dict()["candidates"]
 
 
-def test_search_finds_a_box_cue_straddling_the_midlines_when_maps_are_flat() -> None:
-    """A 2x2-token cue at tokens 3-4 of an 8x8 grid straddles both midlines: no quarter of the
-    grid holds it, the overlapping half-size windows do."""
-    images = block_cue_images(12, size=64, top=24, left=24)
+def test_search_finds_a_box_cue_straddling_the_midline_when_maps_are_flat() -> None:
+    """A 2x2-token cue at the top border, columns 3-4 of an 8x8 grid, straddles the vertical
+    midline: no quarter of the grid holds it, the overlapping windows do."""
+    images = block_cue_images(12, size=64, top=0, left=24)
 
     def model(x: torch.Tensor) -> torch.Tensor:
-        return block_cue_model(x, top=24, left=24)
+        return block_cue_model(x, top=0, left=24)
 
     targets = model(images).argmax(1)
     flat = torch.zeros(12, dtype=torch.bool)  # the maps propose nothing
@@ -341,10 +347,27 @@ def test_search_finds_a_box_cue_straddling_the_midlines_when_maps_are_flat() -> 
     p0 = softmax(model(images)).gather(1, targets[:, None]).squeeze(1)
     path = alarm.search_boxes(model, softmax, images, targets, p0, (8, 8))
     assert path.shape == (12, 4, 4)  # 8 -> 5 -> 3 -> 2 -> 1 tokens a side
-    assert (path[:, 2] == torch.tensor([3, 5, 3, 5])).all()  # the 2x2 level: the cue itself
+    assert (path[:, 2] == torch.tensor([0, 2, 3, 5])).all()  # the 2x2 level: the cue itself
     suspects, _ = alarm.check(model, softmax, images, [maps], targets, flat)
-    assert [(s.box, s.group, s.hits, s.kept) for s in suspects] == [((3, 5, 3, 5), None, 12, 12)]
-    assert "(inside the image)" in suspects[0].describe()
+    assert [(s.box, s.group, s.hits, s.kept) for s in suspects] == [((0, 2, 3, 5), None, 12, 12)]
+    assert "(on the top border)" in suspects[0].describe()
+
+
+def test_box_cue_inside_the_image_is_not_tested() -> None:
+    """The documented blind spot: inside the image a box may be the object itself, so a 2x2
+    cue there (tokens 3-4 of 8x8, read redundantly) is neither proposed nor confirmed."""
+    images = block_cue_images(12, size=64, top=24, left=24)
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return block_cue_model(x, top=24, left=24)
+
+    targets = model(images).argmax(1)
+    maps = torch.zeros(12, 8, 8)
+    maps[:, 3:5, 3:5] = 1.0
+    alarm = ShortcutAlarm()
+    suspects, _ = alarm.check(model, softmax, images, [maps], targets, torch.ones(12).bool())
+    assert suspects == []
+    assert all(_is_token(t["box"]) for t in alarm.last_tests)
 
 
 def test_class_specific_box_cues_are_confirmed_per_class() -> None:
