@@ -232,6 +232,15 @@ def _child(side: int) -> int:
     return side // 2 + 1 if side > 2 else 1
 
 
+def _stacked(
+    tests: Sequence[tuple[Box, torch.Tensor]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, boxes)``: every test's probe rows, one after the other, each with its box."""
+    rows = torch.cat([r for _, r in tests])
+    boxes = torch.cat([torch.tensor(box, device=device).repeat(len(r), 1) for box, r in tests])
+    return rows, boxes
+
+
 def _mode_box(boxes: torch.Tensor) -> Box:
     values, counts = boxes.unique(dim=0, return_counts=True)
     r0, r1, c0, c1 = values[counts.argmax()].tolist()
@@ -518,10 +527,7 @@ class ShortcutAlarm:
     ) -> list[torch.Tensor]:
         """For each ``(box, probe rows)``: the share of each probe's probability that the box
         alone keeps (one batched forward for all)."""
-        rows = torch.cat([r for _, r in tests])
-        boxes = torch.cat(
-            [torch.tensor(box, device=images.device).repeat(len(r), 1) for box, r in tests]
-        )
+        rows, boxes = _stacked(tests, images.device)
         q = self._scores(forward, score, keep_boxes(images, rows, boxes, grid), targets[rows])
         kept = (q / p0[rows].clamp_min(1e-12)).clamp(0.0, 1.0).cpu()
         return list(kept.split([len(r) for _, r in tests]))
@@ -541,6 +547,8 @@ class ShortcutAlarm:
         Returns the suspects (most probes hit first) and the largest group mean drop of any
         candidate (a continuous signal, 0 without candidates)."""
         grid: tuple[int, int] = tuple(maps[0].shape[-2:])  # type: ignore[assignment]
+        # the explainer's own scores are not reused: drops compare the same forward (adapter,
+        # precision) with and without occlusion
         p0 = self._scores(forward, score, images, targets)
         fresh = self._map_places(maps, targets, informative)
         if self.search:
@@ -554,11 +562,9 @@ class ShortcutAlarm:
             return [], 0.0
         groups = dict(self._groups(targets))
         rows = [groups[g].nonzero().flatten() for _, g in pairs]
-        boxes = torch.cat(
-            [torch.tensor(b, device=images.device).repeat(len(r), 1)
-             for r, (b, _) in zip(rows, pairs, strict=True)]
-        )  # fmt: skip
-        rows_all = torch.cat(rows)
+        rows_all, boxes = _stacked(
+            [(box, r) for (box, _), r in zip(pairs, rows, strict=True)], images.device
+        )
         p_occ = self._scores(forward, score, occlude_boxes(images, rows_all, boxes, grid),
                              targets[rows_all])  # fmt: skip
         drop = ((p0[rows_all] - p_occ) / p0[rows_all].clamp_min(1e-12)).clamp(-1.0, 1.0)
