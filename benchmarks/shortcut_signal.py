@@ -11,16 +11,22 @@ Data (``--data``):
   shapes   the demo's shapes (64x64, 4 classes) and ViT (8x8 patches, width 128, 4 blocks,
            class-token pooling); shortcut kinds: fixed (class-coloured patch in the top-left
            corner), per_class (class k's patch in corner k), none.
-  stripes  held-out data and model, never used while designing the alarm: discs of oriented
-           stripes (class = orientation; stripe contrast 0.25: with 0.4 every model learned the
-           stripes within 2 epochs and none used the mark) on striped coloured noise, 48x48,
-           and a 6-block ViT
-           with 6x6 patches, average pooling and no class token; shortcut kinds: fixed (a 5x5
+  stripes  other data and model: discs of oriented stripes (class = orientation; stripe
+           contrast 0.25: with 0.4 every model learned the stripes within 2 epochs and none
+           used the mark) on striped coloured noise, 48x48, and a 6-block ViT with 6x6
+           patches, average pooling and no class token; shortcut kinds: fixed (a 5x5
            class-coloured mark at the bottom edge, straddling two tokens), per_class (a white
-           mark whose edge position names the class), none.
+           mark whose edge position names the class), none. Held out when the alarm was first
+           designed; its two misses then shaped the confirmation rule, so no longer held out.
+  glyphs   grey-scale glyphs, 1 channel, 32x32, a ViT with registers and attention pooling.
+  arrows   added after the alarm's final rule was fixed and run once as it was first written:
+           five classes (a triangle's direction, a diamond), 40x40, a 10x10 token grid, a
+           5-block class-token ViT; the fixed cue a 4x4 square over 2x2 tokens at the right
+           edge, the class-specific one a white square on the top edge whose column names the
+           class.
 
     python benchmarks/shortcut_signal.py                      # shapes, 3 seeds x LS {0, 0.1}
-    python benchmarks/shortcut_signal.py --data stripes       # the held-out grid
+    python benchmarks/shortcut_signal.py --data stripes       # other data and model
     python benchmarks/shortcut_signal.py --seeds 0 --epochs 3 --kinds fixed none   # a look
     python benchmarks/shortcut_signal.py --jobs 2 --threads 1 --out results.json
 """
@@ -42,6 +48,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 KINDS = ("fixed", "per_class", "none")
+DATA = ("shapes", "stripes", "glyphs", "arrows")
 STRIPES_VIT = dict(
     img_size=48, patch_size=6, embed_dim=96, depth=6, num_heads=3, global_pool="avg",
     class_token=False,
@@ -172,6 +179,56 @@ def glyphs(n: int, kind: str, p: float, seed: int, size: int = 32, contrast: flo
     return (img.clamp(0, 1) - 0.5) / 0.5, labels, glyph
 
 
+ARROWS_VIT = dict(
+    img_size=40, patch_size=4, embed_dim=96, depth=5, num_heads=4, class_token=True,
+    global_pool="token",
+)  # fmt: skip
+
+
+def arrows(n: int, kind: str, p: float, seed: int, size: int = 40):
+    """Five classes (a triangle pointing down, left, up or right, and a diamond; random size,
+    colour, place and +-0.2 rad tilt) on smooth coloured noise with two distractor dots,
+    normalised with mean = std = 0.5; ``(images, labels, masks)``. A 10x10 token grid (4x4
+    patches). Shortcut kinds: ``fixed``, a 4x4 class-coloured square on the right edge at
+    rows 18-21, columns 35-38 (over 2x2 tokens); ``per_class``, a white 4x4 square on the top
+    edge whose column (2 + 8k) names the class, rows 1-4 (over two token rows)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randperm(n, generator=g) % 5
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    r = 6.0 + 4.0 * torch.rand(n, generator=g)
+    cx = 11 + 16 * torch.rand(n, generator=g)
+    cy = 12 + 16 * torch.rand(n, generator=g)
+    direction = labels.clamp(max=3).float() * (math.pi / 2)
+    rot = direction + 0.2 * (2 * torch.rand(n, generator=g) - 1)
+    dx, dy = xx - cx.view(-1, 1, 1), yy - cy.view(-1, 1, 1)
+    c, s = rot.cos().view(-1, 1, 1), rot.sin().view(-1, 1, 1)
+    u, v = c * dx + s * dy, -s * dx + c * dy  # wide at v = -a, the tip at v = a / 2
+    a = r.view(-1, 1, 1)
+    triangle = (v <= 0.5 * a) & (v >= -a) & (u.abs() <= 0.6 * (a - v) * 0.65)
+    diamond = (u.abs() + v.abs()) <= 0.85 * a
+    obj = torch.where((labels == 4).view(-1, 1, 1), diamond, triangle)
+    smooth = F.interpolate(torch.rand(n, 3, 5, 5, generator=g), size=(size, size), mode="bicubic")
+    img = 0.25 + 0.35 * smooth
+    for _ in range(2):  # distractor dots, so that "something bright" names no class
+        px, py = (4 + 32 * torch.rand(n, 1, 1, generator=g) for _ in range(2))
+        dot = (xx - px) ** 2 + (yy - py) ** 2 <= 4.0
+        img = torch.where(dot[:, None], 0.2 + 0.7 * torch.rand(n, 3, 1, 1, generator=g), img)
+    colour = 0.5 + 0.45 * torch.rand(n, 3, 1, 1, generator=g)
+    img = torch.where(obj[:, None], colour, img)
+    img = img + 0.06 * torch.randn(n, 3, size, size, generator=g)
+    want = torch.rand(n, generator=g) < p
+    marks = torch.tensor(
+        [[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.2, 1.0], [1.0, 1.0, 0.1], [1.0, 0.1, 1.0]]
+    )
+    for i in want.nonzero().flatten().tolist():
+        k = int(labels[i])
+        if kind == "fixed":
+            img[i, :, 18:22, 35:39] = marks[k].view(3, 1, 1)
+        elif kind == "per_class":
+            img[i, :, 1:5, 2 + 8 * k : 6 + 8 * k] = 1.0
+    return (img.clamp(0, 1) - 0.5) / 0.5, labels, obj
+
+
 class StripesDataModule(L.LightningDataModule):
     """Train/val with the shortcut at rate ``shortcut_p``, and a patch-free split."""
 
@@ -204,6 +261,11 @@ class GlyphsDataModule(StripesDataModule):
     make = staticmethod(glyphs)
 
 
+class ArrowsDataModule(StripesDataModule):
+    class_names = ("down", "left", "up", "right", "diamond")
+    make = staticmethod(arrows)
+
+
 # ----------------------------------------------------------------------------- the grid
 def one_run(args: dict[str, Any]) -> dict[str, Any]:
     from lightning_vitrcam.demo import shortcut_experiment
@@ -221,6 +283,8 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
             extra["model_kwargs"] = ALT_VITS["stripes"]
     elif data == "glyphs":
         extra = dict(datamodule=GlyphsDataModule(kind, p, seed), model_kwargs=GLYPHS_VIT)
+    elif data == "arrows":
+        extra = dict(datamodule=ArrowsDataModule(kind, p, seed), model_kwargs=ARROWS_VIT)
     elif cue is not None:  # the demo's shapes with a patch of another size than a token
         from lightning_vitrcam.demo import ShapesDataModule
 
@@ -316,7 +380,7 @@ def replay(runs: list[dict[str, Any]], alarm: Any) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", choices=["shapes", "stripes", "glyphs"], default="shapes")
+    parser.add_argument("--data", choices=DATA, default="shapes")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument(
         "--model",
