@@ -82,6 +82,22 @@ class _Arrays(Dataset):
         return {"image": self.images[i], "label": self.labels[i], "mask": self.masks[i]}
 
 
+def _pixels(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(yy, xx)``: each pixel's row and column, ``[size, size]``."""
+    return torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+
+
+def _object_frame(
+    size: int, cx: torch.Tensor, cy: torch.Tensor, rot: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(u, v)``: every pixel's coordinates in each object's frame (centre ``cx, cy``,
+    rotated by ``rot``), ``[n, size, size]``."""
+    yy, xx = _pixels(size)
+    dx, dy = xx - cx.view(-1, 1, 1), yy - cy.view(-1, 1, 1)
+    c, s = rot.cos().view(-1, 1, 1), rot.sin().view(-1, 1, 1)
+    return c * dx + s * dy, -s * dx + c * dy
+
+
 def stripes(
     n: int, kind: str, p: float, seed: int, size: int = 48, contrast: float = 0.25,
     spread: float = math.pi / 4, cue: int = 5,
@@ -92,7 +108,7 @@ def stripes(
     straddling the grid's vertical midline)."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randperm(n, generator=g) % 4
-    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    yy, xx = _pixels(size)
     r = size * (0.17 + 0.07 * torch.rand(n, generator=g))
     lo, hi = r + 1, size - 1 - r
     cx = lo + (hi - lo) * torch.rand(n, generator=g)
@@ -149,14 +165,11 @@ def glyphs(n: int, kind: str, p: float, seed: int, size: int = 32, contrast: flo
     whose height names the class."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randperm(n, generator=g) % 4
-    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
     arm = 5.0 + 3.0 * torch.rand(n, generator=g)
     cx = 12 + 8 * torch.rand(n, generator=g)
     cy = 11 + 10 * torch.rand(n, generator=g)
     rot = 0.25 * (2 * torch.rand(n, generator=g) - 1)
-    dx, dy = xx - cx.view(-1, 1, 1), yy - cy.view(-1, 1, 1)
-    c, s = rot.cos().view(-1, 1, 1), rot.sin().view(-1, 1, 1)
-    u, v = c * dx + s * dy, -s * dx + c * dy
+    u, v = _object_frame(size, cx, cy, rot)
     a = arm.view(-1, 1, 1)
     bar = (v.abs() <= 1.6) & (u.abs() <= a)
     upright = (u.abs() <= 1.6) & (v.abs() <= a)
@@ -194,15 +207,13 @@ def arrows(n: int, kind: str, p: float, seed: int, size: int = 40):
     edge whose column (2 + 8k) names the class, rows 1-4 (over two token rows)."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randperm(n, generator=g) % 5
-    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    yy, xx = _pixels(size)
     r = 6.0 + 4.0 * torch.rand(n, generator=g)
     cx = 11 + 16 * torch.rand(n, generator=g)
     cy = 12 + 16 * torch.rand(n, generator=g)
     direction = labels.clamp(max=3).float() * (math.pi / 2)
     rot = direction + 0.2 * (2 * torch.rand(n, generator=g) - 1)
-    dx, dy = xx - cx.view(-1, 1, 1), yy - cy.view(-1, 1, 1)
-    c, s = rot.cos().view(-1, 1, 1), rot.sin().view(-1, 1, 1)
-    u, v = c * dx + s * dy, -s * dx + c * dy  # wide at v = -a, the tip at v = a / 2
+    u, v = _object_frame(size, cx, cy, rot)  # wide at v = -a, the tip at v = a / 2
     a = r.view(-1, 1, 1)
     triangle = (v <= 0.5 * a) & (v >= -a) & (u.abs() <= 0.6 * (a - v) * 0.65)
     diamond = (u.abs() + v.abs()) <= 0.85 * a
