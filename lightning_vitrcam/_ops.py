@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["as_maps", "minmax", "safe_div"]
+
 
 def safe_div(num: torch.Tensor, den: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """``num / den`` where ``den > eps``, else 0; never divides by zero (no NaN, no host sync).

@@ -29,6 +29,17 @@ from typing import Any
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+__all__ = [
+    "VitrcamCLI",
+    "build_explain_parser",
+    "checkpoint_class_names",
+    "explain_main",
+    "image_files",
+    "load_images",
+    "main",
+    "run_fit_cli",
+]
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_MODEL_CLASS = "lightning_vitrcam.demo.ViTClassifier"
 # the demo's datamodule names its classes after SHAPE_NAMES[:num_classes]
