@@ -33,7 +33,11 @@ else filled with the mean colour, keeps at least ``min_drop`` of their predicted
 probability (a shortcut is sufficient as well as necessary). And boxes are tested only where
 they touch the image border: inside the image the middle of an object can be both (a blob
 reads as a circle). (Pasting the box into probes of other classes instead fails on
-class-specific places: the recipient's own cue competes with the pasted one.)
+class-specific places: the recipient's own cue competes with the pasted one.) A single token
+inside the image must pass the same preservation test: on centred objects the object's
+decisive part sits at a fixed token too (a clean run on centred glyphs lost its 'cross'
+probes when their central token was occluded); on the border a token counts on occlusion
+alone.
 
 The ViT-ReciproCAM pictures are unchanged; these tests are the library's own.
 
@@ -98,6 +102,15 @@ def _on_border(box: Sequence[int], h: int, w: int) -> bool:
     return box[0] == 0 or box[2] == 0 or box[1] == h or box[3] == w
 
 
+def _needs_sufficiency(box: Sequence[int], grid: Sequence[int] | None) -> bool:
+    """Whether a place must also keep the prediction alone to count: a box always, a single
+    token inside the image (where a centred object's own decisive part sits); a token on the
+    border counts on occlusion alone. Records without a grid predate the rule (tokens: no)."""
+    if not _is_token(box):
+        return True
+    return grid is not None and not _on_border(box, *grid)
+
+
 @dataclass(frozen=True)
 class Suspect:
     """A place whose occlusion collapses the prediction on most probes of a group.
@@ -106,7 +119,8 @@ class Suspect:
     of tokens it spans from there. ``group`` is the class index of the probes tested (None:
     all probes); ``hits`` of ``probes`` lost at least ``min_drop`` of their predicted-class
     probability; ``mean_drop`` is the group's mean relative drop. For a box, ``kept`` of the
-    hit probes also kept at least ``min_drop`` of it with the box alone (the rest filled).
+    hit probes also kept at least ``min_drop`` of it with the box alone (the rest filled); so
+    did a token inside the image.
     """
 
     row: int
@@ -130,9 +144,12 @@ class Suspect:
         return "half" if self.min_drop == 0.5 else f"{self.min_drop:.0%}"
 
     def _kept(self) -> str:
-        if _is_token(self.box):
+        if not _needs_sufficiency(self.box, self.grid):
             return ""
-        return f", and {self.kept} of them kept at least {self._at_least} of it with the box alone"
+        alone = "token" if _is_token(self.box) else "box"
+        return (
+            f", and {self.kept} of them kept at least {self._at_least} of it with the {alone} alone"
+        )
 
     def describe(self, class_names: Sequence[str] | None = None) -> str:
         return (
@@ -346,8 +363,8 @@ class ShortcutAlarm:
 
     def judge(self, test: Mapping[str, Any]) -> bool:
         """Whether one entry of :attr:`last_tests` confirms its place under this rule: a token
-        on its drops; a box, which must touch the image border, on the probes that both lost
-        and kept the prediction (see ``max_box``).
+        on the border on its drops; a box, which must touch the border, and a token inside the
+        image on the probes that both lost and kept the prediction (see ``max_box``).
 
         Example:
             >>> alarm = ShortcutAlarm()
@@ -359,11 +376,17 @@ class ShortcutAlarm:
             >>> alarm.judge({"box": [3, 5, 3, 5], "grid": [8, 8], "group": None,
             ...              "drops": [0.9] * 4, "kept": [0.9] * 4})  # inside the image
             False
+            >>> alarm.judge({"box": [3, 4, 3, 4], "grid": [8, 8], "group": None,
+            ...              "drops": [0.9] * 4, "kept": [0.1] * 4})  # a token, not sufficient
+            False
         """
         drops = torch.tensor(test["drops"])
-        if "token" in test or _is_token(test["box"]):
+        if "token" in test:  # the oldest records: a token index, no grid
             return self.confirms(drops)[1]
-        if "grid" in test and not _on_border(test["box"], *test["grid"]):
+        box, grid = test["box"], test.get("grid")
+        if not _needs_sufficiency(box, grid):
+            return self.confirms(drops)[1]
+        if not _is_token(box) and grid is not None and not _on_border(box, *grid):
             return False
         return self._both(drops, test.get("kept"))[1]
 
@@ -573,11 +596,11 @@ class ShortcutAlarm:
             self.last_tests.append(
                 {"box": list(box), "grid": list(grid), "group": group, "drops": part.tolist()}
             )
-        # a box must also be sufficient (see max_box): the boxes the occlusion confirmed are
-        # kept alone, in one more forward
+        # a box, or a token inside the image, must also be sufficient (see max_box): the ones
+        # the occlusion confirmed are kept alone, in one more forward
         boxes_to_keep = [
             i for i, (box, _) in enumerate(pairs)
-            if not _is_token(box) and self.confirms(drops[i])[1]
+            if _needs_sufficiency(box, grid) and self.confirms(drops[i])[1]
         ]  # fmt: skip
         if boxes_to_keep:
             kept = self._preserved(
