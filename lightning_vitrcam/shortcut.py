@@ -294,7 +294,8 @@ class ShortcutAlarm:
             filled with the mean colour), as many as the occlusion test asks, and only where
             it touches the image border: inside the image a box can be the object itself (on
             clean demo runs a central 2x2 box was necessary and sufficient for half of one
-            class's probes at 6 of 40 evaluations). 1: tokens only.
+            class's probes at 6 of 40 evaluations). 1: tokens only. A single token inside the
+            image is confirmed like a box (lost and kept); one on the border on its drops.
 
     Example:
         >>> alarm = ShortcutAlarm()
