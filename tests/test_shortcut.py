@@ -288,18 +288,27 @@ def test_cue_over_several_tokens_is_confirmed_as_a_box() -> None:
     assert min(test["kept"]) > 0.9  # the cue alone keeps the prediction
 
 
-def whole_object_model(images: torch.Tensor) -> torch.Tensor:
-    """Needs its top-left 2x2 tokens *and* the rest of the object (the weaker of the two colour
-    contrasts decides, against a fourth class 'nothing' at a quarter of a full contrast):
-    occluding that box collapses it, the box alone keeps nothing."""
+def part_model(
+    images: torch.Tensor, top: int, left: int, side: int, needs_rest: bool = True
+) -> torch.Tensor:
+    """Reads the colour of the ``side`` x ``side`` pixels at ``(top, left)`` of 32x32 images
+    against a fourth class 'nothing' at a quarter of a full contrast; with ``needs_rest`` it
+    needs the rest of the object too (the weaker of the two colour contrasts decides), so
+    occluding the part collapses it and the part alone keeps nothing."""
 
     def contrast(colour: torch.Tensor) -> torch.Tensor:
         return colour - (colour.sum(1, keepdim=True) - colour) / 2
 
-    centre = images[:, :, :16, :16].mean(dim=(2, 3))
-    rest = (images.sum(dim=(2, 3)) - centre * 256) / (1024 - 256)
-    evidence = torch.minimum(contrast(centre), contrast(rest))
+    area = side * side
+    part = images[:, :, top : top + side, left : left + side].mean(dim=(2, 3))
+    rest = (images.sum(dim=(2, 3)) - part * area) / (1024 - area)
+    evidence = torch.minimum(contrast(part), contrast(rest)) if needs_rest else contrast(part)
     return 20.0 * torch.cat([evidence, torch.full_like(evidence[:, :1], 0.25)], dim=1)
+
+
+def whole_object_model(images: torch.Tensor) -> torch.Tensor:
+    """Needs its top-left 2x2 tokens *and* the rest of the object."""
+    return part_model(images, 0, 0, 16)
 
 
 def test_object_box_whose_occlusion_hurts_but_carries_nothing_is_not_flagged() -> None:
@@ -405,40 +414,28 @@ def test_class_specific_box_cues_are_confirmed_per_class() -> None:
     assert all(s.hits == s.kept == s.probes == 4 for s in suspects)
 
 
-def centre_token_model(images: torch.Tensor, needs_rest: bool) -> torch.Tensor:
-    """Reads the centre token (row 1, column 1 of the 4x4 grid: pixels 8-15) of 32x32 images;
-    with ``needs_rest`` it needs the rest of the object too (the weaker of the two colour
-    contrasts decides, against a class 'nothing'), as a centred object's decisive part does."""
-
-    def contrast(colour: torch.Tensor) -> torch.Tensor:
-        return colour - (colour.sum(1, keepdim=True) - colour) / 2
-
-    centre = images[:, :, 8:16, 8:16].mean(dim=(2, 3))
-    rest = (images.sum(dim=(2, 3)) - centre * 64) / (1024 - 64)
-    evidence = torch.minimum(contrast(centre), contrast(rest)) if needs_rest else contrast(centre)
-    return 20.0 * torch.cat([evidence, torch.full_like(evidence[:, :1], 0.25)], dim=1)
-
-
-def centre_images(n: int) -> torch.Tensor:
+def centre_token_check(needs_rest: bool) -> tuple[ShortcutAlarm, list[Suspect]]:
+    """The alarm on a model that reads the centre token (row 1, column 1 of the 4x4 grid) of
+    objects that fill the image, with or without the rest of the object."""
     g = torch.Generator().manual_seed(5)
-    images = torch.randn(n, 3, 32, 32, generator=g) * 0.05
-    return images + torch.eye(3)[torch.arange(n) % 3][:, :, None, None]
+    images = torch.randn(12, 3, 32, 32, generator=g) * 0.05
+    images += torch.eye(3)[torch.arange(12) % 3][:, :, None, None]
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return part_model(x, 8, 8, 8, needs_rest=needs_rest)
+
+    alarm = ShortcutAlarm(search=False)
+    suspects, _ = alarm.check(
+        model, softmax, images, [peaked_maps(12, 5)], model(images).argmax(1), torch.ones(12).bool()
+    )
+    return alarm, suspects
 
 
 def test_interior_token_that_is_necessary_but_not_sufficient_is_not_flagged() -> None:
     """A centred object's decisive part (the clean glyphs run whose 'cross' probes collapsed
     when their central token was occluded): inside the image a token must also keep the
     prediction alone, and this one keeps nothing."""
-    images = centre_images(12)
-
-    def model(x: torch.Tensor) -> torch.Tensor:
-        return centre_token_model(x, needs_rest=True)
-
-    targets = model(images).argmax(1)
-    alarm = ShortcutAlarm(search=False)
-    suspects, _ = alarm.check(
-        model, softmax, images, [peaked_maps(12, 5)], targets, torch.ones(12).bool()
-    )
+    alarm, suspects = centre_token_check(needs_rest=True)
     centre = next(t for t in alarm.last_tests if t["box"] == [1, 2, 1, 2] and t["group"] is None)
     assert alarm.confirms(torch.tensor(centre["drops"]))[1]  # necessary ...
     assert max(centre["kept"]) < 0.5  # ... but not sufficient
@@ -448,16 +445,7 @@ def test_interior_token_that_is_necessary_but_not_sufficient_is_not_flagged() ->
 def test_interior_token_that_carries_the_class_alone_is_flagged() -> None:
     """A cue inside the image that is the whole answer (a sticker in the middle) is confirmed,
     and the warning says that the token alone keeps the prediction."""
-    images = centre_images(12)
-
-    def model(x: torch.Tensor) -> torch.Tensor:
-        return centre_token_model(x, needs_rest=False)
-
-    targets = model(images).argmax(1)
-    alarm = ShortcutAlarm(search=False)
-    suspects, _ = alarm.check(
-        model, softmax, images, [peaked_maps(12, 5)], targets, torch.ones(12).bool()
-    )
+    _, suspects = centre_token_check(needs_rest=False)
     assert [(s.box, s.group) for s in suspects][0] == ((1, 2, 1, 2), None)
     assert suspects[0].kept == 12
     assert "kept at least half of it with the token alone" in suspects[0].describe()
