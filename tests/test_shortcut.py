@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from lightning_vitrcam import ViTReciproCAMCallback
@@ -9,9 +11,13 @@ from lightning_vitrcam.shortcut import (
     ShortcutAlarm,
     Suspect,
     _is_token,
+    keep_boxes,
     occlude,
+    occlude_boxes,
     shortcut_message,
 )
+
+Model = Callable[[torch.Tensor], torch.Tensor]
 
 GRID = (4, 4)  # 32x32 images, 8x8 cells
 
@@ -379,10 +385,10 @@ def test_box_cue_inside_the_image_is_not_tested() -> None:
     assert all(_is_token(t["box"]) for t in alarm.last_tests)
 
 
-def test_class_specific_box_cues_are_confirmed_per_class() -> None:
-    """Class k's cue is a bright 2x2-token block in corner k, read redundantly: each class's
-    own corner box is confirmed on its probes (kept alone it keeps the prediction; pasted into
-    a probe of another class it would compete with that probe's own corner)."""
+def class_box_corners() -> tuple[Model, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(model, images, targets, maps)``: class k's cue is a bright 2x2-token block in corner
+    k of 64x64 images (an 8x8 grid), read redundantly; the maps peak on each probe's own
+    corner token."""
     g = torch.Generator().manual_seed(4)
     images = torch.randn(16, 3, 64, 64, generator=g) * 0.1
     labels = torch.arange(16) % 4
@@ -404,6 +410,14 @@ def test_class_specific_box_cues_are_confirmed_per_class() -> None:
     maps = torch.rand(16, 8, 8, generator=g) * 0.2
     for i, c in enumerate(labels.tolist()):
         maps[i].view(-1)[corner_token[c]] = 1.0
+    return model, images, targets, maps
+
+
+def test_class_specific_box_cues_are_confirmed_per_class() -> None:
+    """Each class's own corner box is confirmed on its probes (kept alone it keeps the
+    prediction; pasted into a probe of another class it would compete with that probe's own
+    corner)."""
+    model, images, targets, maps = class_box_corners()
     everyone = torch.ones(16, dtype=torch.bool)
     assert (
         ShortcutAlarm(max_box=1).check(model, softmax, images, [maps], targets, everyone)[0] == []
@@ -412,6 +426,44 @@ def test_class_specific_box_cues_are_confirmed_per_class() -> None:
     boxes = [(0, 2, 0, 2), (0, 2, 6, 8), (6, 8, 0, 2), (6, 8, 6, 8)]
     assert {(s.group, s.box) for s in suspects} == {(c, boxes[c]) for c in range(4)}
     assert all(s.hits == s.kept == s.probes == 4 for s in suspects)
+
+
+def test_each_copy_runs_once_and_scores_as_if_run_alone() -> None:
+    """The search's copies and the probes the groups share are scored once; every recorded
+    drop and kept share equals the one computed from its own copies."""
+    model, images, targets, maps = class_box_corners()
+    run: list[torch.Tensor] = []
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        run.append(x.flatten(1))
+        return model(x)
+
+    alarm = ShortcutAlarm()
+    alarm.check(counting, softmax, images, [maps], targets, torch.ones(16, dtype=torch.bool))
+    copies = torch.cat(run)
+    assert len(copies.unique(dim=0)) == len(copies)  # no image ran twice
+
+    def p(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return softmax(model(x)).gather(1, targets[rows, None])[:, 0]
+
+    p0, asked = p(images, torch.arange(16)), 16 + 16 * 16  # the unoccluded probes, the search
+    for test in alarm.last_tests:
+        group = test["group"]
+        rows = torch.arange(16) if group is None else (targets == group).nonzero().flatten()
+        boxes = torch.tensor(test["box"]).repeat(len(rows), 1)
+        drop = (p0[rows] - p(occlude_boxes(images, rows, boxes, (8, 8)), rows)) / p0[rows]
+        torch.testing.assert_close(
+            torch.tensor(test["drops"]), drop.clamp(-1, 1), atol=1e-6, rtol=0
+        )
+        asked += len(rows)
+        if "kept" in test:
+            kept = p(keep_boxes(images, rows, boxes, (8, 8)), rows) / p0[rows]
+            torch.testing.assert_close(
+                torch.tensor(test["kept"]), kept.clamp(0, 1), atol=1e-6, rtol=0
+            )
+            asked += len(rows)
+    assert any("kept" in test for test in alarm.last_tests)
+    assert len(copies) < asked  # some copies were looked up, not run again
 
 
 def centre_token_check(needs_rest: bool) -> tuple[ShortcutAlarm, list[Suspect]]:
