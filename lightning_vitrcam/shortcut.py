@@ -19,7 +19,9 @@ hurts the probe most kept, down to one token: this finds the place whichever blo
 where the explained block's maps are weak or flat, as they were on a held-out average-pooled
 ViT that read its cue in the first block), and the candidates of the previous evaluation (a
 cue the model keeps using is re-tested even when this evaluation's maps peak elsewhere). It
-occludes each candidate in the probes of its group in one batched forward and reports a
+occludes each candidate in the probes of its group, in batched forwards that run every
+distinct copy once (a copy the search or another group already scored is looked up), and
+reports a
 :class:`Suspect` when the relative drop ``(p - p_occluded) / p``
 reaches ``min_drop`` on at least ``min_share`` of the group's probes and on at least
 ``min_hits`` of them.
