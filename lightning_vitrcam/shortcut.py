@@ -271,18 +271,53 @@ _OCCLUDED, _KEPT = 0, 1
 
 
 class _Scored:
-    """The scores of the copies one :meth:`ShortcutAlarm.check` has already run, by (probe row,
+    """The probes' copies of one :meth:`ShortcutAlarm.check`, each scored once, by (probe row,
     box, occluded or kept): the search occludes every probe's corner windows, so a candidate's
     copy of a probe is often one the search already scored, and the groups (all probes, each
-    class) share their probes. Each copy runs through the model once; looking it up instead of
-    running it again gives the same score up to the float rounding of another batch."""
+    class) share their probes. Looking a copy up instead of running it again gives the same
+    score up to the float rounding of another batch."""
 
-    def __init__(self, grid: tuple[int, int], device: torch.device) -> None:
-        self.grid = grid
-        self.keys = torch.empty(0, dtype=torch.long, device=device)
-        self.values = torch.empty(0, device=device)
+    def __init__(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        score: Callable[[torch.Tensor], torch.Tensor],
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        grid: tuple[int, int],
+        max_batch: int,
+    ) -> None:
+        self.forward, self.score, self.max_batch = forward, score, max_batch
+        self.images, self.targets, self.grid = images, targets, grid
+        self.keys = torch.empty(0, dtype=torch.long, device=images.device)
+        self.values = torch.empty(0, device=images.device)
 
-    def key(self, rows: torch.Tensor, boxes: torch.Tensor, kind: int) -> torch.Tensor:
+    def scores(self, batch: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each image's score of its target class, ``max_batch`` images per forward."""
+        logits = torch.cat([self.forward(chunk) for chunk in batch.split(self.max_batch)])
+        return self.score(logits.float()).gather(1, targets[:, None]).squeeze(1)
+
+    def copies(self, rows: torch.Tensor, boxes: torch.Tensor, kind: int) -> torch.Tensor:
+        """Each ``images[rows[i]]`` with ``boxes[i]`` occluded (or kept alone), scored for its
+        target: the copies not scored yet run once each, in batched forwards."""
+        keys = self._key(rows, boxes, kind)
+        unique, inverse = keys.unique(return_inverse=True)
+        first = torch.full_like(unique, len(keys)).scatter_reduce(
+            0, inverse, torch.arange(len(keys), device=keys.device), "amin"
+        )
+        found, values = self._lookup(unique)
+        todo = first[~found]
+        if todo.numel():
+            make = occlude_boxes if kind == _OCCLUDED else keep_boxes
+            fresh = self.scores(
+                make(self.images, rows[todo], boxes[todo], self.grid), self.targets[rows[todo]]
+            )
+            values = values.to(fresh.dtype)
+            values[~found] = fresh
+            self.keys = torch.cat([self.keys, unique[~found]])
+            self.values = torch.cat([self.values.to(fresh.dtype), fresh])
+        return values[inverse]
+
+    def _key(self, rows: torch.Tensor, boxes: torch.Tensor, kind: int) -> torch.Tensor:
         """One integer per copy: its probe row, box corners and kind, mixed radix."""
         h, w = self.grid
         code = boxes[:, 0]
@@ -290,7 +325,7 @@ class _Scored:
             code = code * base + boxes[:, k]
         return (rows * (h + 1) ** 2 * (w + 1) ** 2 + code) * 2 + kind
 
-    def lookup(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _lookup(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(found, values)``: which ``keys`` were scored, and their scores (0 where not)."""
         if not self.keys.numel():
             return torch.zeros_like(keys, dtype=torch.bool), torch.zeros(
@@ -300,10 +335,6 @@ class _Scored:
         pos = torch.searchsorted(known, keys).clamp_max(len(known) - 1)
         found = known[pos] == keys
         return found, torch.where(found, self.values[order[pos]], 0.0)
-
-    def add(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        self.keys = torch.cat([self.keys, keys])
-        self.values = torch.cat([self.values.to(values.dtype), values])
 
 
 class ShortcutAlarm:
@@ -503,46 +534,6 @@ class ShortcutAlarm:
                 found.append((box, group))
         return found
 
-    def _scores(
-        self,
-        forward: Callable[[torch.Tensor], torch.Tensor],
-        score: Callable[[torch.Tensor], torch.Tensor],
-        batch: torch.Tensor,
-        targets: torch.Tensor,
-    ) -> torch.Tensor:
-        """Each image's score of its target class, ``max_batch`` images per forward."""
-        logits = torch.cat([forward(chunk) for chunk in batch.split(self.max_batch)])
-        return score(logits.float()).gather(1, targets[:, None]).squeeze(1)
-
-    def _copies(
-        self,
-        forward: Callable[[torch.Tensor], torch.Tensor],
-        score: Callable[[torch.Tensor], torch.Tensor],
-        images: torch.Tensor,
-        targets: torch.Tensor,
-        rows: torch.Tensor,
-        boxes: torch.Tensor,
-        kind: int,
-        scored: _Scored,
-    ) -> torch.Tensor:
-        """Each ``images[rows[i]]`` with ``boxes[i]`` occluded (or kept alone), scored for its
-        target: the copies not in ``scored`` run once each, in batched forwards."""
-        keys = scored.key(rows, boxes, kind)
-        unique, inverse = keys.unique(return_inverse=True)
-        first = torch.full_like(unique, len(keys)).scatter_reduce(
-            0, inverse, torch.arange(len(keys), device=keys.device), "amin"
-        )
-        found, values = scored.lookup(unique)
-        todo = first[~found]
-        if todo.numel():
-            make = occlude_boxes if kind == _OCCLUDED else keep_boxes
-            copies = make(images, rows[todo], boxes[todo], scored.grid)
-            fresh = self._scores(forward, score, copies, targets[rows[todo]])
-            values = values.to(fresh.dtype)
-            values[~found] = fresh
-            scored.add(unique[~found], fresh)
-        return values[inverse]
-
     def search_boxes(
         self,
         forward: Callable[[torch.Tensor], torch.Tensor],
@@ -557,22 +548,14 @@ class ShortcutAlarm:
         box, each a little over half its size along each axis (``side // 2 + 1``; 1 from a side
         of 2) so that they overlap in the middle and a cue of up to 2x2 tokens straddling the
         midlines lies inside one of them, and keeps the one that drops the score the most."""
-        return self._search(forward, score, images, targets, p0, _Scored(grid, images.device))
+        return self._search(p0, _Scored(forward, score, images, targets, grid, self.max_batch))
 
-    def _search(
-        self,
-        forward: Callable[[torch.Tensor], torch.Tensor],
-        score: Callable[[torch.Tensor], torch.Tensor],
-        images: torch.Tensor,
-        targets: torch.Tensor,
-        p0: torch.Tensor,
-        scored: _Scored,
-    ) -> torch.Tensor:
+    def _search(self, p0: torch.Tensor, scored: _Scored) -> torch.Tensor:
         """:meth:`search_boxes`, its copies' scores kept in ``scored``."""
-        n, device, grid = images.shape[0], images.device, scored.grid
+        n, device = scored.images.shape[0], scored.images.device
         r0 = torch.zeros(n, dtype=torch.long, device=device)
         c0 = torch.zeros_like(r0)
-        bh, bw = grid
+        bh, bw = scored.grid
         path = []
         while bh > 1 or bw > 1:
             ch, cw = _child(bh), _child(bw)
@@ -585,10 +568,7 @@ class ShortcutAlarm:
             lefts = c0[:, None] + offsets[:, 1]
             children = torch.stack([tops, tops + ch, lefts, lefts + cw], dim=-1)  # [n, k, 4]
             rows = torch.arange(n, device=device).repeat_interleave(k)
-            p = self._copies(
-                forward, score, images, targets, rows, children.reshape(-1, 4), _OCCLUDED, scored
-            )
-            drop = (p0[rows] - p).view(n, k)
+            drop = (p0[rows] - scored.copies(rows, children.reshape(-1, 4), _OCCLUDED)).view(n, k)
             best = children[torch.arange(n, device=device), drop.argmax(dim=1)]
             r0, c0, bh, bw = best[:, 0], best[:, 2], ch, cw
             path.append(best)
@@ -625,19 +605,12 @@ class ShortcutAlarm:
         return found
 
     def _preserved(
-        self,
-        forward: Callable[[torch.Tensor], torch.Tensor],
-        score: Callable[[torch.Tensor], torch.Tensor],
-        images: torch.Tensor,
-        targets: torch.Tensor,
-        p0: torch.Tensor,
-        tests: Sequence[tuple[Box, torch.Tensor]],
-        scored: _Scored,
+        self, p0: torch.Tensor, tests: Sequence[tuple[Box, torch.Tensor]], scored: _Scored
     ) -> list[torch.Tensor]:
         """For each ``(box, probe rows)``: the share of each probe's probability that the box
         alone keeps (one batched forward for all)."""
-        rows, boxes = _stacked(tests, images.device)
-        q = self._copies(forward, score, images, targets, rows, boxes, _KEPT, scored)
+        rows, boxes = _stacked(tests, p0.device)
+        q = scored.copies(rows, boxes, _KEPT)
         kept = (q / p0[rows].clamp_min(1e-12)).clamp(0.0, 1.0).cpu()
         return list(kept.split([len(r) for _, r in tests]))
 
@@ -658,12 +631,12 @@ class ShortcutAlarm:
         grid: tuple[int, int] = tuple(maps[0].shape[-2:])  # type: ignore[assignment]
         # the explainer's own scores are not reused: drops compare the same forward (adapter,
         # precision) with and without occlusion
-        p0 = self._scores(forward, score, images, targets)
         # every copy runs once: the search's copies and the groups' shared probes are reused
-        scored = _Scored(grid, images.device)
+        scored = _Scored(forward, score, images, targets, grid, self.max_batch)
+        p0 = scored.scores(images, targets)
         fresh = self._map_places(maps, targets, informative)
         if self.search:
-            path = self._search(forward, score, images, targets, p0, scored)
+            path = self._search(p0, scored)
             fresh += self._searched(path, targets, grid)
         pairs = list(dict.fromkeys(fresh + self._recalled(targets, grid[1])))
         # this evaluation's places first: the oldest remembered ones fall out of the memory
@@ -676,7 +649,7 @@ class ShortcutAlarm:
         rows_all, boxes = _stacked(
             [(box, r) for (box, _), r in zip(pairs, rows, strict=True)], images.device
         )
-        p_occ = self._copies(forward, score, images, targets, rows_all, boxes, _OCCLUDED, scored)
+        p_occ = scored.copies(rows_all, boxes, _OCCLUDED)
         drop = ((p0[rows_all] - p_occ) / p0[rows_all].clamp_min(1e-12)).clamp(-1.0, 1.0)
         drops = drop.cpu().split([len(r) for r in rows])  # one transfer for a few dozen numbers
         for (box, group), part in zip(pairs, drops, strict=True):
@@ -690,10 +663,7 @@ class ShortcutAlarm:
             if _needs_sufficiency(box, grid) and self.confirms(drops[i])[1]
         ]  # fmt: skip
         if boxes_to_keep:
-            kept = self._preserved(
-                forward, score, images, targets, p0,
-                [(pairs[i][0], rows[i]) for i in boxes_to_keep], scored,
-            )  # fmt: skip
+            kept = self._preserved(p0, [(pairs[i][0], rows[i]) for i in boxes_to_keep], scored)
             for i, part in zip(boxes_to_keep, kept, strict=True):
                 self.last_tests[i]["kept"] = part.tolist()
         suspects, worst = [], 0.0
