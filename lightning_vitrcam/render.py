@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -67,6 +68,10 @@ _BG = (24, 24, 24)
 # and PIL's default 6 took 0.127 s for a file 5% smaller; encoding is the callback's cost, not
 # the run's storage
 PNG_COMPRESS_LEVEL = 1
+# zlib strategy: run-length matches only. On the demo's grid 480 KB in 28 ms against 507 KB in
+# 33 ms with the default strategy; smaller and faster on every picture tried (a mean map, a grid
+# of smooth 224-px images: 2.58 MB against 2.98 MB), and TensorBoard checksums every byte
+PNG_STRATEGY = zlib.Z_RLE
 _FG = (235, 235, 235)
 _RED = (255, 70, 70)
 _GREEN = (120, 220, 120)
@@ -679,7 +684,9 @@ def to_png(image: torch.Tensor) -> bytes:
         b'\\x89PNG'
     """
     buf = io.BytesIO()
-    _to_pil(image).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    _to_pil(image).save(
+        buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, compress_type=PNG_STRATEGY
+    )
     return buf.getvalue()
 
 
