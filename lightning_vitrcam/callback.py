@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 
 from lightning_vitrcam.adapters import find_vit
-from lightning_vitrcam.explainer import ReciproCAMResult, ViTReciproCAM, eval_mode
+from lightning_vitrcam.explainer import ReciproCAMResult, ViTReciproCAM
 from lightning_vitrcam.loggers import log_pictures, log_scalars
 from lightning_vitrcam.metrics import ADCC, ADCC_KEYS, FLAT_LOG_ODDS, flat_maps, probe_signals
 from lightning_vitrcam.normalization import resolve_mean_std
@@ -545,15 +545,17 @@ class ViTReciproCAMCallback(Callback):
         if self.shortcut_alarm:
             cam = self._cam
             assert cam is not None
-            with eval_mode(cam.model):
-                suspects, drop = self._alarm.check(
-                    sharded_forward(trainer.strategy, cam.adapter.forward),
-                    cam.score_fn,
-                    images,
-                    [primary.maps],
-                    primary.targets,
-                    ~flat,
-                )
+            # the copies take the explanation's route (cam.predict), so its unmasked logits
+            # are the probes' own scores and save one forward
+            suspects, drop = self._alarm.check(
+                sharded_forward(trainer.strategy, cam.predict),
+                cam.score_fn,
+                images,
+                [primary.maps],
+                primary.targets,
+                ~flat,
+                logits=primary.logits,
+            )
             stats["shortcut_drop"] = torch.tensor(drop, device=mean_map.device)
         # one host transfer for all scalars
         values = dict(zip(stats, torch.stack(list(stats.values())).float().tolist(), strict=True))

@@ -251,6 +251,30 @@ class ViTReciproCAM:
             return logits.sigmoid()
         return logits
 
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's logits on ``images``, computed the way an explanation computes its
+        unmasked logits (:attr:`ReciproCAMResult.logits`): in eval mode, heads in float32 under
+        autocast and, on the fast path, the last block run for the prefix rows only (the rest
+        of its rows never reach a token-pooled head). Equal to the model's forward up to float
+        rounding, and cheaper on the fast path (one block of the demo's four, for 64 images:
+        40 ms against 48 ms on a 2-core CPU). The shortcut alarm scores its occluded copies
+        with it, so that their scores and the explanation's compare the same computation.
+
+        Example:
+            >>> import timm, torch
+            >>> model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8,
+            ...                           num_classes=3, depth=2, embed_dim=32, num_heads=2)
+            >>> x = torch.randn(2, 3, 32, 32)
+            >>> cam = ViTReciproCAM(model.eval())
+            >>> torch.allclose(cam.predict(x), cam(x).logits), cam.fast_path
+            (True, True)
+        """
+        heads = self.adapter.classifiers()
+        with torch.no_grad(), eval_mode(self.model), _float32_heads(heads, images.device.type):
+            if self._fast is not None:
+                return self._fast.prepare(images, self.num_prefix_tokens)[1]
+            return self._check_logits(self.adapter.forward(images))
+
     def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """The ``(h, w)`` token grid for images of ``image_size = (H, W)``; raises when the
         model cannot take that size."""

@@ -622,18 +622,26 @@ class ShortcutAlarm:
         maps: Sequence[torch.Tensor],
         targets: torch.Tensor,
         informative: torch.Tensor,
+        logits: torch.Tensor | None = None,
     ) -> tuple[list[Suspect], float]:
         """Test the candidates on ``images`` (the probes): ``forward`` gives logits,
         ``score`` per-class scores from them (the explainer's ``score_fn``); ``maps`` one or
-        more ``[N, h, w]`` batches of the probes' maps, ``targets`` the explained classes.
+        more ``[N, h, w]`` batches of the probes' maps, ``targets`` the explained classes;
+        ``logits``, when given, ``forward(images)`` already computed (e.g. the explanation's
+        unmasked logits, when ``forward`` is the explainer's
+        :meth:`~lightning_vitrcam.ViTReciproCAM.predict`), saving the probes' own forward.
         Returns the suspects (most probes hit first) and the largest group mean drop of any
         candidate (a continuous signal, 0 without candidates)."""
         grid: tuple[int, int] = tuple(maps[0].shape[-2:])  # type: ignore[assignment]
-        # the explainer's own scores are not reused: drops compare the same forward (adapter,
-        # precision) with and without occlusion
+        # drops compare one computation (route, precision) with and without occlusion, so
+        # logits from another route than forward's must not be passed in
         # every copy runs once: the search's copies and the groups' shared probes are reused
         scored = _Scored(forward, score, images, targets, grid, self.max_batch)
-        p0 = scored.scores(images, targets)
+        p0 = (
+            scored.scores(images, targets)
+            if logits is None
+            else scored.score(logits.float()).gather(1, targets[:, None]).squeeze(1)
+        )
         fresh = self._map_places(maps, targets, informative)
         if self.search:
             path = self._search(p0, scored)

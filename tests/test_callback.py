@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_vitrcam import (
     ExplanationSkippedWarning,
     PossibleShortcutWarning,
+    ViTReciproCAM,
     ViTReciproCAMCallback,
 )
 from lightning_vitrcam.adapters import find_vit
@@ -357,6 +358,27 @@ def test_shortcut_warning_fires_on_planted_shortcut(tmp_path: Path) -> None:
         tmp_path, _rigged_corner_vit(), val, hotspot_threshold=4.0, energy_threshold=0.3
     )
     assert "hotspot ratio" in opt_in[0] and "energy in the object masks" in opt_in[0]
+
+
+def test_the_alarm_scores_copies_by_the_explanations_route(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alarm's copies run through ViTReciproCAM.predict and the explanation's logits
+    stand for the unoccluded probes, which are not run again."""
+    batches: list[torch.Tensor] = []
+    predict = ViTReciproCAM.predict
+
+    def spy(self: ViTReciproCAM, images: torch.Tensor) -> torch.Tensor:
+        batches.append(images.detach().flatten(1).cpu())
+        return predict(self, images)
+
+    monkeypatch.setattr(ViTReciproCAM, "predict", spy)
+    cb = ViTReciproCAMCallback(num_images=16, log_images=False)
+    fit(Module(_rigged_corner_vit(), lr=0.0), [cb], tmp_path, val=Squares(32, 3, corner=True),
+        max_epochs=1, limit_train_batches=1)  # fmt: skip
+    assert batches and cb.alarm.last_tests
+    probes = cb._probe.images.flatten(1).cpu()
+    assert not (torch.cat(batches)[:, None] == probes[None]).all(-1).any()
 
 
 def test_no_shortcut_warning_on_clean_model(tmp_path: Path, clean_vit: nn.Module) -> None:

@@ -131,6 +131,31 @@ def test_fast_equals_general(name, kernel):
     torch.testing.assert_close(fast.scores, general.scores, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["cls_token", "registers", "avg_pool_no_cls"])
+def test_predict_is_the_explanations_own_logits_route(name):
+    model = make_vit(**CONFIGS[name]).train()
+    images = _images(model, batch=3)
+    cam = ViTReciproCAM(model)
+    mlp_rows: list[int] = []
+    hook = model.blocks[-1].mlp.register_forward_hook(
+        lambda _m, args, _out: mlp_rows.append(args[0].shape[-2])
+    )
+    predicted = cam.predict(images)
+    hook.remove()
+    assert model.training and not predicted.requires_grad
+    # bit for bit the explanation's unmasked logits, and the model's forward up to rounding
+    assert torch.equal(predicted, cam(images).logits)
+    with torch.no_grad():
+        torch.testing.assert_close(predicted, model.eval()(images), atol=1e-5, rtol=0)
+    # on the fast path the last block's MLP runs the prefix rows only
+    tokens = model.num_prefix_tokens + model.patch_embed.num_patches
+    assert mlp_rows == [model.num_prefix_tokens if cam.fast_path else tokens]
+    assert cam.fast_path == (name != "avg_pool_no_cls")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = cam.predict(images)
+        assert torch.equal(low, cam(images).logits) and low.dtype == torch.float32
+
+
 def test_non_last_block_and_point_kernel_match_literal():
     model = make_vit(depth=3)
     images = _images(model)

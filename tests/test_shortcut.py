@@ -466,6 +466,31 @@ def test_each_copy_runs_once_and_scores_as_if_run_alone() -> None:
     assert len(copies) < asked  # some copies were looked up, not run again
 
 
+def test_given_logits_replace_the_probes_forward() -> None:
+    """Logits passed in (the explanation's) are the unoccluded probes' scores: the probes are
+    not run, and every recorded drop and kept share is the one computed without them."""
+    model, images, targets, maps = class_box_corners()
+    everyone = torch.ones(16, dtype=torch.bool)
+    runs: dict[str, list[torch.Tensor]] = {"own": [], "given": []}
+
+    def counting(key: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            runs[key].append(x.flatten(1))
+            return model(x)
+
+        return forward
+
+    own, given = ShortcutAlarm(), ShortcutAlarm()
+    found = own.check(counting("own"), softmax, images, [maps], targets, everyone)
+    assert given.check(
+        counting("given"), softmax, images, [maps], targets, everyone, logits=model(images)
+    ) == found
+    assert found[0] and own.last_tests == given.last_tests
+    ran = {k: torch.cat(v) for k, v in runs.items()}
+    assert len(ran["own"]) == len(ran["given"]) + 16
+    assert not (ran["given"][:, None] == images.flatten(1)[None]).all(-1).any()
+
+
 def centre_token_check(needs_rest: bool) -> tuple[ShortcutAlarm, list[Suspect]]:
     """The alarm on a model that reads the centre token (row 1, column 1 of the 4x4 grid) of
     objects that fill the image, with or without the rest of the object."""
