@@ -20,11 +20,11 @@ where the explained block's maps are weak or flat, as they were on a held-out av
 ViT that read its cue in the first block), and the candidates of the previous evaluation (a
 cue the model keeps using is re-tested even when this evaluation's maps peak elsewhere). It
 occludes each candidate in the probes of its group, in batched forwards that run every
-distinct copy once (a copy the search or another group already scored is looked up), and
-reports a
-:class:`Suspect` when the relative drop ``(p - p_occluded) / p``
-reaches ``min_drop`` on at least ``min_share`` of the group's probes and on at least
-``min_hits`` of them.
+distinct copy once (a copy the search or another group already scored is looked up; the
+callback scores copies with :meth:`~lightning_vitrcam.ViTReciproCAM.predict` and passes the
+explanation's logits for the unoccluded probes), and reports a :class:`Suspect` when the
+relative drop ``(p - p_occluded) / p`` reaches ``min_drop`` on at least ``min_share`` of the
+group's probes and on at least ``min_hits`` of them.
 
 A cue larger than a patch (a logo over 2x2 tokens) survives the occlusion of any one of its
 tokens, so boxes of up to ``max_box`` tokens a side are candidates too: the window around each
