@@ -14,6 +14,7 @@ from torch import nn
 
 from lightning_vitrcam import ViTReciproCAM
 from lightning_vitrcam.adapters import build_adapter, find_vit, is_explainable
+from lightning_vitrcam.explainer import eval_mode
 from tests.helpers import make_hf, make_torchvision_vit, make_vit, sensitize
 
 GAUSS = [[1, 2, 1], [2, 4, 2], [1, 2, 1]]
@@ -219,6 +220,12 @@ def test_family_matches_literal_reference(name: str) -> None:
         assert out.grid_size == (4, 4)
         torch.testing.assert_close(out.scores.double(), ref, atol=2e-6, rtol=0)
         assert float(out.maps.min()) == 0.0 and float(out.maps.max()) == 1.0
+        # predict (the shortcut alarm's forward) is the explanation's route, bit for bit
+        predicted = cam.predict(images)
+        assert torch.equal(predicted, out.logits)
+        with torch.no_grad(), eval_mode(model):
+            full = cam.adapter.logits(model(images))
+        torch.testing.assert_close(predicted, full, atol=1e-5, rtol=0)
 
 
 def test_other_image_sizes_for_resampling_families() -> None:
