@@ -294,6 +294,10 @@ class _Scored:
     def scores(self, batch: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Each image's score of its target class, ``max_batch`` images per forward."""
         logits = torch.cat([self.forward(chunk) for chunk in batch.split(self.max_batch)])
+        return self.of_logits(logits, targets)
+
+    def of_logits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each row's score of its target class, read from its logits."""
         return self.score(logits.float()).gather(1, targets[:, None]).squeeze(1)
 
     def copies(self, rows: torch.Tensor, boxes: torch.Tensor, kind: int) -> torch.Tensor:
@@ -637,11 +641,7 @@ class ShortcutAlarm:
         # logits from another route than forward's must not be passed in
         # every copy runs once: the search's copies and the groups' shared probes are reused
         scored = _Scored(forward, score, images, targets, grid, self.max_batch)
-        p0 = (
-            scored.scores(images, targets)
-            if logits is None
-            else scored.score(logits.float()).gather(1, targets[:, None]).squeeze(1)
-        )
+        p0 = scored.scores(images, targets) if logits is None else scored.of_logits(logits, targets)
         fresh = self._map_places(maps, targets, informative)
         if self.search:
             path = self._search(p0, scored)
