@@ -144,3 +144,23 @@ def test_tensorboard_pictures_read_back_pixel_exact(tmp_path: Path) -> None:
         decoded = torch.from_numpy(np.array(Image.open(io.BytesIO(event.encoded_image_string))))
         decoded = decoded.permute(2, 0, 1) if decoded.dim() == 3 else decoded[None]
         assert torch.equal(decoded, expected)
+
+
+def test_tensorboard_pictures_are_all_encoded_before_the_first_is_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TensorBoard's writer thread checksums each queued event in pure Python, holding the GIL:
+    an encode queued behind it waited for that checksum, so every picture is encoded first."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    order: list[str] = []
+    encode = vlog.to_png
+    monkeypatch.setattr(vlog, "to_png", lambda image: order.append("encode") or encode(image))
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    file_writer = logger.experiment._get_file_writer()
+    queue = file_writer.add_summary
+    monkeypatch.setattr(
+        file_writer, "add_summary", lambda *a, **k: order.append("queue") or queue(*a, **k)
+    )
+    vlog.tensorboard_pictures(logger, PICTURES, step=3)
+    assert order == ["encode", "encode", "queue", "queue"]
