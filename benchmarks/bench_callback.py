@@ -17,6 +17,7 @@ speed does not depend on them), against one plain forward of the same 16 images.
     python benchmarks/bench_callback.py --steps 300      # longer epochs
     python benchmarks/bench_callback.py --repeats 3      # 3 alternated pairs, and the medians
     python benchmarks/bench_callback.py --vit-b          # one evaluation on ViT-B/16
+    python benchmarks/bench_callback.py --set log_images=false   # other than the defaults
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def overhead(args: argparse.Namespace) -> None:
     rows = []
     for _ in range(args.repeats):  # alternated, so that a drift of the machine hits both
         baseline, writer_base = run(None)
-        callback = TimedCallback()
+        callback = TimedCallback(**args.callback_kwargs)
         with_cb, writer_cb = run(callback)
         evals = getattr(callback, "evaluations", [])
         rows.append((baseline, with_cb, callback.seconds, evals, writer_base, writer_cb))
@@ -197,6 +198,26 @@ def one_evaluation(args: argparse.Namespace) -> None:
     print(f"one evaluation (defaults):      {evaluation:7.2f} s = {evaluation / forward:.1f}x")
 
 
+def _callback_kwargs(pairs: list[str]) -> dict[str, Any]:
+    """``["log_images=false", ...]`` as keyword arguments, each checked against the callback."""
+    import inspect
+    import json
+
+    known = inspect.signature(ViTReciproCAMCallback.__init__).parameters
+    kwargs = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in known or name == "self":
+            raise SystemExit(
+                f"--set takes NAME=VALUE with a ViTReciproCAMCallback argument, got {pair!r}"
+            )
+        try:  # false, 2, 0.5, [0, 1] as JSON; anything else is a string
+            kwargs[name] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[name] = value
+    return kwargs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=47, help="training steps per epoch")
@@ -206,7 +227,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--repeats", type=int, default=1, help="pairs of fits, alternated")
     parser.add_argument("--vit-b", action="store_true", help="one evaluation on ViT-B/16")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="callback arguments other than the defaults, e.g. --set log_images=false"
+        " shortcut_search=false (values read as JSON, else as strings)",
+    )
     args = parser.parse_args()
+    args.callback_kwargs = _callback_kwargs(args.set)
     if args.threads:
         torch.set_num_threads(args.threads)
     (one_evaluation if args.vit_b else overhead)(args)
