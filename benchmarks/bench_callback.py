@@ -23,6 +23,7 @@ speed does not depend on them), against one plain forward of the same 16 images.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from typing import Any
@@ -120,40 +121,46 @@ def overhead(args: argparse.Namespace) -> None:
     )
     dm.setup()
 
-    def run(callback: TimedCallback | None) -> tuple[float, float]:
-        """``(fit seconds, TensorBoard writer CPU seconds)``."""
+    def run(callback: TimedCallback | None) -> tuple[float, float, float]:
+        """``(fit seconds, the process's CPU seconds in the fit, TensorBoard writer CPU
+        seconds)``."""
         L.seed_everything(0, verbose=False)
         model = ViTClassifier(num_classes=dm.hparams.num_classes, lr=1e-3)
         with tempfile.TemporaryDirectory() as root, WriterSeconds() as writer:
             trainer = _trainer(root, args.epochs, callback)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             trainer.fit(model, datamodule=dm)
-            fit = time.perf_counter() - start
-        return fit, writer.seconds
+            fit, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return fit, cpu, writer.seconds
 
     rows = []
     for _ in range(args.repeats):  # alternated, so that a drift of the machine hits both
-        baseline, writer_base = run(None)
+        baseline, cpu_base, writer_base = run(None)
         callback = TimedCallback(**args.callback_kwargs)
-        with_cb, writer_cb = run(callback)
+        with_cb, cpu_cb, writer_cb = run(callback)
         evals = getattr(callback, "evaluations", [])
-        rows.append((baseline, with_cb, callback.seconds, evals, writer_base, writer_cb))
+        rows.append(
+            (baseline, with_cb, callback.seconds, evals, writer_base, writer_cb, cpu_base, cpu_cb)
+        )
     print(f"torch threads: {torch.get_num_threads()}")
     print(f"{args.epochs} epochs x {args.steps} steps, batch {args.batch_size}, {args.val} val")
-    for baseline, with_cb, seconds, evals, writer_base, writer_cb in rows:
+    for baseline, with_cb, seconds, evals, writer_base, writer_cb, cpu_base, cpu_cb in rows:
         print(f"fit without callback: {baseline:8.2f} s")
         print(f"fit with callback:    {with_cb:8.2f} s  ({len(evals)} evaluations)")
         print(f"time inside callback: {seconds:8.2f} s (per epoch-end evaluation: "
               + ", ".join(f"{s:.2f}" for s in evals) + " s)")  # fmt: skip
         print(f"TensorBoard writer thread, CPU: {writer_cb:.2f} s with the callback,"
               f" {writer_base:.2f} s without")  # fmt: skip
+        print(f"process CPU in the fit: {cpu_cb:.2f} s with the callback, {cpu_base:.2f} s without")
         print(f"overhead (fit-time ratio - 1):        {with_cb / baseline - 1:+.2%}")
+        print(f"overhead (process CPU ratio - 1):     {cpu_cb / cpu_base - 1:+.2%}")
         print(f"overhead (callback time / baseline):  {seconds / baseline:+.2%}")
     if len(rows) > 1:
-        ratios = sorted(r[1] / r[0] - 1 for r in rows)
-        shares = sorted(r[2] / r[0] for r in rows)
-        print(f"median of {len(rows)}: fit-time ratio {ratios[len(rows) // 2]:+.2%},"
-              f" callback time / baseline {shares[len(rows) // 2]:+.2%}")  # fmt: skip
+        ratio = statistics.median(r[1] / r[0] - 1 for r in rows)
+        cpu_ratio = statistics.median(r[7] / r[6] - 1 for r in rows)
+        share = statistics.median(r[2] / r[0] for r in rows)
+        print(f"median of {len(rows)}: fit-time ratio {ratio:+.2%}, process CPU ratio"
+              f" {cpu_ratio:+.2%}, callback time / baseline {share:+.2%}")  # fmt: skip
 
 
 class _Module(L.LightningModule):
