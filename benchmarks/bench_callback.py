@@ -194,7 +194,7 @@ def one_evaluation(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         vit(images)
         forward = time.perf_counter() - start
-    callback = TimedCallback()
+    callback = TimedCallback(**args.callback_kwargs)
     with tempfile.TemporaryDirectory() as root:
         trainer = _trainer(root, 1, callback, limit_train_batches=1, limit_val_batches=1)
         trainer.fit(_Module(vit), data, data)
