@@ -96,6 +96,26 @@ class TimedCallback(ViTReciproCAMCallback):
         self._timed("on_train_end", *args)
 
 
+class StepClock(L.Callback):
+    """Seconds of the training steps (batch start to end) and of validation; placed before the
+    callback, so that neither includes its hooks."""
+
+    def __init__(self) -> None:
+        self.steps = self.validation = 0.0
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self._step = time.perf_counter()
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.steps += time.perf_counter() - self._step
+
+    def on_validation_epoch_start(self, *args: Any) -> None:
+        self._val = time.perf_counter()
+
+    def on_validation_epoch_end(self, *args: Any) -> None:
+        self.validation += time.perf_counter() - self._val
+
+
 def _trainer(root: str, epochs: int, callback: TimedCallback | None, **kwargs: Any) -> L.Trainer:
     return L.Trainer(
         accelerator="cpu",
@@ -121,30 +141,36 @@ def overhead(args: argparse.Namespace) -> None:
     )
     dm.setup()
 
-    def run(callback: TimedCallback | None) -> tuple[float, float, float]:
+    def run(callback: TimedCallback | None) -> tuple[float, float, float, StepClock]:
         """``(fit seconds, the process's CPU seconds in the fit, TensorBoard writer CPU
-        seconds)``."""
+        seconds, the steps' and validation's seconds)``."""
         L.seed_everything(0, verbose=False)
         model = ViTClassifier(num_classes=dm.hparams.num_classes, lr=1e-3)
         with tempfile.TemporaryDirectory() as root, WriterSeconds() as writer:
             trainer = _trainer(root, args.epochs, callback)
+            clock = StepClock()
+            trainer.callbacks.insert(0, clock)
             start, cpu = time.perf_counter(), time.process_time()
             trainer.fit(model, datamodule=dm)
             fit, cpu = time.perf_counter() - start, time.process_time() - cpu
-        return fit, cpu, writer.seconds
+        return fit, cpu, writer.seconds, clock
 
-    rows = []
+    rows, clocks = [], []
     for _ in range(args.repeats):  # alternated, so that a drift of the machine hits both
-        baseline, cpu_base, writer_base = run(None)
+        baseline, cpu_base, writer_base, clock_base = run(None)
         callback = TimedCallback(**args.callback_kwargs)
-        with_cb, cpu_cb, writer_cb = run(callback)
+        with_cb, cpu_cb, writer_cb, clock_cb = run(callback)
         evals = getattr(callback, "evaluations", [])
         rows.append(
             (baseline, with_cb, callback.seconds, evals, writer_base, writer_cb, cpu_base, cpu_cb)
         )
+        clocks.append((clock_base, clock_cb))
     print(f"torch threads: {torch.get_num_threads()}")
     print(f"{args.epochs} epochs x {args.steps} steps, batch {args.batch_size}, {args.val} val")
-    for baseline, with_cb, seconds, evals, writer_base, writer_cb, cpu_base, cpu_cb in rows:
+    for row, (clock_base, clock_cb) in zip(rows, clocks, strict=True):
+        baseline, with_cb, seconds, evals, writer_base, writer_cb, cpu_base, cpu_cb = row
+        rest_base = baseline - clock_base.steps - clock_base.validation
+        rest_cb = with_cb - clock_cb.steps - clock_cb.validation - seconds
         print(f"fit without callback: {baseline:8.2f} s")
         print(f"fit with callback:    {with_cb:8.2f} s  ({len(evals)} evaluations)")
         print(f"time inside callback: {seconds:8.2f} s (per epoch-end evaluation: "
@@ -152,6 +178,9 @@ def overhead(args: argparse.Namespace) -> None:
         print(f"TensorBoard writer thread, CPU: {writer_cb:.2f} s with the callback,"
               f" {writer_base:.2f} s without")  # fmt: skip
         print(f"process CPU in the fit: {cpu_cb:.2f} s with the callback, {cpu_base:.2f} s without")
+        print(f"training steps: {clock_cb.steps:.2f} s with the callback, {clock_base.steps:.2f} s"
+              f" without; the rest of the fit (outside the steps, validation and the callback's"
+              f" hooks): {rest_cb:.2f} s with, {rest_base:.2f} s without")  # fmt: skip
         print(f"overhead (fit-time ratio - 1):        {with_cb / baseline - 1:+.2%}")
         print(f"overhead (process CPU ratio - 1):     {cpu_cb / cpu_base - 1:+.2%}")
         print(f"overhead (callback time / baseline):  {seconds / baseline:+.2%}")
