@@ -6,8 +6,13 @@ images, batch 64, 3 epochs, 500 validation images) twice with the same seed, wit
 ``ViTReciproCAMCallback()`` at its defaults (16 probes, every epoch, ADCC, the shortcut alarm,
 pictures), both with a TensorBoard logger, and prints the ratio of the two ``trainer.fit`` wall
 times and the time spent inside the callback. On a shared machine the ratio of two fits is
-noisy; the callback's own seconds are the steadier number, but they miss work the loggers do
-on their own threads after the hook returns (TensorBoard checksums every event in pure Python).
+noisy; the callback's own seconds are the steadier number, but they miss work done outside its
+hooks, so each fit also prints: the CPU seconds of TensorBoard's writer thread (it checksums
+every event in pure Python; the difference between the fits is what the callback's pictures
+and scalars cost it), the process's CPU seconds (all threads; less sensitive than wall time to
+other tenants of a shared machine), and the training steps' own seconds (batch start to end,
+without the callback's hooks) with the rest of the fit (outside the steps, validation and the
+callback's hooks). ``--set NAME=VALUE`` measures the callback with other arguments.
 
 One evaluation (``--vit-b``): the callback's work for one evaluation of 16 probes (explanation,
 ADCC, the alarm, pictures) on a timm ViT-B/16 at 224x224 with 1000 classes (random weights:
