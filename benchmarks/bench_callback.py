@@ -31,6 +31,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -137,6 +138,21 @@ def _trainer(root: str, epochs: int, callback: TimedCallback | None, **kwargs: A
     )
 
 
+@dataclass
+class _Fit:
+    """One ``trainer.fit``: wall and process CPU seconds, TensorBoard's writer CPU seconds, and
+    the steps' and validation's seconds."""
+
+    seconds: float
+    cpu: float
+    writer: float
+    clock: StepClock
+
+    def rest(self, callback_seconds: float = 0.0) -> float:
+        """Seconds outside the training steps, validation and the callback's hooks."""
+        return self.seconds - self.clock.steps - self.clock.validation - callback_seconds
+
+
 def overhead(args: argparse.Namespace) -> None:
     dm = ShapesDataModule(
         num_train=args.steps * args.batch_size,
@@ -146,9 +162,7 @@ def overhead(args: argparse.Namespace) -> None:
     )
     dm.setup()
 
-    def run(callback: TimedCallback | None) -> tuple[float, float, float, StepClock]:
-        """``(fit seconds, the process's CPU seconds in the fit, TensorBoard writer CPU
-        seconds, the steps' and validation's seconds)``."""
+    def run(callback: TimedCallback | None) -> _Fit:
         L.seed_everything(0, verbose=False)
         model = ViTClassifier(num_classes=dm.hparams.num_classes, lr=1e-3)
         with tempfile.TemporaryDirectory() as root, WriterSeconds() as writer:
@@ -158,42 +172,36 @@ def overhead(args: argparse.Namespace) -> None:
             start, cpu = time.perf_counter(), time.process_time()
             trainer.fit(model, datamodule=dm)
             fit, cpu = time.perf_counter() - start, time.process_time() - cpu
-        return fit, cpu, writer.seconds, clock
+        return _Fit(fit, cpu, writer.seconds, clock)
 
-    rows, clocks = [], []
+    pairs: list[tuple[_Fit, _Fit, TimedCallback]] = []
     for _ in range(args.repeats):  # alternated, so that a drift of the machine hits both
-        baseline, cpu_base, writer_base, clock_base = run(None)
+        without = run(None)
         callback = TimedCallback(**args.callback_kwargs)
-        with_cb, cpu_cb, writer_cb, clock_cb = run(callback)
-        evals = getattr(callback, "evaluations", [])
-        rows.append(
-            (baseline, with_cb, callback.seconds, evals, writer_base, writer_cb, cpu_base, cpu_cb)
-        )
-        clocks.append((clock_base, clock_cb))
+        pairs.append((without, run(callback), callback))
     print(f"torch threads: {torch.get_num_threads()}")
     print(f"{args.epochs} epochs x {args.steps} steps, batch {args.batch_size}, {args.val} val")
-    for row, (clock_base, clock_cb) in zip(rows, clocks, strict=True):
-        baseline, with_cb, seconds, evals, writer_base, writer_cb, cpu_base, cpu_cb = row
-        rest_base = baseline - clock_base.steps - clock_base.validation
-        rest_cb = with_cb - clock_cb.steps - clock_cb.validation - seconds
-        print(f"fit without callback: {baseline:8.2f} s")
-        print(f"fit with callback:    {with_cb:8.2f} s  ({len(evals)} evaluations)")
+    for base, fit, callback in pairs:
+        seconds, evals = callback.seconds, getattr(callback, "evaluations", [])
+        print(f"fit without callback: {base.seconds:8.2f} s")
+        print(f"fit with callback:    {fit.seconds:8.2f} s  ({len(evals)} evaluations)")
         print(f"time inside callback: {seconds:8.2f} s (per epoch-end evaluation: "
               + ", ".join(f"{s:.2f}" for s in evals) + " s)")  # fmt: skip
-        print(f"TensorBoard writer thread, CPU: {writer_cb:.2f} s with the callback,"
-              f" {writer_base:.2f} s without")  # fmt: skip
-        print(f"process CPU in the fit: {cpu_cb:.2f} s with the callback, {cpu_base:.2f} s without")
-        print(f"training steps: {clock_cb.steps:.2f} s with the callback, {clock_base.steps:.2f} s"
+        print(f"TensorBoard writer thread, CPU: {fit.writer:.2f} s with the callback,"
+              f" {base.writer:.2f} s without")  # fmt: skip
+        print(f"process CPU in the fit: {fit.cpu:.2f} s with the callback,"
+              f" {base.cpu:.2f} s without")  # fmt: skip
+        print(f"training steps: {fit.clock.steps:.2f} s with the callback, {base.clock.steps:.2f} s"
               f" without; the rest of the fit (outside the steps, validation and the callback's"
-              f" hooks): {rest_cb:.2f} s with, {rest_base:.2f} s without")  # fmt: skip
-        print(f"overhead (fit-time ratio - 1):        {with_cb / baseline - 1:+.2%}")
-        print(f"overhead (process CPU ratio - 1):     {cpu_cb / cpu_base - 1:+.2%}")
-        print(f"overhead (callback time / baseline):  {seconds / baseline:+.2%}")
-    if len(rows) > 1:
-        ratio = statistics.median(r[1] / r[0] - 1 for r in rows)
-        cpu_ratio = statistics.median(r[7] / r[6] - 1 for r in rows)
-        share = statistics.median(r[2] / r[0] for r in rows)
-        print(f"median of {len(rows)}: fit-time ratio {ratio:+.2%}, process CPU ratio"
+              f" hooks): {fit.rest(seconds):.2f} s with, {base.rest():.2f} s without")  # fmt: skip
+        print(f"overhead (fit-time ratio - 1):        {fit.seconds / base.seconds - 1:+.2%}")
+        print(f"overhead (process CPU ratio - 1):     {fit.cpu / base.cpu - 1:+.2%}")
+        print(f"overhead (callback time / baseline):  {seconds / base.seconds:+.2%}")
+    if len(pairs) > 1:
+        ratio = statistics.median(f.seconds / b.seconds - 1 for b, f, _ in pairs)
+        cpu_ratio = statistics.median(f.cpu / b.cpu - 1 for b, f, _ in pairs)
+        share = statistics.median(c.seconds / b.seconds for b, _, c in pairs)
+        print(f"median of {len(pairs)}: fit-time ratio {ratio:+.2%}, process CPU ratio"
               f" {cpu_ratio:+.2%}, callback time / baseline {share:+.2%}")  # fmt: skip
 
 
