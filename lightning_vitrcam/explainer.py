@@ -269,11 +269,18 @@ class ViTReciproCAM:
             >>> torch.allclose(cam.predict(x), cam(x).logits), cam.fast_path
             (True, True)
         """
-        heads = self.adapter.classifiers()
-        with torch.no_grad(), eval_mode(self.model), _float32_heads(heads, images.device.type):
+        with self._route(images):
             if self._fast is not None:
                 return self._fast.prepare(images, self.num_prefix_tokens)[1]
             return self._check_logits(self.adapter.forward(images))
+
+    @contextlib.contextmanager
+    def _route(self, images: torch.Tensor) -> Iterator[None]:
+        """How an explanation and :meth:`predict` run the model: without gradients, in eval
+        mode, its heads in float32 under autocast."""
+        heads = self.adapter.classifiers()
+        with torch.no_grad(), eval_mode(self.model), _float32_heads(heads, images.device.type):
+            yield
 
     def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """The ``(h, w)`` token grid for images of ``image_size = (H, W)``; raises when the
@@ -297,8 +304,7 @@ class ViTReciproCAM:
                 " with images.to(device)"
             )
         h, w = self.grid_size((int(images.shape[-2]), int(images.shape[-1])))
-        heads = self.adapter.classifiers()
-        with torch.no_grad(), eval_mode(self.model), _float32_heads(heads, images.device.type):
+        with self._route(images):
             if self._fast is not None:
                 shared, logits = self._fast.prepare(images, self.num_prefix_tokens)
                 self._check_tokens(shared.x.shape[1], h, w)
