@@ -12,7 +12,10 @@ every event in pure Python; the difference between the fits is what the callback
 and scalars cost it), the process's CPU seconds (all threads; less sensitive than wall time to
 other tenants of a shared machine), and the training steps' own seconds (batch start to end,
 without the callback's hooks) with the rest of the fit (outside the steps, validation and the
-callback's hooks). ``--set NAME=VALUE`` measures the callback with other arguments.
+callback's hooks), and at which evaluations the alarm ran its occlusion search (only where no
+map peak or remembered place was confirmed). ``--set NAME=VALUE`` measures the callback with
+other arguments; ``--clean`` trains on the clean demo's data (``configs/clean_demo.yaml``: no
+corner patch, so the alarm confirms nothing and searches at every evaluation).
 
 One evaluation (``--vit-b``): the callback's work for one evaluation of 16 probes (explanation,
 ADCC, the alarm, pictures) on a timm ViT-B/16 at 224x224 with 1000 classes (random weights:
@@ -23,6 +26,7 @@ speed does not depend on them), against one plain forward of the same 16 images.
     python benchmarks/bench_callback.py --repeats 3      # 3 alternated pairs, and the medians
     python benchmarks/bench_callback.py --vit-b          # one evaluation on ViT-B/16
     python benchmarks/bench_callback.py --set log_images=false   # other than the defaults
+    python benchmarks/bench_callback.py --clean          # the clean demo's data
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ class TimedCallback(ViTReciproCAMCallback):
         self.seconds += spent
         if name == "on_validation_epoch_end":
             self.evaluations = [*getattr(self, "evaluations", []), spent]
+            self.searched = [*getattr(self, "searched", []), self.alarm.searched]
 
     def on_fit_start(self, *args: Any) -> None:
         self._timed("on_fit_start", *args)
@@ -159,6 +164,7 @@ def overhead(args: argparse.Namespace) -> None:
         num_val=args.val,
         num_patch_free=args.batch_size,
         batch_size=args.batch_size,
+        **({"shortcut_p": 0.0} if args.clean else {}),
     )
     dm.setup()
 
@@ -180,13 +186,18 @@ def overhead(args: argparse.Namespace) -> None:
         callback = TimedCallback(**args.callback_kwargs)
         pairs.append((without, run(callback), callback))
     print(f"torch threads: {torch.get_num_threads()}")
-    print(f"{args.epochs} epochs x {args.steps} steps, batch {args.batch_size}, {args.val} val")
+    print(
+        f"{args.epochs} epochs x {args.steps} steps, batch {args.batch_size}, {args.val} val,"
+        f" {'clean data (configs/clean_demo.yaml)' if args.clean else 'the shortcut demo'}"
+    )
     for base, fit, callback in pairs:
         seconds, evals = callback.seconds, getattr(callback, "evaluations", [])
         print(f"fit without callback: {base.seconds:8.2f} s")
         print(f"fit with callback:    {fit.seconds:8.2f} s  ({len(evals)} evaluations)")
         print(f"time inside callback: {seconds:8.2f} s (per epoch-end evaluation: "
               + ", ".join(f"{s:.2f}" for s in evals) + " s)")  # fmt: skip
+        searched = ["yes" if x else "no" for x in getattr(callback, "searched", [])]
+        print(f"alarm's occlusion search ran (per evaluation): {', '.join(searched) or '-'}")
         print(f"TensorBoard writer thread, CPU: {fit.writer:.2f} s with the callback,"
               f" {base.writer:.2f} s without")  # fmt: skip
         print(f"process CPU in the fit: {fit.cpu:.2f} s with the callback,"
@@ -276,6 +287,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--repeats", type=int, default=1, help="pairs of fits, alternated")
     parser.add_argument("--vit-b", action="store_true", help="one evaluation on ViT-B/16")
+    parser.add_argument(
+        "--clean",
+        action="store_true",
+        help="the clean demo's data (no corner patch): the alarm confirms nothing, so it"
+        " searches at every evaluation",
+    )
     parser.add_argument(
         "--set",
         nargs="+",

@@ -369,14 +369,17 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[str, bool]:
     return "\n".join(lines), ok
 
 
-def replay(runs: list[dict[str, Any]], alarm: Any) -> list[dict[str, Any]]:
+def replay(runs: list[dict[str, Any]], alarm: Any) -> tuple[list[dict[str, Any]], int]:
     """The runs with ``warned`` recomputed by ``alarm``'s rule from each evaluation's recorded
-    candidates, per-probe drops and what a box keeps alone (``alarm_tests``). Which
-    candidates are tested does not depend on the rule, so this is exactly what the rule would
-    have warned in those runs, with one exception: a box is kept alone only when the recording
-    rule's occlusion test confirmed it, so a looser rule replays the others as unconfirmed (and
-    runs recorded before boxes were tested replay their single tokens only)."""
-    out = []
+    candidates, per-probe drops and what a box keeps alone (``alarm_tests``), and how many
+    evaluations cannot be replayed. Which candidates are tested does not depend on the rule,
+    with two exceptions: a box is kept alone only when the recording rule's occlusion test
+    confirmed it, so a looser rule replays the others as unconfirmed (and runs recorded before
+    boxes were tested replay their single tokens only); and the search runs only when no
+    other place is confirmed, so an evaluation that skipped it (``alarm_searched`` false) and
+    that the replayed rule does not warn on would have searched: it counts as not replayable
+    (and as silent in the table)."""
+    out, unknown = [], 0
     for run in runs:
         rows = []
         for row in run["rows"]:
@@ -384,9 +387,10 @@ def replay(runs: list[dict[str, Any]], alarm: Any) -> list[dict[str, Any]]:
             if tests is None:
                 raise ValueError("these runs carry no alarm_tests: record them again")
             warned = any(alarm.judge(t) for t in tests)
+            unknown += not warned and row.get("alarm_searched") is False
             rows.append({**row, "warned": warned})
         out.append({**run, "rows": rows})
-    return out
+    return out, unknown
 
 
 def main() -> None:
@@ -429,7 +433,13 @@ def main() -> None:
         cb = ViTReciproCAMCallback()  # its defaults
         saved = [run for path in args.replay for run in json.load(open(path))]
         rule = ShortcutAlarm(cb.min_drop, cb.min_share, cb.min_hits)  # max_box: default
-        print(summarise(replay(saved, rule))[0])
+        replayed, unknown = replay(saved, rule)
+        print(summarise(replayed)[0])
+        if unknown:
+            print(
+                f"not replayable: {unknown} evaluations skipped the search (another place was"
+                " confirmed) and this rule confirms none of their places; record them again"
+            )
         return
     threads = args.threads or max(1, torch.get_num_threads() // args.jobs)
     grid = [

@@ -201,7 +201,9 @@ class ViTReciproCAMCallback(Callback):
         shortcut_search: let the alarm also propose the places a hierarchical occlusion search
             finds (16 occluded copies per probe on an 8x8 token grid, 20 on 14x14); it finds a
             cue whichever block reads it, where the explained block's maps are flat or weak.
-            False: only the maps' peaks are tested (cheaper, misses such cues).
+            It runs only when no map peak or remembered place is confirmed (it cannot change
+            whether such an evaluation warns). False: only the maps' peaks are tested
+            (cheaper, misses such cues).
         min_drop: the alarm counts a probe as hit when occluding the suspected place (a
             token, or a box of up to 2x2 tokens that must also keep the prediction alone)
             removes at least this share of its predicted-class probability.

@@ -18,7 +18,9 @@ of each probe's box occluded at each level, each a little over half the box, the
 hurts the probe most kept, down to one token: this finds the place whichever block reads it,
 where the explained block's maps are weak or flat, as they were on a held-out average-pooled
 ViT that read its cue in the first block), and the candidates of the previous evaluation (a
-cue the model keeps using is re-tested even when this evaluation's maps peak elsewhere). It
+cue the model keeps using is re-tested even when this evaluation's maps peak elsewhere). The
+search, most of the alarm's cost, runs only when the maps' and the remembered places confirm
+nothing (a search proposes places, so it cannot change whether such an evaluation warns). It
 occludes each candidate in the probes of its group, in batched forwards that run every
 distinct copy once (a copy the search or another group already scored is looked up; the
 callback scores copies with :meth:`~lightning_vitrcam.ViTReciproCAM.predict` and passes the
@@ -363,7 +365,13 @@ class ShortcutAlarm:
             to one token: 4 occluded copies per probe and level, 16 on an 8x8 grid (8, 5, 3, 2,
             1 tokens a side), 20 on 14x14; the overlap keeps a cue of up to 2x2 tokens that
             straddles a midline inside one window). It finds the place whichever block reads
-            it, where the maps of the explained block are weak or flat.
+            it, where the maps of the explained block are weak or flat. It runs only when no
+            place the maps propose or the alarm remembers is confirmed: it proposes places and
+            nothing else, so it cannot change whether such an evaluation warns (only which
+            places the warning lists, and the places remembered for the next evaluation).
+        search_always: run the search even when a map's or remembered place is confirmed
+            (every evaluation pays for it; the warning may then list more places, and
+            ``last_tests`` always holds the search's places, e.g. to replay another rule).
         max_box: side, in tokens, of the boxes tested besides single tokens, for a cue larger
             than a patch (a logo over 2x2 tokens survives the occlusion of any one of them).
             A box is confirmed on the probes that both lose ``min_drop`` of their probability
@@ -389,6 +397,7 @@ class ShortcutAlarm:
         max_batch: int = 128,
         search: bool = True,
         max_box: int = 2,
+        search_always: bool = False,
     ) -> None:
         if not 0.0 < min_drop <= 1.0 or not 0.0 < min_share <= 1.0:
             raise ValueError(
@@ -405,6 +414,9 @@ class ShortcutAlarm:
         self.max_batch = max_batch
         self.search = search
         self.max_box = max_box
+        self.search_always = search_always
+        #: whether the last :meth:`check` ran the search
+        self.searched = False
         # (box, class or None) tested last time: a cue the model keeps using is re-tested;
         # a bare token index is what older checkpoints stored
         self._remembered: list[tuple[Box | int, int | None]] = []
@@ -643,19 +655,41 @@ class ShortcutAlarm:
         scored = _Scored(forward, score, images, targets, grid, self.max_batch)
         p0 = scored.scores(images, targets) if logits is None else scored.of_logits(logits, targets)
         fresh = self._map_places(maps, targets, informative)
+        recalled = self._recalled(targets, grid[1])
+        self.searched = False
+        if self.search and not self.search_always:
+            # the search only proposes places: when the maps' or remembered places already
+            # confirm one, its 16-20 copies per probe cannot change whether this warns
+            pairs = list(dict.fromkeys(fresh + recalled))
+            suspects, worst = self._test(pairs, p0, scored, targets, grid)
+            if suspects:
+                self._remembered = list(pairs[:_MEMORY])
+                return suspects, worst
         if self.search:
-            path = self._search(p0, scored)
-            fresh += self._searched(path, targets, grid)
-        pairs = list(dict.fromkeys(fresh + self._recalled(targets, grid[1])))
+            fresh += self._searched(self._search(p0, scored), targets, grid)
+            self.searched = True
+        pairs = list(dict.fromkeys(fresh + recalled))
         # this evaluation's places first: the oldest remembered ones fall out of the memory
         self._remembered = list(pairs[:_MEMORY])
+        return self._test(pairs, p0, scored, targets, grid)
+
+    def _test(
+        self,
+        pairs: Sequence[tuple[Box, int | None]],
+        p0: torch.Tensor,
+        scored: _Scored,
+        targets: torch.Tensor,
+        grid: tuple[int, int],
+    ) -> tuple[list[Suspect], float]:
+        """:meth:`check` of the places ``pairs``, each in its group's probes; fills
+        ``last_tests``."""
         self.last_tests = []
         if not pairs:
             return [], 0.0
         groups = dict(self._groups(targets))
         rows = [groups[g].nonzero().flatten() for _, g in pairs]
         rows_all, boxes = _stacked(
-            [(box, r) for (box, _), r in zip(pairs, rows, strict=True)], images.device
+            [(box, r) for (box, _), r in zip(pairs, rows, strict=True)], p0.device
         )
         p_occ = scored.copies(rows_all, boxes, _OCCLUDED)
         drop = ((p0[rows_all] - p_occ) / p0[rows_all].clamp_min(1e-12)).clamp(-1.0, 1.0)

@@ -438,8 +438,9 @@ def test_each_copy_runs_once_and_scores_as_if_run_alone() -> None:
         run.append(x.flatten(1))
         return model(x)
 
-    alarm = ShortcutAlarm()
+    alarm = ShortcutAlarm(search_always=True)  # the maps' places confirm: search anyway
     alarm.check(counting, softmax, images, [maps], targets, torch.ones(16, dtype=torch.bool))
+    assert alarm.searched
     copies = torch.cat(run)
     assert len(copies.unique(dim=0)) == len(copies)  # no image ran twice
 
@@ -464,6 +465,42 @@ def test_each_copy_runs_once_and_scores_as_if_run_alone() -> None:
             asked += len(rows)
     assert any("kept" in test for test in alarm.last_tests)
     assert len(copies) < asked  # some copies were looked up, not run again
+
+
+def test_the_search_is_skipped_when_a_proposed_place_is_already_confirmed() -> None:
+    """The search only proposes places: where a map's place is confirmed it does not run (and
+    the same places are confirmed as with it); where none is, it runs and the result is the
+    always-searching alarm's."""
+    model, images, targets, maps = class_box_corners()
+    everyone = torch.ones(16, dtype=torch.bool)
+    ran: list[int] = []
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        ran.append(len(x))
+        return model(x)
+
+    lazy, always = ShortcutAlarm(), ShortcutAlarm(search_always=True)
+    found = lazy.check(counting, softmax, images, [maps], targets, everyone)[0]
+    full = always.check(model, softmax, images, [maps], targets, everyone)[0]
+    assert found and not lazy.searched and always.searched
+    assert sum(ran) < 16 * 16  # fewer copies in all than the search's alone
+    assert [(s.group, s.box, s.hits, s.kept) for s in found] == [
+        (s.group, s.box, s.hits, s.kept) for s in full
+    ]
+    # the memory holds what was tested: the maps' places, not the search's
+    assert set(map(tuple, lazy.state_dict()["candidates"])) < set(
+        map(tuple, always.state_dict()["candidates"])
+    )
+
+    # the maps peak on a token that confirms nothing: the search runs, as it always would
+    images, _ = corner_images(12)
+    targets = corner_model(images).argmax(1)
+    maps = [peaked_maps(12, 10)]
+    lazy, always = ShortcutAlarm(), ShortcutAlarm(search_always=True)
+    a = lazy.check(corner_model, softmax, images, maps, targets, torch.ones(12, dtype=torch.bool))
+    b = always.check(corner_model, softmax, images, maps, targets, torch.ones(12, dtype=torch.bool))
+    assert lazy.searched and a == b and [(s.row, s.col, s.group) for s in a[0]] == [(0, 0, None)]
+    assert lazy.last_tests == always.last_tests and lazy.state_dict() == always.state_dict()
 
 
 def test_given_logits_replace_the_probes_forward() -> None:

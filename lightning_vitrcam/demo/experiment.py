@@ -43,6 +43,9 @@ class EpochSignals:
     message: str | None = None
     #: the alarm's candidates tested at this evaluation (see ``ShortcutAlarm.last_tests``)
     alarm_tests: list[dict[str, Any]] | None = None
+    #: whether the alarm ran its occlusion search at this evaluation (it does not when a map's
+    #: or remembered place is already confirmed)
+    alarm_searched: bool | None = None
 
 
 class _SignalRecorder(Callback):
@@ -78,6 +81,7 @@ class _SignalRecorder(Callback):
                 flat_maps=value("vitrcam/flat_maps"),
                 message=str(new[-1].message) if new else None,
                 alarm_tests=list(monitor.alarm.last_tests),
+                alarm_searched=monitor.alarm.searched,
             )
         )
         self._seen = len(shortcut)
