@@ -156,8 +156,9 @@ class ViTReciproCAMCallback(Callback):
     maps can be trusted; ``shortcut_drop`` is the shortcut alarm's strongest evidence.
 
     A :class:`PossibleShortcutWarning` (rank zero) says where the model's prediction hangs on one
-    fixed place and on what evidence: the peaks of the global and per-class mean maps, and the
-    places a hierarchical occlusion search finds (``shortcut_search``), are occluded in the
+    fixed place and on what evidence: the peaks of the global and per-class mean maps, and,
+    when those and the places remembered from the last evaluation confirm nothing, the places a
+    hierarchical occlusion search finds (``shortcut_search``), are occluded in the
     probes, and a place whose occlusion collapses the prediction on most probes of a group is
     reported (:class:`~lightning_vitrcam.shortcut.ShortcutAlarm`, beyond the
     paper; e.g. "occluding token row 0, column 0 (on the top-left corner) drops the
