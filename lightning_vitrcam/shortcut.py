@@ -663,14 +663,11 @@ class ShortcutAlarm:
             pairs = list(dict.fromkeys(fresh + recalled))
             suspects, worst = self._test(pairs, p0, scored, targets, grid)
             if suspects:
-                self._remembered = list(pairs[:_MEMORY])
                 return suspects, worst
         if self.search:
             fresh += self._searched(self._search(p0, scored), targets, grid)
             self.searched = True
         pairs = list(dict.fromkeys(fresh + recalled))
-        # this evaluation's places first: the oldest remembered ones fall out of the memory
-        self._remembered = list(pairs[:_MEMORY])
         return self._test(pairs, p0, scored, targets, grid)
 
     def _test(
@@ -682,7 +679,9 @@ class ShortcutAlarm:
         grid: tuple[int, int],
     ) -> tuple[list[Suspect], float]:
         """:meth:`check` of the places ``pairs``, each in its group's probes; fills
-        ``last_tests``."""
+        ``last_tests`` and remembers the places for the next evaluation."""
+        # this evaluation's places first: the oldest remembered ones fall out of the memory
+        self._remembered = list(pairs[:_MEMORY])
         self.last_tests = []
         if not pairs:
             return [], 0.0
