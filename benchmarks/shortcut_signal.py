@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_vitrcam.shortcut import PlaceTest
+
 KINDS = ("fixed", "per_class", "none")
 DATA = ("shapes", "stripes", "glyphs", "arrows")
 STRIPES_VIT = dict(
@@ -369,16 +371,16 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[str, bool]:
     return "\n".join(lines), ok
 
 
-def replay(runs: list[dict[str, Any]], alarm: Any) -> tuple[list[dict[str, Any]], int]:
-    """The runs with ``warned`` recomputed by ``alarm``'s rule from each evaluation's recorded
-    candidates, per-probe drops and what a box keeps alone (``alarm_tests``), and how many
-    evaluations cannot be replayed. Which candidates are tested does not depend on the rule,
-    with two exceptions: a box is kept alone only when the recording rule's occlusion test
-    confirmed it, so a looser rule replays the others as unconfirmed (and runs recorded before
-    boxes were tested replay their single tokens only); and the search runs only when no
-    other place is confirmed, so an evaluation that skipped it (``alarm_searched`` false) and
-    that the replayed rule does not warn on would have searched: it counts as not replayable
-    (and as silent in the table)."""
+def replay(runs: list[dict[str, Any]], rule: Any) -> tuple[list[dict[str, Any]], int]:
+    """The runs with ``warned`` recomputed by ``rule`` (a ``shortcut.Rule``) from each
+    evaluation's recorded candidates, per-probe drops and what a box keeps alone
+    (``alarm_tests``), and how many evaluations cannot be replayed. Which candidates are
+    tested does not depend on the rule, with two exceptions: a box is kept alone only when
+    the recording rule's occlusion test confirmed it, so a looser rule replays the others as
+    unconfirmed (and runs recorded before boxes were tested replay their single tokens
+    only); and the search runs only when no other place is confirmed, so an evaluation that
+    skipped it (``alarm_searched`` false) and that the replayed rule does not warn on would
+    have searched: it counts as not replayable (and as silent in the table)."""
     out, unknown = [], 0
     for run in runs:
         rows = []
@@ -386,7 +388,7 @@ def replay(runs: list[dict[str, Any]], alarm: Any) -> tuple[list[dict[str, Any]]
             tests = row.get("alarm_tests")
             if tests is None:
                 raise ValueError("these runs carry no alarm_tests: record them again")
-            warned = any(alarm.judge(t) for t in tests)
+            warned = any(rule.judge(PlaceTest.from_dict(t)) for t in tests)
             unknown += not warned and row.get("alarm_searched") is False
             rows.append({**row, "warned": warned})
         out.append({**run, "rows": rows})
@@ -428,11 +430,9 @@ def main() -> None:
         parser.error(f"--model alt exists for --data {' or '.join(ALT_VITS)} only")
     if args.replay:
         from lightning_vitrcam import ViTReciproCAMCallback
-        from lightning_vitrcam.shortcut import ShortcutAlarm
 
-        cb = ViTReciproCAMCallback()  # its defaults
+        rule = ViTReciproCAMCallback().alarm.rule  # the callback's defaults
         saved = [run for path in args.replay for run in json.load(open(path))]
-        rule = ShortcutAlarm(cb.min_drop, cb.min_share, cb.min_hits)  # max_box: default
         replayed, unknown = replay(saved, rule)
         print(summarise(replayed)[0])
         if unknown:

@@ -6,8 +6,8 @@ Three families, all batched on the maps' device (no Python loop over images):
   :class:`ADCC` ``torchmetrics`` metric that accumulates them over a data set.
 * Localisation against known object masks: :func:`energy_in_mask`, :func:`pointing_game`.
 * Mask-free shortcut signals: :func:`mean_saliency_map`, :func:`hotspot_ratio`,
-  :func:`hotspot_location`, :func:`border_energy` and :func:`map_drift` between two
-  explanations of the same images (e.g. two training epochs).
+  :func:`border_energy` and :func:`map_drift` between two explanations of the same images
+  (e.g. two training epochs).
 
 ``cam`` below is anything called as ``cam(images, targets=None)`` that returns an object with
 ``maps`` ``[B, h, w]`` in [0, 1], ``logits`` ``[B, C]`` and ``targets`` ``[B]``, and has
@@ -16,8 +16,8 @@ Three families, all batched on the maps' device (no Python loop over images):
 Example:
     >>> import torch
     >>> maps = torch.zeros(2, 4, 4); maps[:, 0, 0] = 1.0
-    >>> float(hotspot_ratio(maps)), hotspot_location(maps)
-    (16.0, (0, 0, 'top-left corner'))
+    >>> float(hotspot_ratio(maps)), float(border_energy(maps).mean())
+    (16.0, 1.0)
     >>> masks = maps > 0
     >>> energy_in_mask(maps, masks).tolist(), pointing_game(maps, masks).tolist()
     ([1.0, 1.0], [1.0, 1.0])
@@ -39,17 +39,14 @@ __all__ = [
     "adcc_scores",
     "border_energy",
     "border_fraction",
-    "border_name",
     "FLAT_LOG_ODDS",
     "energy_in_mask",
     "flat_maps",
-    "hotspot_location",
     "hotspot_ratio",
     "map_drift",
     "mean_saliency_map",
     "pearson",
     "pointing_game",
-    "probe_signals",
 ]
 
 ADCC_KEYS: tuple[str, ...] = ("average_drop", "increase", "coherency", "complexity", "adcc")
@@ -381,44 +378,6 @@ def hotspot_ratio(maps_or_mean: torch.Tensor) -> torch.Tensor:
     return mean.max() * mean.numel()
 
 
-def hotspot_location(maps_or_mean: torch.Tensor) -> tuple[int, int, str | None]:
-    """``(row, col, where)`` of the mean map's maximum on the token grid.
-
-    ``where`` names the border the cell lies on: ``"top-left corner"``, ``"top border"``,
-    ``"right border"`` ... or None for an interior cell. Ties go to the first cell in row-major
-    order. Takes ``[B, h, w]`` maps or an ``[h, w]`` mean map.
-
-    Example:
-        >>> m = torch.zeros(5, 5); m[0, 2] = 1.0
-        >>> hotspot_location(m)
-        (0, 2, 'top border')
-    """
-    mean = _mean_map(maps_or_mean)
-    h, w = mean.shape
-    idx = int(mean.flatten().argmax())
-    row, col = divmod(idx, w)
-    where = border_name(row, row + 1, col, col + 1, h, w)
-    return row, col, where
-
-
-def border_name(r0: int, r1: int, c0: int, c1: int, h: int, w: int) -> str | None:
-    """The border of an ``h x w`` token grid that the box of rows ``r0 <= r < r1`` and
-    columns ``c0 <= c < c1`` touches (``"top-left corner"``, ``"right border"`` ...), or None
-    for a box inside the grid.
-
-    Example:
-        >>> border_name(0, 2, 6, 8, 8, 8), border_name(3, 4, 0, 1, 8, 8)
-        ('top-right corner', 'left border')
-        >>> print(border_name(2, 4, 2, 4, 8, 8))
-        None
-    """
-    vertical = "top" if r0 == 0 else "bottom" if r1 == h else None
-    horizontal = "left" if c0 == 0 else "right" if c1 == w else None
-    if vertical and horizontal:
-        return f"{vertical}-{horizontal} corner"
-    return f"{vertical or horizontal} border" if vertical or horizontal else None
-
-
 def _ring(h: int, w: int, width: int, device: torch.device) -> torch.Tensor:
     rows = torch.arange(h, device=device)
     cols = torch.arange(w, device=device)
@@ -491,54 +450,12 @@ def map_drift(maps_a: torch.Tensor, maps_b: torch.Tensor) -> torch.Tensor:
     return drift[0] if single else drift
 
 
-def probe_signals(
-    maps: torch.Tensor,
-    masks: torch.Tensor | None = None,
-    previous: torch.Tensor | None = None,
-    informative: torch.Tensor | None = None,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The mask-free signals of one explanation of the probes, the localisation signals when
-    ``masks`` are given and the drift against ``previous`` maps of the same probes; returns
-    ``(scalar tensors by name, mean saliency map)``, all on the maps' device.
-
-    ``informative`` ``[B]`` bool keeps flat maps (see :func:`flat_maps`) out of every signal;
-    when no map is informative the dict is empty and the mean map uniform.
-
-    Example:
-        >>> maps = torch.zeros(2, 4, 4); maps[:, 0, 0] = 1.0
-        >>> values, mean_map = probe_signals(maps, previous=maps)
-        >>> {k: round(float(v), 2) for k, v in values.items()}
-        {'hotspot_ratio': 16.0, 'border_energy': 1.0, 'map_drift': 0.0}
-    """
-    if informative is None:
-        informative = torch.ones(maps.shape[0], dtype=torch.bool, device=maps.device)
-    count = informative.sum()
-    if not bool(count > 0):
-        h, w = maps.shape[-2:]
-        return {}, torch.full((h, w), 1.0 / (h * w), device=maps.device)
-    weight = informative.float()
-    # all-zero maps are skipped by the mean map, so zeroing the flat ones leaves them out
-    mean_map = mean_saliency_map(maps * weight[:, None, None])
-
-    def average(per_image: torch.Tensor) -> torch.Tensor:
-        return (per_image * weight).sum() / count
-
-    values = {"hotspot_ratio": hotspot_ratio(mean_map), "border_energy": border_energy(mean_map)}
-    if masks is not None:
-        values["energy_in_mask"] = average(energy_in_mask(maps, masks))
-        values["pointing_game"] = average(pointing_game(maps, masks))
-    if previous is not None:
-        values["map_drift"] = average(map_drift(previous.to(maps.device, torch.float32), maps))
-    return values, mean_map
-
-
 def flat_maps(log_odds_range: torch.Tensor, floor: float = FLAT_LOG_ODDS) -> torch.Tensor:
     """``[B]`` bool: maps whose copies move the target's log-odds by less than ``floor``.
 
     Such a map carries no usable information: the strongest window changes the odds by less
-    than ``floor`` (0.1% by default), and under bf16 autocast the rounding of the general
-    path's copies is of that size (measured on the demo ViT: below a range of 1e-3 the bf16
-    maps correlated 0.24-0.90 with the exact ones, above it >= 0.95).
+    than ``floor`` (0.1% by default), which is also the size of the general path's rounding
+    under bf16 autocast (``docs/performance.md``).
 
     Example:
         >>> flat_maps(torch.tensor([1e-5, 0.2])).tolist()

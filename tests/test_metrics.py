@@ -17,13 +17,13 @@ from lightning_vitrcam.metrics import (
     border_energy,
     border_fraction,
     energy_in_mask,
-    hotspot_location,
     hotspot_ratio,
     map_drift,
     mean_saliency_map,
     pearson,
     pointing_game,
 )
+from lightning_vitrcam.shortcut.places import hotspot_location
 
 torch.set_num_threads(1)
 

@@ -10,16 +10,47 @@ from lightning_vitrcam import ViTReciproCAMCallback
 from lightning_vitrcam.shortcut import (
     ShortcutAlarm,
     Suspect,
-    _is_token,
+    Verdict,
     keep_boxes,
-    occlude,
     occlude_boxes,
     shortcut_message,
 )
+from lightning_vitrcam.shortcut.interventions import CopyCache
+from lightning_vitrcam.shortcut.places import is_token
+from lightning_vitrcam.shortcut.proposals import map_places, probe_groups, search_path
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
 GRID = (4, 4)  # 32x32 images, 8x8 cells
+
+
+def unpack(verdict: Verdict) -> tuple[list[Suspect], float]:
+    """``(suspects, shortcut_drop)`` of an alarm's check."""
+    return verdict.suspects, verdict.scalars["shortcut_drop"]
+
+
+def occlude(
+    images: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
+    """:func:`occlude_boxes` of single tokens (row-major indices ``tokens`` on the grid)."""
+    r, c = tokens // grid[1], tokens % grid[1]
+    return occlude_boxes(images, rows, torch.stack([r, r + 1, c, c + 1], dim=1), grid)
+
+
+def search_boxes(
+    model: Model, images: torch.Tensor, targets: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
+    """Each probe's occlusion-search path, ``[N, levels, 4]``."""
+    p0 = softmax(model(images)).gather(1, targets[:, None]).squeeze(1)
+    return search_path(p0, CopyCache(model, softmax, images, targets, grid))
+
+
+def search_tokens(
+    model: Model, images: torch.Tensor, targets: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
+    """``[N]``: each probe's most sensitive token (row-major), the end of its search path."""
+    last = search_boxes(model, images, targets, grid)[:, -1]
+    return last[:, 0] * grid[1] + last[:, 2]
 
 
 def corner_model(images: torch.Tensor) -> torch.Tensor:
@@ -86,10 +117,14 @@ def test_corner_shortcut_is_confirmed_with_its_evidence() -> None:
     targets = corner_model(images).argmax(1)
     alarm = ShortcutAlarm()
     maps = peaked_maps(12, 0)
-    suspects, drop = alarm.check(
-        corner_model, softmax, images, [maps], targets, torch.ones(12, dtype=torch.bool)
+    suspects, drop = unpack(
+        alarm.check(
+            corner_model, softmax, images, [maps], targets, torch.ones(12, dtype=torch.bool)
+        )
     )
-    assert suspects and suspects[0] == Suspect(0, 0, GRID, None, 12, 12, suspects[0].mean_drop)
+    assert suspects and suspects[0] == Suspect(
+        box=(0, 1, 0, 1), grid=GRID, group=None, probes=12, hits=12, mean_drop=suspects[0].mean_drop
+    )
     assert 0.5 < suspects[0].mean_drop <= drop  # drop: the strongest group mean of any candidate
     text = suspects[0].describe()
     assert "occluding token row 0, column 0 (on the top-left corner)" in text
@@ -99,8 +134,10 @@ def test_corner_shortcut_is_confirmed_with_its_evidence() -> None:
 def test_model_that_reads_the_whole_image_is_not_flagged() -> None:
     images, _ = corner_images(12)
     targets = global_model(images).argmax(1)
-    suspects, drop = ShortcutAlarm().check(
-        global_model, softmax, images, [peaked_maps(12, 0)], targets, torch.ones(12).bool()
+    suspects, drop = unpack(
+        ShortcutAlarm().check(
+            global_model, softmax, images, [peaked_maps(12, 0)], targets, torch.ones(12).bool()
+        )
     )
     assert suspects == [] and drop < 0.2
 
@@ -118,8 +155,10 @@ def test_class_specific_corners_are_found_per_class() -> None:
     assert torch.equal(targets, labels)
     corner_token = [0, 3, 12, 15]
     maps = peaked_maps(16, [corner_token[c] for c in labels.tolist()])
-    suspects, _ = ShortcutAlarm().check(
-        per_class_corner_model, softmax, images, [maps], targets, torch.ones(16).bool()
+    suspects, _ = unpack(
+        ShortcutAlarm().check(
+            per_class_corner_model, softmax, images, [maps], targets, torch.ones(16).bool()
+        )
     )
     found = {(s.group, s.row * 4 + s.col) for s in suspects}
     # every class's own corner, each on the probes of that class; no global suspect (a corner
@@ -137,30 +176,30 @@ def test_remembered_candidate_is_retested_when_the_maps_peak_elsewhere() -> None
     state = alarm.state_dict()
     fresh = ShortcutAlarm(search=False)
     fresh.load_state_dict(state)  # as after a resume
-    suspects, _ = fresh.check(
-        corner_model, softmax, images, [peaked_maps(12, 10)], targets, everyone
+    suspects, _ = unpack(
+        fresh.check(corner_model, softmax, images, [peaked_maps(12, 10)], targets, everyone)
     )
     assert (0, 0) in {(s.row, s.col) for s in suspects}
     assert (
-        ShortcutAlarm(search=False).check(
-            corner_model, softmax, images, [peaked_maps(12, 10)], targets, everyone
-        )[0]
+        ShortcutAlarm(search=False)
+        .check(corner_model, softmax, images, [peaked_maps(12, 10)], targets, everyone)
+        .suspects
         == []
     )
 
 
 def test_flat_maps_propose_nothing_and_small_classes_are_not_tested_alone() -> None:
-    alarm = ShortcutAlarm(min_group=3, max_box=1)
     targets = torch.tensor([0, 0, 1, 1, 1])
+    groups = probe_groups(targets, min_group=3)
     maps = peaked_maps(5, 7)
-    assert alarm.candidates([maps], targets, torch.zeros(5, dtype=torch.bool)) == []
-    cands = alarm.candidates([maps], targets, torch.ones(5, dtype=torch.bool))
+    assert map_places([maps], groups, torch.zeros(5, dtype=torch.bool), max_box=1) == []
+    cands = map_places([maps], groups, torch.ones(5, dtype=torch.bool), max_box=1)
     token_7 = (1, 2, 3, 4)  # row 1, column 3 of the 4x4 grid
     assert cands == [(token_7, None), (token_7, 1)]  # class 0 has 2 probes: tested with all
 
 
 def test_message_names_the_place_and_class() -> None:
-    s = Suspect(0, 3, (4, 4), 2, 5, 4, 0.73)
+    s = Suspect(box=(0, 1, 3, 4), grid=(4, 4), group=2, probes=5, hits=4, mean_drop=0.73)
     text = shortcut_message({}, torch.zeros(4, 4), 3, 120, suspects=[s], class_names=list("abcd"))
     assert text is not None and "epoch 3 (step 120)" in text
     assert "token row 0, column 3 (on the top-right corner)" in text
@@ -169,8 +208,12 @@ def test_message_names_the_place_and_class() -> None:
 
 
 def test_message_names_each_place_once() -> None:
-    same = [Suspect(0, 0, (4, 4), 3, 4, 4, 0.94), Suspect(0, 0, (4, 4), 1, 3, 3, 0.85)]
-    other = Suspect(3, 3, (4, 4), None, 8, 6, 0.6)
+    corner = dict(box=(0, 1, 0, 1), grid=(4, 4))
+    same = [
+        Suspect(**corner, group=3, probes=4, hits=4, mean_drop=0.94),
+        Suspect(**corner, group=1, probes=3, hits=3, mean_drop=0.85),
+    ]
+    other = Suspect(box=(3, 4, 3, 4), grid=(4, 4), group=None, probes=8, hits=6, mean_drop=0.6)
     text = shortcut_message({}, torch.zeros(4, 4), 1, 9, suspects=[*same, other],
                             class_names=list("abcd"))  # fmt: skip
     assert text is not None and text.count("token row 0, column 0") == 1
@@ -185,18 +228,25 @@ def test_occlusion_search_finds_the_place_when_every_map_is_flat() -> None:
     images, _ = corner_images(12)
     targets = corner_model(images).argmax(1)
     alarm = ShortcutAlarm()
-    p0 = softmax(corner_model(images)).gather(1, targets[:, None]).squeeze(1)
-    found = alarm.search_tokens(corner_model, softmax, images, targets, p0, GRID)
+    found = search_tokens(corner_model, images, targets, GRID)
     assert found.tolist() == [0] * 12  # every probe's most sensitive token: the corner
     flat = torch.zeros(12, dtype=torch.bool)  # no map proposes anything
-    suspects, _ = alarm.check(corner_model, softmax, images, [peaked_maps(12, 10)], targets, flat)
+    suspects, _ = unpack(
+        alarm.check(corner_model, softmax, images, [peaked_maps(12, 10)], targets, flat)
+    )
     assert [(s.row, s.col, s.group, s.hits) for s in suspects] == [(0, 0, None, 12)]
     # without the search, flat maps propose nothing, so nothing is confirmed
-    blind = ViTReciproCAMCallback(shortcut_search=False).alarm
-    assert blind.check(corner_model, softmax, images, [peaked_maps(12, 10)], targets, flat)[0] == []
+    blind = ViTReciproCAMCallback(shortcut_alarm=ShortcutAlarm(search=False)).alarm
+    assert (
+        blind.check(corner_model, softmax, images, [peaked_maps(12, 10)], targets, flat).suspects
+        == []
+    )
     # a model that reads the whole image has no such place
     targets = global_model(images).argmax(1)
-    assert alarm.check(global_model, softmax, images, [peaked_maps(12, 10)], targets, flat)[0] == []
+    assert (
+        alarm.check(global_model, softmax, images, [peaked_maps(12, 10)], targets, flat).suspects
+        == []
+    )
 
 
 def cell_model(images: torch.Tensor) -> torch.Tensor:
@@ -209,8 +259,7 @@ def test_search_on_a_non_square_odd_grid_reaches_single_tokens() -> None:
     images = torch.randn(3, 3, 15, 21, generator=torch.Generator().manual_seed(0)) * 0.1
     images[:, :, 12:15, 18:21] = 3.0
     targets = torch.zeros(3, dtype=torch.long)
-    p0 = softmax(cell_model(images))[:, 0]
-    found = ShortcutAlarm().search_tokens(cell_model, softmax, images, targets, p0, (5, 7))
+    found = search_tokens(cell_model, images, targets, (5, 7))
     assert found.tolist() == [4 * 7 + 6] * 3
 
 
@@ -228,15 +277,15 @@ def test_share_and_count_of_hit_probes_decide() -> None:
     everyone = torch.ones(8, dtype=torch.bool)
 
     def found(alarm: ShortcutAlarm) -> list[Suspect]:
-        return alarm.check(mixed, softmax, images, [peaked_maps(8, 0)], targets, everyone)[0]
+        return alarm.check(mixed, softmax, images, [peaked_maps(8, 0)], targets, everyone).suspects
 
     hits = ShortcutAlarm(search=False, min_share=0.5, min_hits=3)
     assert [(s.row, s.col, s.group, s.hits, s.probes) for s in found(hits)] == [(0, 0, None, 4, 8)]
     assert found(ShortcutAlarm(search=False, min_share=0.5, min_hits=5)) == []
     assert found(ShortcutAlarm(search=False, min_share=0.7)) == []
     first = hits.last_tests[0]  # the all-probes group at the maps' peak, each probe's drop
-    assert (first["box"], first["group"]) == ([0, 1, 0, 1], None)
-    drops = torch.tensor(first["drops"])
+    assert (first.box, first.group) == ((0, 1, 0, 1), None)
+    drops = torch.tensor(first.drops)
     assert (drops[:4] >= 0.5).all() and (drops[4:] < 0.5).all()
 
 
@@ -244,12 +293,19 @@ def test_message_states_the_drop_that_counted() -> None:
     """The warning quotes the alarm's own min_drop, not a fixed "half"."""
     images, _ = corner_images(12)
     targets = corner_model(images).argmax(1)
-    suspects, _ = ShortcutAlarm(min_drop=0.3).check(
-        corner_model, softmax, images, [peaked_maps(12, 0)], targets, torch.ones(12).bool()
+    suspects, _ = unpack(
+        ShortcutAlarm(min_drop=0.3).check(
+            corner_model, softmax, images, [peaked_maps(12, 0)], targets, torch.ones(12).bool()
+        )
     )
     assert suspects and suspects[0].min_drop == 0.3
     assert "by at least 30% on 12 of 12 probes" in suspects[0].describe()
-    assert "by at least half on" in Suspect(0, 0, GRID, None, 4, 4, 0.9).describe()
+    assert (
+        "by at least half on"
+        in Suspect(
+            box=(0, 1, 0, 1), grid=GRID, group=None, probes=4, hits=4, mean_drop=0.9
+        ).describe()
+    )
 
 
 def block_cue_model(images: torch.Tensor, top: int = 0, left: int = 0) -> torch.Tensor:
@@ -277,9 +333,12 @@ def test_cue_over_several_tokens_is_confirmed_as_a_box() -> None:
     maps = peaked_maps(12, 0)
     # no single token matters: the tokens-only alarm finds nothing
     tokens_only = ShortcutAlarm(max_box=1)
-    assert tokens_only.check(block_cue_model, softmax, images, [maps], targets, everyone)[0] == []
+    assert (
+        tokens_only.check(block_cue_model, softmax, images, [maps], targets, everyone).suspects
+        == []
+    )
     alarm = ShortcutAlarm()
-    suspects, _ = alarm.check(block_cue_model, softmax, images, [maps], targets, everyone)
+    suspects, _ = unpack(alarm.check(block_cue_model, softmax, images, [maps], targets, everyone))
     assert [(s.box, s.group, s.hits, s.probes, s.kept) for s in suspects][0] == (
         (0, 2, 0, 2),
         None,
@@ -290,8 +349,8 @@ def test_cue_over_several_tokens_is_confirmed_as_a_box() -> None:
     text = suspects[0].describe()
     assert "occluding the tokens at rows 0-1, columns 0-1 (on the top-left corner)" in text
     assert "and 12 of them kept at least half of it with the box alone" in text
-    test = next(t for t in alarm.last_tests if t["box"] == [0, 2, 0, 2] and t["group"] is None)
-    assert min(test["kept"]) > 0.9  # the cue alone keeps the prediction
+    test = next(t for t in alarm.last_tests if t.box == (0, 2, 0, 2) and t.group is None)
+    assert min(test.kept) > 0.9  # the cue alone keeps the prediction
 
 
 def part_model(
@@ -325,26 +384,13 @@ def test_object_box_whose_occlusion_hurts_but_carries_nothing_is_not_flagged() -
     maps = peaked_maps(12, [5] * 12)
     maps[:, :2, :2] = 1.0  # the maps single out the top-left box
     alarm = ShortcutAlarm(search=False)
-    suspects, _ = alarm.check(
-        whole_object_model, softmax, images, [maps], targets, torch.ones(12).bool()
+    suspects, _ = unpack(
+        alarm.check(whole_object_model, softmax, images, [maps], targets, torch.ones(12).bool())
     )
-    centre = next(t for t in alarm.last_tests if t["box"] == [0, 2, 0, 2] and t["group"] is None)
-    assert alarm.confirms(torch.tensor(centre["drops"]))[1]  # necessary ...
-    assert max(centre["kept"]) < 0.5  # ... but not sufficient
+    centre = next(t for t in alarm.last_tests if t.box == (0, 2, 0, 2) and t.group is None)
+    assert alarm.rule.confirms(torch.tensor(centre.drops))[1]  # necessary ...
+    assert max(centre.kept) < 0.5  # ... but not sufficient
     assert suspects == []
-
-
-def test_remembered_token_of_an_older_checkpoint_is_still_tested() -> None:
-    images, _ = corner_images(12)
-    targets = corner_model(images).argmax(1)
-    alarm = ShortcutAlarm(search=False, max_box=1)
-    alarm.load_state_dict({"candidates": [[0, None]]})  # token 0, as older versions stored it
-    everyone = torch.ones(12, dtype=torch.bool)
-    suspects, _ = alarm.check(
-        corner_model, softmax, images, [peaked_maps(12, 10)], targets, everyone
-    )
-    assert [(s.box, s.group) for s in suspects] == [((0, 1, 0, 1), None)]
-    assert [0, 1, 0, 1, None] in alarm.state_dict()["candidates"]
 
 
 def test_search_finds_a_box_cue_straddling_the_midline_when_maps_are_flat() -> None:
@@ -359,11 +405,10 @@ def test_search_finds_a_box_cue_straddling_the_midline_when_maps_are_flat() -> N
     flat = torch.zeros(12, dtype=torch.bool)  # the maps propose nothing
     maps = torch.rand(12, 8, 8, generator=torch.Generator().manual_seed(0))
     alarm = ShortcutAlarm()
-    p0 = softmax(model(images)).gather(1, targets[:, None]).squeeze(1)
-    path = alarm.search_boxes(model, softmax, images, targets, p0, (8, 8))
+    path = search_boxes(model, images, targets, (8, 8))
     assert path.shape == (12, 4, 4)  # 8 -> 5 -> 3 -> 2 -> 1 tokens a side
     assert (path[:, 2] == torch.tensor([0, 2, 3, 5])).all()  # the 2x2 level: the cue itself
-    suspects, _ = alarm.check(model, softmax, images, [maps], targets, flat)
+    suspects, _ = unpack(alarm.check(model, softmax, images, [maps], targets, flat))
     assert [(s.box, s.group, s.hits, s.kept) for s in suspects] == [((0, 2, 3, 5), None, 12, 12)]
     assert "(on the top border)" in suspects[0].describe()
 
@@ -380,9 +425,11 @@ def test_box_cue_inside_the_image_is_not_tested() -> None:
     maps = torch.zeros(12, 8, 8)
     maps[:, 3:5, 3:5] = 1.0
     alarm = ShortcutAlarm()
-    suspects, _ = alarm.check(model, softmax, images, [maps], targets, torch.ones(12).bool())
+    suspects, _ = unpack(
+        alarm.check(model, softmax, images, [maps], targets, torch.ones(12).bool())
+    )
     assert suspects == []
-    assert all(_is_token(t["box"]) for t in alarm.last_tests)
+    assert all(is_token(t.box) for t in alarm.last_tests)
 
 
 def class_box_corners() -> tuple[Model, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -420,9 +467,10 @@ def test_class_specific_box_cues_are_confirmed_per_class() -> None:
     model, images, targets, maps = class_box_corners()
     everyone = torch.ones(16, dtype=torch.bool)
     assert (
-        ShortcutAlarm(max_box=1).check(model, softmax, images, [maps], targets, everyone)[0] == []
+        ShortcutAlarm(max_box=1).check(model, softmax, images, [maps], targets, everyone).suspects
+        == []
     )
-    suspects, _ = ShortcutAlarm().check(model, softmax, images, [maps], targets, everyone)
+    suspects, _ = unpack(ShortcutAlarm().check(model, softmax, images, [maps], targets, everyone))
     boxes = [(0, 2, 0, 2), (0, 2, 6, 8), (6, 8, 0, 2), (6, 8, 6, 8)]
     assert {(s.group, s.box) for s in suspects} == {(c, boxes[c]) for c in range(4)}
     assert all(s.hits == s.kept == s.probes == 4 for s in suspects)
@@ -449,21 +497,17 @@ def test_each_copy_runs_once_and_scores_as_if_run_alone() -> None:
 
     p0, asked = p(images, torch.arange(16)), 16 + 16 * 16  # the unoccluded probes, the search
     for test in alarm.last_tests:
-        group = test["group"]
+        group = test.group
         rows = torch.arange(16) if group is None else (targets == group).nonzero().flatten()
-        boxes = torch.tensor(test["box"]).repeat(len(rows), 1)
+        boxes = torch.tensor(test.box).repeat(len(rows), 1)
         drop = (p0[rows] - p(occlude_boxes(images, rows, boxes, (8, 8)), rows)) / p0[rows]
-        torch.testing.assert_close(
-            torch.tensor(test["drops"]), drop.clamp(-1, 1), atol=1e-6, rtol=0
-        )
+        torch.testing.assert_close(torch.tensor(test.drops), drop.clamp(-1, 1), atol=1e-6, rtol=0)
         asked += len(rows)
-        if "kept" in test:
+        if test.kept is not None:
             kept = p(keep_boxes(images, rows, boxes, (8, 8)), rows) / p0[rows]
-            torch.testing.assert_close(
-                torch.tensor(test["kept"]), kept.clamp(0, 1), atol=1e-6, rtol=0
-            )
+            torch.testing.assert_close(torch.tensor(test.kept), kept.clamp(0, 1), atol=1e-6, rtol=0)
             asked += len(rows)
-    assert any("kept" in test for test in alarm.last_tests)
+    assert any(test.kept is not None for test in alarm.last_tests)
     assert len(copies) < asked  # some copies were looked up, not run again
 
 
@@ -480,16 +524,16 @@ def test_the_search_is_skipped_when_a_proposed_place_is_already_confirmed() -> N
         return model(x)
 
     lazy, always = ShortcutAlarm(), ShortcutAlarm(search_always=True)
-    found = lazy.check(counting, softmax, images, [maps], targets, everyone)[0]
-    full = always.check(model, softmax, images, [maps], targets, everyone)[0]
+    found = lazy.check(counting, softmax, images, [maps], targets, everyone).suspects
+    full = always.check(model, softmax, images, [maps], targets, everyone).suspects
     assert found and not lazy.searched and always.searched
     assert sum(ran) < 16 * 16  # fewer copies in all than the search's alone
     assert [(s.group, s.box, s.hits, s.kept) for s in found] == [
         (s.group, s.box, s.hits, s.kept) for s in full
     ]
     # the memory holds what was tested: the maps' places, not the search's
-    assert set(map(tuple, lazy.state_dict()["candidates"])) < set(
-        map(tuple, always.state_dict()["candidates"])
+    assert set(map(tuple, lazy.state_dict()["place"]["candidates"])) < set(
+        map(tuple, always.state_dict()["place"]["candidates"])
     )
 
     # the maps peak on a token that confirms nothing: the search runs, as it always would
@@ -499,7 +543,9 @@ def test_the_search_is_skipped_when_a_proposed_place_is_already_confirmed() -> N
     lazy, always = ShortcutAlarm(), ShortcutAlarm(search_always=True)
     a = lazy.check(corner_model, softmax, images, maps, targets, torch.ones(12, dtype=torch.bool))
     b = always.check(corner_model, softmax, images, maps, targets, torch.ones(12, dtype=torch.bool))
-    assert lazy.searched and a == b and [(s.row, s.col, s.group) for s in a[0]] == [(0, 0, None)]
+    assert (
+        lazy.searched and a == b and [(s.row, s.col, s.group) for s in a.suspects] == [(0, 0, None)]
+    )
     assert lazy.last_tests == always.last_tests and lazy.state_dict() == always.state_dict()
 
 
@@ -524,7 +570,7 @@ def test_given_logits_replace_the_probes_forward() -> None:
         given.check(counting("given"), softmax, images, [maps], targets, everyone, logits=logits)
         == found
     )
-    assert found[0] and own.last_tests == given.last_tests
+    assert found.suspects and own.last_tests == given.last_tests
     ran = {k: torch.cat(v) for k, v in runs.items()}
     assert len(ran["own"]) == len(ran["given"]) + 16
     assert not (ran["given"][:, None] == images.flatten(1)[None]).all(-1).any()
@@ -541,8 +587,15 @@ def centre_token_check(needs_rest: bool) -> tuple[ShortcutAlarm, list[Suspect]]:
         return part_model(x, 8, 8, 8, needs_rest=needs_rest)
 
     alarm = ShortcutAlarm(search=False)
-    suspects, _ = alarm.check(
-        model, softmax, images, [peaked_maps(12, 5)], model(images).argmax(1), torch.ones(12).bool()
+    suspects, _ = unpack(
+        alarm.check(
+            model,
+            softmax,
+            images,
+            [peaked_maps(12, 5)],
+            model(images).argmax(1),
+            torch.ones(12).bool(),
+        )
     )
     return alarm, suspects
 
@@ -552,9 +605,9 @@ def test_interior_token_that_is_necessary_but_not_sufficient_is_not_flagged() ->
     when their central token was occluded): inside the image a token must also keep the
     prediction alone, and this one keeps nothing."""
     alarm, suspects = centre_token_check(needs_rest=True)
-    centre = next(t for t in alarm.last_tests if t["box"] == [1, 2, 1, 2] and t["group"] is None)
-    assert alarm.confirms(torch.tensor(centre["drops"]))[1]  # necessary ...
-    assert max(centre["kept"]) < 0.5  # ... but not sufficient
+    centre = next(t for t in alarm.last_tests if t.box == (1, 2, 1, 2) and t.group is None)
+    assert alarm.rule.confirms(torch.tensor(centre.drops))[1]  # necessary ...
+    assert max(centre.kept) < 0.5  # ... but not sufficient
     assert suspects == []
 
 

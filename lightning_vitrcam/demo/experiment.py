@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
@@ -41,7 +41,7 @@ class EpochSignals:
     shortcut_drop: float | None = None
     flat_maps: float | None = None
     message: str | None = None
-    #: the alarm's candidates tested at this evaluation (see ``ShortcutAlarm.last_tests``)
+    #: the places the alarm tested at this evaluation (``ShortcutAlarm.last_tests`` as dicts)
     alarm_tests: list[dict[str, Any]] | None = None
     #: whether the alarm ran its occlusion search at this evaluation (it does not when a map's
     #: or remembered place is already confirmed)
@@ -66,6 +66,7 @@ class _SignalRecorder(Callback):
             return float(metrics[key]) if key in metrics else None
 
         monitor = next(c for c in trainer.callbacks if isinstance(c, ViTReciproCAMCallback))
+        alarm = monitor.alarm
         shortcut = [w for w in self.caught if issubclass(w.category, PossibleShortcutWarning)]
         new = shortcut[self._seen :]
         self.rows.append(
@@ -80,8 +81,8 @@ class _SignalRecorder(Callback):
                 shortcut_drop=value("vitrcam/shortcut_drop"),
                 flat_maps=value("vitrcam/flat_maps"),
                 message=str(new[-1].message) if new else None,
-                alarm_tests=list(monitor.alarm.last_tests),
-                alarm_searched=monitor.alarm.searched,
+                alarm_tests=[asdict(t) for t in alarm.last_tests] if alarm else None,
+                alarm_searched=alarm.searched if alarm else None,
             )
         )
         self._seen = len(shortcut)

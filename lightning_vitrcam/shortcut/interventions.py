@@ -1,0 +1,150 @@
+"""Interventions on the probe images, and the cache that scores each distinct copy once.
+
+An intervention changes a probe's pixels at a place on the token grid: :func:`occlude_boxes`
+fills the place with the probes' per-channel mean colour (is the place necessary?),
+:func:`keep_boxes` keeps only the place (is it sufficient?). :class:`CopyCache` scores such
+copies for their probe's explained class, running each distinct ``(probe, place, kind)`` once
+per check: the search, the groups (all probes, each class) and the evidence kinds share many.
+
+Example:
+    >>> import torch
+    >>> x = torch.zeros(1, 1, 4, 4); x[0, 0, 0, 0] = 16.0
+    >>> occlude_boxes(x, torch.tensor([0]), torch.tensor([[1, 2, 0, 2]]), (2, 2))[0, 0]
+    tensor([[16.,  0.,  0.,  0.],
+            [ 0.,  0.,  0.,  0.],
+            [ 1.,  1.,  1.,  1.],
+            [ 1.,  1.,  1.,  1.]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import IntEnum
+
+import torch
+
+__all__ = ["CopyCache", "Copy", "inside", "keep_boxes", "occlude_boxes"]
+
+
+class Copy(IntEnum):
+    """What a copy of a probe shows: the place filled, or the place alone."""
+
+    OCCLUDED = 0
+    KEPT = 1
+
+
+def inside(images: torch.Tensor, boxes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``[B, H, W]`` bool: the pixels of each image's token box ``boxes[i]``."""
+    h, w = grid
+    H, W = images.shape[-2:]
+    # pixel -> token cell; exact for patch grids, nearest cell when H or W is not a multiple
+    cell_r = ((torch.arange(H, device=images.device) * h) // H).view(1, H, 1)
+    cell_c = ((torch.arange(W, device=images.device) * w) // W).view(1, 1, W)
+    r0, r1, c0, c1 = (boxes[:, k].view(-1, 1, 1) for k in range(4))
+    return (cell_r >= r0) & (cell_r < r1) & (cell_c >= c0) & (cell_c < c1)
+
+
+def fill_colour(images: torch.Tensor) -> torch.Tensor:
+    """``[1, C, 1, 1]``: the probes' per-channel mean, what an occluded place shows."""
+    return images.mean(dim=(0, 2, 3), keepdim=True)
+
+
+def occlude_boxes(
+    images: torch.Tensor, rows: torch.Tensor, boxes: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
+    """Copies ``images[rows]``, each with the token box ``boxes[i] = (r0, r1, c0, c1)`` filled
+    with the images' per-channel mean, all in one tensor operation."""
+    fill = fill_colour(images).to(images.dtype)
+    return torch.where(inside(images, boxes, grid)[:, None], fill, images[rows])
+
+
+def keep_boxes(
+    images: torch.Tensor, rows: torch.Tensor, boxes: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
+    """The complement of :func:`occlude_boxes`: copies of ``images[rows]`` that keep only the
+    token box ``boxes[i]``, everything else filled with the images' per-channel mean.
+
+    Example:
+        >>> x = torch.arange(16.0).view(1, 1, 4, 4)
+        >>> keep_boxes(x, torch.tensor([0]), torch.tensor([[0, 1, 1, 2]]), (2, 2))[0, 0]
+        tensor([[7.5000, 7.5000, 2.0000, 3.0000],
+                [7.5000, 7.5000, 6.0000, 7.0000],
+                [7.5000, 7.5000, 7.5000, 7.5000],
+                [7.5000, 7.5000, 7.5000, 7.5000]])
+    """
+    fill = fill_colour(images).to(images.dtype)
+    return torch.where(inside(images, boxes, grid)[:, None], images[rows], fill)
+
+
+_MAKE = {Copy.OCCLUDED: occlude_boxes, Copy.KEPT: keep_boxes}
+
+
+class CopyCache:
+    """The probes' copies of one alarm check, each scored once by ``(probe row, box, kind)``.
+
+    ``forward`` maps a batch of images to logits (it bounds its own batch size), ``score``
+    logits to per-class scores; each copy is scored for its probe's ``targets`` class. A copy
+    looked up instead of run again has the score it had, up to the float rounding of another
+    batch.
+    """
+
+    def __init__(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        score: Callable[[torch.Tensor], torch.Tensor],
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        grid: tuple[int, int],
+    ) -> None:
+        self.forward, self.score = forward, score
+        self.images, self.targets, self.grid = images, targets, grid
+        self._keys = torch.empty(0, dtype=torch.long, device=images.device)
+        self._values = torch.empty(0, device=images.device)
+
+    def scores(self, batch: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each image's score of its target class (one forward of the whole batch)."""
+        return self.of_logits(self.forward(batch), targets)
+
+    def of_logits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each row's score of its target class, read from its logits."""
+        return self.score(logits.float()).gather(1, targets[:, None]).squeeze(1)
+
+    def copies(self, rows: torch.Tensor, boxes: torch.Tensor, kind: Copy) -> torch.Tensor:
+        """Each ``images[rows[i]]`` with ``boxes[i]`` occluded (or kept alone), scored for its
+        target: the copies not scored yet run once each, in one batched forward."""
+        keys = self._key(rows, boxes, kind)
+        unique, inverse = keys.unique(return_inverse=True)
+        first = torch.full_like(unique, len(keys)).scatter_reduce(
+            0, inverse, torch.arange(len(keys), device=keys.device), "amin"
+        )
+        found, values = self._lookup(unique)
+        todo = first[~found]
+        if todo.numel():
+            make = _MAKE[kind]
+            fresh = self.scores(
+                make(self.images, rows[todo], boxes[todo], self.grid), self.targets[rows[todo]]
+            )
+            values = values.to(fresh.dtype)
+            values[~found] = fresh
+            self._keys = torch.cat([self._keys, unique[~found]])
+            self._values = torch.cat([self._values.to(fresh.dtype), fresh])
+        return values[inverse]
+
+    def _key(self, rows: torch.Tensor, boxes: torch.Tensor, kind: Copy) -> torch.Tensor:
+        """One integer per copy: its probe row, box corners and kind, mixed radix."""
+        h, w = self.grid
+        code = boxes[:, 0]
+        for k, base in ((1, h + 1), (2, w + 1), (3, w + 1)):
+            code = code * base + boxes[:, k]
+        return (rows * (h + 1) ** 2 * (w + 1) ** 2 + code) * 2 + int(kind)
+
+    def _lookup(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(found, values)``: which ``keys`` were scored, and their scores (0 where not)."""
+        if not self._keys.numel():
+            return torch.zeros_like(keys, dtype=torch.bool), torch.zeros(
+                len(keys), device=keys.device
+            )
+        known, order = self._keys.sort()
+        pos = torch.searchsorted(known, keys).clamp_max(len(known) - 1)
+        found = known[pos] == keys
+        return found, torch.where(found, self._values[order[pos]], 0.0)

@@ -1,0 +1,139 @@
+"""What the alarm tells the user: :class:`Suspect` and the warning's text.
+
+Example:
+    >>> import torch
+    >>> mean_map = torch.zeros(4, 4); mean_map[0, 0] = 1.0
+    >>> print(shortcut_message({"hotspot_ratio": 16.0}, mean_map, epoch=2, step=90,
+    ...                        hotspot_threshold=4.0))  # doctest: +NORMALIZE_WHITESPACE
+    ViTReciproCAMCallback: possible shortcut at epoch 2 (step 90): hotspot ratio 16.00 > 4.0;
+    the mean saliency peaks at token row 0, column 0 (on the top-left corner)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lightning_vitrcam.shortcut.places import Box, hotspot_location, is_token, place_name
+from lightning_vitrcam.shortcut.rule import needs_sufficiency
+
+__all__ = ["PossibleShortcutWarning", "Suspect", "shortcut_message"]
+
+
+class PossibleShortcutWarning(UserWarning):
+    """The model's prediction hangs on something other than the object (or the saliency left
+    the object masks)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Suspect:
+    """A place whose occlusion collapses the prediction on most probes of a group.
+
+    ``box`` is the place on the ``grid``; ``group`` is the class index of the probes tested
+    (None: all probes); ``hits`` of ``probes`` lost at least ``min_drop`` of their
+    predicted-class probability; ``mean_drop`` is the group's mean relative drop. Where the
+    place must also be sufficient (a box, a token inside the image), ``kept`` of the hit
+    probes kept at least ``min_drop`` of it with the place alone.
+
+    Example:
+        >>> s = Suspect(box=(0, 1, 3, 4), grid=(4, 4), group=None, probes=5, hits=4,
+        ...             mean_drop=0.73)
+        >>> s.describe()  # doctest: +NORMALIZE_WHITESPACE
+        'occluding token row 0, column 3 (on the top-right corner) drops the predicted-class
+        probability by 0.73 on average and by at least half on 4 of 5 probes'
+    """
+
+    box: Box
+    grid: tuple[int, int]
+    group: int | None
+    probes: int
+    hits: int
+    mean_drop: float
+    min_drop: float = 0.5
+    kept: int = 0
+
+    @property
+    def row(self) -> int:
+        return self.box[0]
+
+    @property
+    def col(self) -> int:
+        return self.box[2]
+
+    @property
+    def at_least(self) -> str:
+        """How the warning says ``min_drop``: "half", or a percentage."""
+        return "half" if self.min_drop == 0.5 else f"{self.min_drop:.0%}"
+
+    def who(self, class_names: Sequence[str] | None = None) -> str:
+        """The probes tested: "probes", or "probes predicted as 'cat'"."""
+        if self.group is None:
+            return "probes"
+        name = class_names[self.group] if class_names else str(self.group)
+        return f"probes predicted as {name!r}"
+
+    def describe(self, class_names: Sequence[str] | None = None) -> str:
+        return (
+            f"occluding {place_name(self.box, self.grid)} drops the predicted-class"
+            f" probability by {self.mean_drop:.2f} on average and by at least {self.at_least}"
+            f" on {self.hits} of {self.probes} {self.who(class_names)}{self._kept()}"
+        )
+
+    def _kept(self) -> str:
+        if not needs_sufficiency(self.box, self.grid):
+            return ""
+        alone = "token" if is_token(self.box) else "box"
+        return (
+            f", and {self.kept} of them kept at least {self.at_least} of it with the {alone} alone"
+        )
+
+
+def describe_place(suspects: Sequence[Suspect], class_names: Sequence[str] | None) -> str:
+    """One reason per place: the groups confirmed at the same place share one sentence."""
+    if len(suspects) == 1:
+        return suspects[0].describe(class_names)
+    first = suspects[0]
+    groups = ", ".join(
+        f"{s.hits} of {s.probes} {s.who(class_names)} (by {s.mean_drop:.2f} on average)"
+        for s in suspects
+    )
+    return (
+        f"occluding {place_name(first.box, first.grid)} drops the predicted-class"
+        f" probability by at least {first.at_least} on {groups}"
+    )
+
+
+def shortcut_message(
+    values: Mapping[str, float],
+    mean_map: torch.Tensor,
+    epoch: int,
+    step: int,
+    hotspot_threshold: float | None = None,
+    energy_threshold: float | None = None,
+    suspects: Sequence[Suspect] = (),
+    class_names: Sequence[str] | None = None,
+) -> str | None:
+    """The warning for one evaluation, or None: the confirmed ``suspects``, ``hotspot_ratio``
+    above ``hotspot_threshold`` and, with masks, ``energy_in_mask`` below
+    ``energy_threshold``."""
+    places: dict[Box, list[Suspect]] = {}
+    for s in suspects:
+        places.setdefault(s.box, []).append(s)
+    reasons = [describe_place(group, class_names) for group in list(places.values())[:3]]
+    ratio, energy = values.get("hotspot_ratio"), values.get("energy_in_mask")
+    if hotspot_threshold is not None and ratio is not None and ratio > hotspot_threshold:
+        reasons.append(f"hotspot ratio {ratio:.2f} > {hotspot_threshold}")
+    if energy_threshold is not None and energy is not None and energy < energy_threshold:
+        reasons.append(f"energy in the object masks {energy:.2f} < {energy_threshold}")
+    if not reasons:
+        return None
+    text = f"ViTReciproCAMCallback: possible shortcut at epoch {epoch} (step {step}): " + "; ".join(
+        reasons
+    )
+    if not suspects:
+        row, col, border = hotspot_location(mean_map)
+        place = f"on the {border}" if border else "inside the image"
+        text += f"; the mean saliency peaks at token row {row}, column {col} ({place})"
+    return text
