@@ -22,7 +22,7 @@ from torchvision.models import VisionTransformer
 from lightning_vitrcam import ViTReciproCAM
 from lightning_vitrcam.demo import SQUARE_COLOURS, coloured_squares
 from lightning_vitrcam.metrics import energy_in_mask
-from lightning_vitrcam.render import overlay, saliency_grid, save_png
+from lightning_vitrcam.render import Style, overlay, saliency_grid, save_png
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"saliency energy inside the square: {energy:.2f} (uniform map: {uniform:.2f})")
 
     folder = Path(args.out)
+    style = Style(mean=[0.5] * 3, std=[0.5] * 3)
     grid = saliency_grid(
         images,
         out.maps,
@@ -71,11 +72,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         probs=out.probs,
         labels=labels,
         class_names=["red", "green", "blue", "yellow"],
-        mean=[0.5] * 3,
-        std=[0.5] * 3,
+        style=style,
     )
     save_png(grid, folder / "grid.png")
-    save_png(overlay(images, out.maps, mean=[0.5] * 3, std=[0.5] * 3)[0], folder / "first.png")
+    save_png(overlay(images, out.maps, style)[0], folder / "first.png")
     print(f"wrote {folder / 'grid.png'}")
     return {
         "accuracy": accuracy,

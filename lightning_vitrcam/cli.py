@@ -208,7 +208,7 @@ def explain_main(argv: Sequence[str]) -> int:
     from lightning_vitrcam.adapters import find_vit
     from lightning_vitrcam.explainer import ViTReciproCAM
     from lightning_vitrcam.normalization import input_channels, resolve_mean_std
-    from lightning_vitrcam.render import overlay, saliency_grid, save_png
+    from lightning_vitrcam.render import Style, overlay, saliency_grid, save_png
 
     args = build_explain_parser().parse_args(list(argv))
     ckpt = Path(args.ckpt)
@@ -233,6 +233,7 @@ def explain_main(argv: Sequence[str]) -> int:
     channels = input_channels(vit) or 3
     mean, std = resolve_mean_std(model=vit, channels=channels)
     class_names = args.class_names or checkpoint_class_names(checkpoint)
+    style = Style(mean=mean, std=std, cmap=args.cmap)
 
     out = Path(args.out)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
@@ -241,7 +242,7 @@ def explain_main(argv: Sequence[str]) -> int:
         chunk = files[start : start + args.batch_size]
         images = load_images(chunk, size, mean, std, channels).to(args.device)
         result = cam(images)
-        overlays = overlay(images, result.maps, mean=mean, std=std, cmap=args.cmap)
+        overlays = overlay(images, result.maps, style)
         for f, img, target, prob in zip(
             chunk, overlays.cpu(), result.targets.tolist(), result.probs.tolist(), strict=True
         ):
@@ -255,9 +256,7 @@ def explain_main(argv: Sequence[str]) -> int:
                 preds=result.targets,
                 probs=result.probs,
                 class_names=class_names,
-                mean=mean,
-                std=std,
-                cmap=args.cmap,
+                style=style,
             )
         )
     for i, grid in enumerate(grids):

@@ -83,8 +83,8 @@ def _png_name(step: int) -> str:
 # ----------------------------------------------------------------------------- writers
 def tensorboard_pictures(logger: Any, pictures: Sequence[Picture], step: int) -> None:
     """Every picture (CHW uint8) as an image summary at ``step``, PNG-encoded by
-    :func:`~lightning_vitrcam.render.to_png` (``add_image`` encodes at zlib level 6, over 3x
-    slower on the probe grid, the largest single cost of an evaluation after the alarm)."""
+    :func:`~lightning_vitrcam.render.to_png` (faster than ``add_image``'s own encoding; see
+    ``docs/performance.md``)."""
     writer = logger.experiment
     file_writer = getattr(writer, "_get_file_writer", None)
     if file_writer is None:  # a writer without torch's (or tensorboardX's) file writer
@@ -94,8 +94,7 @@ def tensorboard_pictures(logger: Any, pictures: Sequence[Picture], step: int) ->
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     # every picture is encoded before the first is queued: the writer thread checksums each
-    # event in pure Python (~57 ms for the demo's grid), holding the GIL, and an encode running
-    # beside it waited that long (a 1-ms mean map took 35-50 ms)
+    # event in pure Python holding the GIL, and an encode running beside it would wait
     encoded = [(pic, to_png(pic.image)) for pic in pictures]
     for pic, png in encoded:
         channels, height, width = pic.image.shape

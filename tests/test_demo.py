@@ -14,7 +14,7 @@ from lightning_vitrcam.demo import (
     ViTClassifier,
     corner_slices,
 )
-from lightning_vitrcam.render import denormalize
+from lightning_vitrcam.render import Style, denormalize
 
 TINY_VIT = {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
 
@@ -39,7 +39,7 @@ def test_batch_format() -> None:
     # Normalised, then denormalised back to the stored uint8 pixels.
     ds = dm.val_set
     item = ds[3]
-    back = denormalize(item["image"][None], ds.mean, ds.std)[0]
+    back = denormalize(item["image"][None], Style(ds.mean, ds.std))[0]
     assert torch.allclose(back, ds.images[3].float() / 255.0, atol=1e-5)
     assert isinstance(dm.val_dataloader(), torch.utils.data.DataLoader)
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lightning_vitrcam.normalization import resolve_mean_std
-from lightning_vitrcam.render import overlay
+from lightning_vitrcam.render import Style, overlay
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,7 +45,7 @@ def test_overlay_uses_model_statistics():
     holder = nn.Module()
     holder.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
     mean, std = resolve_mean_std(holder)
-    with_model = overlay((x - 0.5) / 0.5, torch.zeros(1, 2, 2), mean, std, alpha=0.0)
+    with_model = overlay((x - 0.5) / 0.5, torch.zeros(1, 2, 2), Style(mean, std, alpha=0.0))
     torch.testing.assert_close(with_model.float(), (x * 255).round(), atol=1, rtol=0)
 
 
@@ -68,7 +68,7 @@ def test_statistics_follow_the_model_channels():
     # what the callback passes: the probe images' channel count
     images = torch.zeros(2, 1, 32, 32)
     assert resolve_mean_std(grey, channels=images.shape[1]) == ((0.4,), (0.3,))
-    out = overlay(images, torch.zeros(2, 4, 4), *resolve_mean_std(grey), alpha=0.0)
+    out = overlay(images, torch.zeros(2, 4, 4), Style(*resolve_mean_std(grey), alpha=0.0))
     assert out.shape == (2, 3, 32, 32) and int(out[0, 0, 0, 0]) == round(0.4 * 255)
 
 

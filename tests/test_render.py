@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from lightning_vitrcam.render import (
+    Style,
     colorize,
     denormalize,
     heatmap,
@@ -43,7 +44,7 @@ def is_red(img: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- normalisation
 def test_denormalize_inverts_normalisation():
     x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    back = denormalize(normalise(x), IMAGENET_MEAN, IMAGENET_STD)
+    back = denormalize(normalise(x), Style(IMAGENET_MEAN, IMAGENET_STD))
     assert back.dtype == torch.float32 and back.shape == (2, 3, 8, 8)
     torch.testing.assert_close(back, x)
     # out-of-range values are clipped into [0, 1]
@@ -63,23 +64,23 @@ def test_colorize_matches_matplotlib_and_gradient_ends_differ():
 def test_overlay_colour_follows_map():
     images = black_images(1)
     grad = torch.linspace(0, 1, 4).repeat(4, 1)[None]
-    out = overlay(images, grad, alpha=1.0)
+    out = overlay(images, grad, Style(alpha=1.0))
     assert out.dtype == torch.uint8 and out.shape == (1, 3, 32, 32)
     left, right = out[0, :, 16, 0].int(), out[0, :, 16, -1].int()
     assert (left - right).abs().sum() > 200  # dark purple/black vs bright yellow
     # a different map gives a different picture; alpha 0 is the de-normalised image itself
-    assert not torch.equal(out, overlay(images, grad.flip(-1), alpha=1.0))
+    assert not torch.equal(out, overlay(images, grad.flip(-1), Style(alpha=1.0)))
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    plain = overlay(normalise(x), grad, alpha=0.0)
+    plain = overlay(normalise(x), grad, Style(alpha=0.0))
     torch.testing.assert_close(plain.float(), (x * 255).round(), atol=1, rtol=0)
-    half = overlay(normalise(x), grad, alpha=0.5, cmap="gray")
+    half = overlay(normalise(x), grad, Style(alpha=0.5, cmap="gray"))
     expect = (0.5 * x + 0.5 * colorize(grad, (32, 32), "gray")) * 255
     torch.testing.assert_close(half.float(), expect.round(), atol=1, rtol=0)
 
 
 def test_bad_colormap_name():
     with pytest.raises(ValueError, match="matplotlib.colormaps"):
-        overlay(black_images(1), torch.rand(1, 2, 2), cmap="no-such-map")
+        overlay(black_images(1), torch.rand(1, 2, 2), Style(cmap="no-such-map"))
 
 
 # --------------------------------------------------------------------------- grid
@@ -114,7 +115,7 @@ def test_saliency_grid_layout_and_png(tmp_path):
 def test_saliency_grid_captions_change_pixels():
     # black images and a map coloured black: every bright pixel is caption text
     images, maps = black_images(2), torch.zeros(2, 4, 4)
-    kw = dict(cmap="gray", **grid_args())
+    kw = dict(style=Style(cmap="gray"), **grid_args())
     bare = saliency_grid(images, maps, captions=False, **kw)
     captioned = saliency_grid(images, maps, **kw)
     assert int(bare.max()) == 0
@@ -124,7 +125,7 @@ def test_saliency_grid_captions_change_pixels():
     other = saliency_grid(
         images,
         maps,
-        cmap="gray",
+        style=Style(cmap="gray"),
         preds=torch.tensor([0, 1]),
         probs=torch.tensor([0.1, 0.6]),
         class_names=["cat", "dog", "bird"],
@@ -134,7 +135,7 @@ def test_saliency_grid_captions_change_pixels():
 
 def test_saliency_grid_marks_mismatch_in_red():
     images, maps = black_images(2), torch.zeros(2, 4, 4)
-    kw = dict(cmap="gray", **grid_args())
+    kw = dict(style=Style(cmap="gray"), **grid_args())
     right = saliency_grid(images, maps, labels=torch.tensor([0, 1]), **kw)
     wrong = saliency_grid(images, maps, labels=torch.tensor([0, 2]), **kw)
     assert int(is_red(right).sum()) == 0
@@ -214,15 +215,15 @@ def test_png_roundtrip(tmp_path):
 # --------------------------------------------------------------------------- channels
 def test_grayscale_images_render_grey():
     x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(3))
-    base = denormalize((x - 0.5) / 0.25, (0.5,), (0.25,))
+    base = denormalize((x - 0.5) / 0.25, Style((0.5,), (0.25,)))
     assert base.shape == (2, 3, 16, 16)
     assert torch.equal(base[:, 0], base[:, 1]) and torch.equal(base[:, 1], base[:, 2])
     torch.testing.assert_close(base[:, 0], x[:, 0])
     # default statistics: ImageNet's fitted to one channel (the mean of the three)
-    plain = overlay(torch.zeros(1, 1, 8, 8), torch.zeros(1, 2, 2), alpha=0.0)
+    plain = overlay(torch.zeros(1, 1, 8, 8), torch.zeros(1, 2, 2), Style(alpha=0.0))
     assert plain.shape == (1, 3, 8, 8) and int(plain[0, 0, 0, 0]) == round(0.449 * 255)
     grid = saliency_grid(
-        (x - 0.5) / 0.25, torch.rand(2, 4, 4), mean=(0.5,), std=(0.25,), **grid_args()
+        (x - 0.5) / 0.25, torch.rand(2, 4, 4), style=Style((0.5,), (0.25,)), **grid_args()
     )
     assert grid.dtype == torch.uint8 and grid.shape[0] == 3
 
@@ -230,15 +231,17 @@ def test_grayscale_images_render_grey():
 def test_more_than_three_channels_render_chosen_channels():
     x = torch.rand(1, 5, 8, 8, generator=torch.Generator().manual_seed(4))
     mean, std = (0.0,) * 5, (1.0,) * 5
-    torch.testing.assert_close(denormalize(x, mean, std), x[:, :3])  # the first three
-    torch.testing.assert_close(denormalize(x, mean, std, channels=[4, 0, 2]), x[:, [4, 0, 2]])
-    grey = denormalize(x, mean, std, channels=[3])
+    torch.testing.assert_close(denormalize(x, Style(mean, std)), x[:, :3])  # the first three
+    torch.testing.assert_close(
+        denormalize(x, Style(mean, std, channels=[4, 0, 2])), x[:, [4, 0, 2]]
+    )
+    grey = denormalize(x, Style(mean, std, channels=[3]))
     torch.testing.assert_close(grey, x[:, [3, 3, 3]])
-    out = overlay(x, torch.rand(1, 2, 2), mean, std, channels=[4, 3, 2], alpha=0.0)
+    out = overlay(x, torch.rand(1, 2, 2), Style(mean, std, channels=[4, 3, 2], alpha=0.0))
     torch.testing.assert_close(out.float(), (x[:, [4, 3, 2]] * 255).round(), atol=1, rtol=0)
     with pytest.raises(ValueError, match="1 \\(grey\\) or 3"):
-        denormalize(x, mean, std, channels=[0, 1])
+        denormalize(x, Style(mean, std, channels=[0, 1]))
     with pytest.raises(ValueError, match="1 \\(grey\\) or 3"):
-        denormalize(x, mean, std, channels=[5, 0, 1])
+        denormalize(x, Style(mean, std, channels=[5, 0, 1]))
     with pytest.raises(ValueError, match="5 channels but mean/std have 3 values"):
-        denormalize(x, IMAGENET_MEAN, IMAGENET_STD)
+        denormalize(x, Style(IMAGENET_MEAN, IMAGENET_STD))
