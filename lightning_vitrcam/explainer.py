@@ -256,8 +256,7 @@ class ViTReciproCAM:
         unmasked logits (:attr:`ReciproCAMResult.logits`): in eval mode, heads in float32 under
         autocast and, on the fast path, the last block run for the prefix rows only (the rest
         of its rows never reach a token-pooled head). Equal to the model's forward up to float
-        rounding, and cheaper on the fast path (one block of the demo's four, for 64 images:
-        40 ms against 48 ms on a 2-core CPU). The shortcut alarm scores its occluded copies
+        rounding, and cheaper on the fast path. The shortcut alarm scores its occluded copies
         with it, so that their scores and the explanation's compare the same computation.
 
         Example:

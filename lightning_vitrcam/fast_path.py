@@ -11,13 +11,13 @@ Three facts make it cost about one forward:
    are projected once and copies only rescale the projections.
 
 The folded attention (:class:`FastPath`) is written once; what differs between model families
-is a small :class:`FamilySpec`: where the first norm and the q/k/v projections are, and the
-prefix rows' tail from the attention output to the logits. Specs exist for timm's
-``VisionTransformer`` (and DeiT's distilled variant), torchvision's ``VisionTransformer`` and
-HF's ``ViTForImageClassification`` / ``DeiTForImageClassification(WithTeacher)``.
-:func:`fast_path_blocker` accepts only the exact classes each spec was derived for; any other
-family (or a subclass that may change the maths) takes the general path, so adding a model
-family never touches this module.
+is a small :class:`~lightning_vitrcam.adapters.fast_spec.FamilySpec` that each family's
+adapter carries (``fast_path_spec``): where the q/k/v projections are, and the prefix rows'
+tail from the attention output to the logits (timm's ``VisionTransformer`` and DeiT's
+distilled variant, torchvision's ``VisionTransformer``, HF's ``ViTForImageClassification`` /
+``DeiTForImageClassification(WithTeacher)``). :func:`fast_path_blocker` accepts only the exact
+classes the adapter is registered for; any other model (or a subclass that may change the
+maths) takes the general path, so adding a model family never touches this module.
 
 Example:
     >>> from torchvision.models import VisionTransformer
@@ -41,263 +41,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_vitrcam.adapters import ModelAdapter
-from lightning_vitrcam.adapters.base import adapter_class_for, class_path, on_input
+from lightning_vitrcam.adapters.base import (
+    ModelAdapter,
+    adapter_class_for,
+    on_input,
+    registered_adapter,
+)
+from lightning_vitrcam.adapters.fast_spec import FamilySpec
 from lightning_vitrcam.masks import WINDOW_SLOTS, window_slots
 
-__all__ = [
-    "FOLDED_SLOTS",
-    "FamilySpec",
-    "FastPath",
-    "Projections",
-    "fast_path_blocker",
-    "images_per_chunk",
-    "spec_for",
-]
+__all__ = ["FOLDED_SLOTS", "FastPath", "fast_path_blocker", "images_per_chunk", "spec_for"]
 
 # per copy and prefix query: the window's slots plus the one slot all zero tokens fold into
 FOLDED_SLOTS = WINDOW_SLOTS + 1
 
 
-# ----------------------------------------------------------------------------- family specs
-@dataclass(frozen=True)
-class Projections:
-    """The last block's attention projections: ``wq`` ``[H*d, D]``, ``wkv`` ``[2*H*d, D]`` (keys
-    then values), biases ``[H*d]`` or None, ``heads`` H, ``head_dim`` d and the logit scale."""
-
-    wq: torch.Tensor
-    wkv: torch.Tensor
-    bq: torch.Tensor | None
-    bk: torch.Tensor | None
-    bv: torch.Tensor | None
-    heads: int
-    head_dim: int
-    scale: float
-
-
-class FamilySpec:
-    """What the folded attention needs from one model family (exact classes only).
-
-    ``models`` are the class paths of the models the maths was derived for; :meth:`blocker`
-    checks the rest (block and attention classes, pooling). :meth:`prefix_tail` maps each
-    copy's merged attention output of the prefix rows, ``[B, N, P, H*d]`` in the parameters'
-    dtype, to ``[B, N, C]`` logits, exactly as the block's remainder and the model's head do.
-    """
-
-    models: frozenset[str] = frozenset()
-
-    def blocker(self, model: nn.Module, block: nn.Module) -> str | None:
-        return None
-
-    def norm1(self, block: nn.Module) -> nn.Module:
-        raise NotImplementedError
-
-    def projections(self, block: nn.Module) -> Projections:
-        raise NotImplementedError
-
-    def context(self, block: nn.Module, feats_pre: torch.Tensor) -> Any:
-        """Per-image state of the prefix rows that every copy shares (e.g. an output gate)."""
-        return None
-
-    def prefix_tail(
-        self,
-        model: nn.Module,
-        block: nn.Module,
-        x_pre: torch.Tensor,
-        out: torch.Tensor,
-        context: Any,
-    ) -> torch.Tensor:
-        raise NotImplementedError
-
-
-def _split_fused(
-    weight: torch.Tensor, bias: torch.Tensor | None, width: int
-) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, ...]]:
-    """``(wq, wkv, (bq, bk, bv))`` of a fused ``[3*width, D]`` q/k/v projection (views)."""
-    biases = (None, None, None) if bias is None else tuple(bias.split(width))
-    return weight[:width], weight[width:], biases
-
-
-class _TimmSpec(FamilySpec):
-    """timm ``Block``/``Attention`` (fused ``qkv``) in a token-pooled ``VisionTransformer``."""
-
-    models = frozenset(
-        {
-            "timm.models.vision_transformer.VisionTransformer",
-            "timm.models.deit.VisionTransformerDistilled",
-        }
-    )
-
-    def blocker(self, model: nn.Module, block: nn.Module) -> str | None:
-        from timm.layers import Attention
-        from timm.models.vision_transformer import Block
-
-        if getattr(model, "attn_pool", None) is not None or model.global_pool != "token":
-            return f"global_pool={getattr(model, 'global_pool', None)!r} is not token pooling"
-        if type(block) is not Block or type(block.attn) is not Attention:
-            return f"custom block {type(block).__name__}/{type(block.attn).__name__}"
-        attn = block.attn
-        if not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)):
-            return "q/k normalisation makes keys non-affine in the window weight"
-        if not isinstance(attn.qkv, nn.Linear):
-            return "the attention has no fused qkv Linear"
-        return None
-
-    def norm1(self, block: nn.Module) -> nn.Module:
-        return block.norm1
-
-    def projections(self, block: nn.Module) -> Projections:
-        attn = block.attn
-        width = attn.num_heads * attn.head_dim
-        wq, wkv, (bq, bk, bv) = _split_fused(attn.qkv.weight, attn.qkv.bias, width)
-        return Projections(wq, wkv, bq, bk, bv, attn.num_heads, attn.head_dim, attn.scale)
-
-    def context(self, block: nn.Module, feats_pre: torch.Tensor) -> Any:
-        gate = getattr(block.attn, "gate", None)
-        return None if gate is None else gate(feats_pre).sigmoid()
-
-    def prefix_tail(
-        self,
-        model: nn.Module,
-        block: nn.Module,
-        x_pre: torch.Tensor,
-        out: torch.Tensor,
-        context: Any,
-    ) -> torch.Tensor:
-        B, N, P, _ = out.shape
-        attn = block.attn
-        out = attn.norm(out)
-        if context is not None:
-            out = out * context[:, None].to(out.dtype)
-        out = attn.proj_drop(attn.proj(out))
-        y = x_pre[:, None] + block.drop_path1(block.ls1(out))
-        y = y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))
-        y = model.norm(y.reshape(B * N, P, -1))
-        return model.forward_head(y).reshape(B, N, -1)
-
-
-class _TorchvisionSpec(FamilySpec):
-    """torchvision ``EncoderBlock`` with ``nn.MultiheadAttention`` (fused ``in_proj_weight``)
-    in ``VisionTransformer``: ``encoder.ln`` and ``heads`` on the class token."""
-
-    models = frozenset({"torchvision.models.vision_transformer.VisionTransformer"})
-
-    def blocker(self, model: nn.Module, block: nn.Module) -> str | None:
-        if class_path(type(block)) != "torchvision.models.vision_transformer.EncoderBlock":
-            return f"custom block {type(block).__name__}"
-        attn = block.self_attention
-        if type(attn) is not nn.MultiheadAttention:
-            return f"custom attention {type(attn).__name__}"
-        if not attn._qkv_same_embed_dim or not attn.batch_first:
-            return "the attention has no fused batch-first in_proj_weight"
-        if attn.bias_k is not None or attn.bias_v is not None or attn.add_zero_attn:
-            return "extra key/value slots (add_bias_kv / add_zero_attn)"
-        return None
-
-    def norm1(self, block: nn.Module) -> nn.Module:
-        return block.ln_1
-
-    def projections(self, block: nn.Module) -> Projections:
-        attn = block.self_attention
-        E, H = attn.embed_dim, attn.num_heads
-        wq, wkv, (bq, bk, bv) = _split_fused(attn.in_proj_weight, attn.in_proj_bias, E)
-        d = E // H
-        return Projections(wq, wkv, bq, bk, bv, H, d, d**-0.5)
-
-    def prefix_tail(
-        self,
-        model: nn.Module,
-        block: nn.Module,
-        x_pre: torch.Tensor,
-        out: torch.Tensor,
-        context: Any,
-    ) -> torch.Tensor:
-        B, N, P, _ = out.shape
-        y = block.dropout(block.self_attention.out_proj(out)) + x_pre[:, None]
-        y = y + block.mlp(block.ln_2(y))
-        y = model.encoder.ln(y.reshape(B * N, P, -1))
-        return model.heads(y[:, 0]).reshape(B, N, -1)
-
-
-_HF_LAYERS = {
-    "transformers.models.vit.modeling_vit.ViTLayer": "ViTAttention",
-    "transformers.models.deit.modeling_deit.DeiTLayer": "DeiTAttention",
-}
-_HF_TEACHER = "transformers.models.deit.modeling_deit.DeiTForImageClassificationWithTeacher"
-
-
-class _HFViTSpec(FamilySpec):
-    """HF ``ViTLayer``/``DeiTLayer`` (separate ``q_proj``/``k_proj``/``v_proj``, ``o_proj``,
-    ``layernorm_before``/``layernorm_after``, ``mlp``) in ``ViTForImageClassification`` and
-    ``DeiTForImageClassification(WithTeacher)``: the backbone's ``layernorm``, then the
-    classifier on the class token (with teacher: the mean of the class and distillation
-    heads)."""
-
-    models = frozenset(
-        {
-            "transformers.models.vit.modeling_vit.ViTForImageClassification",
-            "transformers.models.deit.modeling_deit.DeiTForImageClassification",
-            _HF_TEACHER,
-        }
-    )
-
-    def blocker(self, model: nn.Module, block: nn.Module) -> str | None:
-        attention = _HF_LAYERS.get(class_path(type(block)))
-        attn = getattr(block, "attention", None)
-        if attention is None or type(attn).__name__ != attention:
-            return f"custom layer {type(block).__name__}/{type(attn).__name__}"
-        # the layout of transformers 5; other versions take the general path
-        parts = ("q_proj", "k_proj", "v_proj", "o_proj")
-        if not all(isinstance(getattr(attn, p, None), nn.Linear) for p in parts):
-            return f"{type(attn).__name__} has no q_proj/k_proj/v_proj/o_proj (other layout)"
-        if not all(hasattr(block, p) for p in ("layernorm_before", "layernorm_after", "mlp")):
-            return f"{type(block).__name__} has an unknown layout"
-        return None
-
-    def norm1(self, block: nn.Module) -> nn.Module:
-        return block.layernorm_before
-
-    def projections(self, block: nn.Module) -> Projections:
-        attn = block.attention
-        wkv = torch.cat([attn.k_proj.weight, attn.v_proj.weight])
-        return Projections(
-            attn.q_proj.weight,
-            wkv,
-            attn.q_proj.bias,
-            attn.k_proj.bias,
-            attn.v_proj.bias,
-            attn.num_attention_heads,
-            attn.head_dim,
-            attn.scaling,
-        )
-
-    def prefix_tail(
-        self,
-        model: nn.Module,
-        block: nn.Module,
-        x_pre: torch.Tensor,
-        out: torch.Tensor,
-        context: Any,
-    ) -> torch.Tensor:
-        B, N, P, _ = out.shape
-        y = block.dropout(block.attention.o_proj(out)) + x_pre[:, None]
-        y = y + block.dropout(block.mlp(block.layernorm_after(y)))
-        backbone = getattr(model, model.base_model_prefix)
-        y = backbone.layernorm(y.reshape(B * N, P, -1))
-        if class_path(type(model)) == _HF_TEACHER:
-            logits = (model.cls_classifier(y[:, 0]) + model.distillation_classifier(y[:, 1])) / 2
-        else:
-            logits = model.classifier(y[:, 0])
-        return logits.reshape(B, N, -1)
-
-
-_SPECS: tuple[FamilySpec, ...] = (_TimmSpec(), _TorchvisionSpec(), _HFViTSpec())
-
-
 def spec_for(model: nn.Module) -> FamilySpec | None:
-    """The spec derived for exactly ``type(model)`` (subclasses excluded), or None."""
-    path = class_path(type(model))
-    return next((s for s in _SPECS if path in s.models), None)
+    """The fast-path spec of the adapter registered for exactly ``type(model)`` (a subclass
+    may change the maths, so it has none), or None.
+
+    Example:
+        >>> from torch import nn
+        >>> spec_for(nn.Linear(2, 2)) is None
+        True
+    """
+    adapter = registered_adapter(type(model))
+    return None if adapter is None else adapter.fast_path_spec
 
 
 def fast_path_blocker(
@@ -365,6 +134,7 @@ class FastPath:
 
     def __init__(self, adapter: ModelAdapter, block_index: int, max_batch: int) -> None:
         spec = spec_for(adapter.model)
+        self.adapter = adapter
         if spec is None:
             raise ValueError(f"no fast path for {type(adapter.model).__name__}")
         self.spec = spec
@@ -397,7 +167,7 @@ class FastPath:
         P = num_prefix_tokens
         pr = self.spec.projections(self.block)
         H, d = pr.heads, pr.head_dim
-        feats = self.spec.norm1(self.block)(x)
+        feats = self.adapter.first_norm(self.block)(x)
         # keys/values of a token scaled by a window weight are affine in that weight, so every
         # token is projected once per image (bias-free) and copies only rescale the projections;
         # queries are needed for the prefix rows only

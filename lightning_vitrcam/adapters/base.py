@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from lightning_vitrcam.adapters.fast_spec import FamilySpec
 
 __all__ = [
     "Copies",
@@ -28,6 +30,7 @@ __all__ = [
     "module_name",
     "on_input",
     "register_adapter",
+    "registered_adapter",
     "unwrap_model",
 ]
 
@@ -195,6 +198,9 @@ class ModelAdapter:
     #: the blocks ``target_block`` indexes; each one's first norm is what gets masked
     blocks: Sequence[nn.Module] = ()
     num_prefix_tokens: int | None = None
+    #: the exact fast path's spec for the model classes this adapter is registered for
+    #: (None: the general path only); see :mod:`lightning_vitrcam.fast_path`
+    fast_path_spec: ClassVar[FamilySpec | None] = None
 
     def __init__(self, model: nn.Module, patch_size: int | Sequence[int] | None = None) -> None:
         self.model = model
@@ -316,6 +322,11 @@ def register_adapter(*class_paths: str) -> Callable[[type[ModelAdapter]], type[M
         return cls
 
     return add
+
+
+def registered_adapter(cls: type) -> type[ModelAdapter] | None:
+    """The adapter registered for exactly ``cls`` (not a base class of it), or None."""
+    return _REGISTRY.get(class_path(cls))
 
 
 def adapter_class_for(model: nn.Module) -> type[ModelAdapter] | None:

@@ -31,9 +31,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
-from lightning_vitrcam.adapters.base import ModelAdapter, _pair, module_name, register_adapter
+from lightning_vitrcam.adapters.base import (
+    ModelAdapter,
+    _pair,
+    class_path,
+    module_name,
+    register_adapter,
+)
+from lightning_vitrcam.adapters.fast_spec import FamilySpec, Projections
 from lightning_vitrcam.adapters.generic import _prefix_count
 
 __all__ = ["HFDinov2Adapter", "HFViTAdapter"]
@@ -72,6 +80,67 @@ def _prefix_tokens(embeddings: nn.Module) -> int:
     if registers is not None:
         count += int(registers.shape[1])
     return count
+
+
+_HF_LAYERS = {
+    "transformers.models.vit.modeling_vit.ViTLayer": "ViTAttention",
+    "transformers.models.deit.modeling_deit.DeiTLayer": "DeiTAttention",
+}
+_HF_TEACHER = "transformers.models.deit.modeling_deit.DeiTForImageClassificationWithTeacher"
+
+
+class _HFViTSpec(FamilySpec):
+    """HF ``ViTLayer``/``DeiTLayer`` (separate ``q_proj``/``k_proj``/``v_proj``, ``o_proj``,
+    ``layernorm_before``/``layernorm_after``, ``mlp``) in ``ViTForImageClassification`` and
+    ``DeiTForImageClassification(WithTeacher)``: the backbone's ``layernorm``, then the
+    classifier on the class token (with teacher: the mean of the class and distillation
+    heads)."""
+
+    def blocker(self, model: nn.Module, block: nn.Module) -> str | None:
+        attention = _HF_LAYERS.get(class_path(type(block)))
+        attn = getattr(block, "attention", None)
+        if attention is None or type(attn).__name__ != attention:
+            return f"custom layer {type(block).__name__}/{type(attn).__name__}"
+        # the layout of transformers 5; other versions take the general path
+        parts = ("q_proj", "k_proj", "v_proj", "o_proj")
+        if not all(isinstance(getattr(attn, p, None), nn.Linear) for p in parts):
+            return f"{type(attn).__name__} has no q_proj/k_proj/v_proj/o_proj (other layout)"
+        if not all(hasattr(block, p) for p in ("layernorm_before", "layernorm_after", "mlp")):
+            return f"{type(block).__name__} has an unknown layout"
+        return None
+
+    def projections(self, block: nn.Module) -> Projections:
+        attn = block.attention
+        wkv = torch.cat([attn.k_proj.weight, attn.v_proj.weight])
+        return Projections(
+            attn.q_proj.weight,
+            wkv,
+            attn.q_proj.bias,
+            attn.k_proj.bias,
+            attn.v_proj.bias,
+            attn.num_attention_heads,
+            attn.head_dim,
+            attn.scaling,
+        )
+
+    def prefix_tail(
+        self,
+        model: nn.Module,
+        block: nn.Module,
+        x_pre: torch.Tensor,
+        out: torch.Tensor,
+        context: Any,
+    ) -> torch.Tensor:
+        B, N, P, _ = out.shape
+        y = block.dropout(block.attention.o_proj(out)) + x_pre[:, None]
+        y = y + block.dropout(block.mlp(block.layernorm_after(y)))
+        backbone = getattr(model, model.base_model_prefix)
+        y = backbone.layernorm(y.reshape(B * N, P, -1))
+        if class_path(type(model)) == _HF_TEACHER:
+            logits = (model.cls_classifier(y[:, 0]) + model.distillation_classifier(y[:, 1])) / 2
+        else:
+            logits = model.classifier(y[:, 0])
+        return logits.reshape(B, N, -1)
 
 
 class _HFAdapter(ModelAdapter):
@@ -136,6 +205,8 @@ class HFViTAdapter(_HFAdapter):
     """HF ``ViTForImageClassification``, ``DeiTForImageClassification(WithTeacher)``:
     ``layernorm_before``, 1 prefix token (DeiT: 2), the class token's head (with teacher: the
     mean of the class and distillation heads); ``config.image_size`` images only."""
+
+    fast_path_spec = _HFViTSpec()
 
 
 @register_adapter(

@@ -17,11 +17,53 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import torch
 from torch import nn
 
-from lightning_vitrcam.adapters.base import ModelAdapter, module_name, register_adapter
+from lightning_vitrcam.adapters.base import ModelAdapter, class_path, module_name, register_adapter
+from lightning_vitrcam.adapters.fast_spec import FamilySpec, Projections, split_fused
 from lightning_vitrcam.adapters.generic import _prefix_count
+
+
+class _TorchvisionSpec(FamilySpec):
+    """torchvision ``EncoderBlock`` with ``nn.MultiheadAttention`` (fused ``in_proj_weight``)
+    in ``VisionTransformer``: ``encoder.ln`` and ``heads`` on the class token."""
+
+    def blocker(self, model: nn.Module, block: nn.Module) -> str | None:
+        if class_path(type(block)) != "torchvision.models.vision_transformer.EncoderBlock":
+            return f"custom block {type(block).__name__}"
+        attn = block.self_attention
+        if type(attn) is not nn.MultiheadAttention:
+            return f"custom attention {type(attn).__name__}"
+        if not attn._qkv_same_embed_dim or not attn.batch_first:
+            return "the attention has no fused batch-first in_proj_weight"
+        if attn.bias_k is not None or attn.bias_v is not None or attn.add_zero_attn:
+            return "extra key/value slots (add_bias_kv / add_zero_attn)"
+        return None
+
+    def projections(self, block: nn.Module) -> Projections:
+        attn = block.self_attention
+        E, H = attn.embed_dim, attn.num_heads
+        wq, wkv, (bq, bk, bv) = split_fused(attn.in_proj_weight, attn.in_proj_bias, E)
+        d = E // H
+        return Projections(wq, wkv, bq, bk, bv, H, d, d**-0.5)
+
+    def prefix_tail(
+        self,
+        model: nn.Module,
+        block: nn.Module,
+        x_pre: torch.Tensor,
+        out: torch.Tensor,
+        context: Any,
+    ) -> torch.Tensor:
+        B, N, P, _ = out.shape
+        y = block.dropout(block.self_attention.out_proj(out)) + x_pre[:, None]
+        y = y + block.mlp(block.ln_2(y))
+        y = model.encoder.ln(y.reshape(B * N, P, -1))
+        return model.heads(y[:, 0]).reshape(B, N, -1)
+
 
 __all__ = ["TorchvisionViTAdapter"]
 
@@ -29,6 +71,8 @@ __all__ = ["TorchvisionViTAdapter"]
 @register_adapter("torchvision.models.vision_transformer.VisionTransformer")
 class TorchvisionViTAdapter(ModelAdapter):
     """torchvision ``VisionTransformer``: ``encoder.layers``, ``ln_1``, 1 prefix token."""
+
+    fast_path_spec = _TorchvisionSpec()
 
     def __init__(
         self,
