@@ -94,7 +94,8 @@ class TimedCallback(ViTReciproCAMCallback):
         self.seconds += spent
         if name == "on_validation_epoch_end":
             self.evaluations = [*getattr(self, "evaluations", []), spent]
-            self.searched = [*getattr(self, "searched", []), self.alarm.searched]
+            searched = self.alarm is not None and self.alarm.searched
+            self.searched = [*getattr(self, "searched", []), searched]
 
     def on_fit_start(self, *args: Any) -> None:
         self._timed("on_fit_start", *args)
@@ -272,22 +273,32 @@ def one_evaluation(args: argparse.Namespace) -> None:
 
 
 def _callback_kwargs(pairs: list[str]) -> dict[str, Any]:
-    """``["log_images=false", ...]`` as keyword arguments, each checked against the callback."""
+    """``["log_images=false", "alarm.search=false", ...]`` as keyword arguments of the callback
+    (``alarm.NAME`` of its ``ShortcutAlarm``), each checked against the signatures."""
     import inspect
     import json
 
+    from lightning_vitrcam import ShortcutAlarm
+
     known = inspect.signature(ViTReciproCAMCallback.__init__).parameters
-    kwargs = {}
+    alarm_known = inspect.signature(ShortcutAlarm.__init__).parameters
+    kwargs: dict[str, Any] = {}
+    alarm: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or name not in known or name == "self":
+        target, names = (alarm, alarm_known) if name.startswith("alarm.") else (kwargs, known)
+        name = name.removeprefix("alarm.")
+        if not sep or name not in names or name == "self":
             raise SystemExit(
-                f"--set takes NAME=VALUE with a ViTReciproCAMCallback argument, got {pair!r}"
+                f"--set takes NAME=VALUE with a ViTReciproCAMCallback argument, or"
+                f" alarm.NAME=VALUE with a ShortcutAlarm argument, got {pair!r}"
             )
         try:  # false, 2, 0.5, [0, 1] as JSON; anything else is a string
-            kwargs[name] = json.loads(value)
+            target[name] = json.loads(value)
         except json.JSONDecodeError:
-            kwargs[name] = value
+            target[name] = value
+    if alarm:
+        kwargs["shortcut_alarm"] = ShortcutAlarm(**alarm)
     return kwargs
 
 
@@ -312,7 +323,7 @@ def main() -> None:
         default=[],
         metavar="NAME=VALUE",
         help="callback arguments other than the defaults, e.g. --set log_images=false"
-        " shortcut_search=false (values read as JSON, else as strings)",
+        " alarm.search=false shortcut_alarm=null (values read as JSON, else as strings)",
     )
     args = parser.parse_args()
     args.callback_kwargs = _callback_kwargs(args.set)

@@ -2,12 +2,15 @@
 
 from lightning_vitrcam.callback import ExplanationSkippedWarning, ViTReciproCAMCallback
 from lightning_vitrcam.explainer import ReciproCAMResult, ViTReciproCAM
-from lightning_vitrcam.shortcut import PossibleShortcutWarning
+from lightning_vitrcam.render import Style
+from lightning_vitrcam.shortcut import PossibleShortcutWarning, ShortcutAlarm
 
 __all__ = [
     "ExplanationSkippedWarning",
     "PossibleShortcutWarning",
     "ReciproCAMResult",
+    "ShortcutAlarm",
+    "Style",
     "ViTReciproCAM",
     "ViTReciproCAMCallback",
 ]

@@ -22,18 +22,20 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.utilities import CombinedLoader
+from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from lightning_utilities.core.overrides import is_overridden
 from torch.utils.data import IterableDataset
 
 __all__ = [
+    "HOW_TO_READ",
     "IMAGE_KEYS",
     "LABEL_KEYS",
     "MASK_KEYS",
     "Probes",
     "default_batch_reader",
     "overrides",
+    "probes_for_fit",
     "read_batch",
     "sample_probes",
     "validation_loader",
@@ -181,19 +183,35 @@ class Probes:
         return int(self.images.shape[0])
 
 
+#: the Lightning versions whose fit-loop internals :func:`validation_loader` was checked against
+CHECKED_LIGHTNING = "2.6.6"
+
+
 def _request(trainer: Trainer) -> Any:
     """The validation loaders of the coming fit before the fit loop has built them."""
     datamodule = getattr(trainer, "datamodule", None)
     if datamodule is not None and overrides("val_dataloader", datamodule):
         return datamodule.val_dataloader()
     # Loaders passed as trainer.fit(val_dataloaders=...) and the module's own val_dataloader()
-    # hook are reachable only through the fit loop's data source: Lightning's private API,
-    # checked against lightning 2.6.6 and pytorch_lightning 2.6.6 (the same source the loop
-    # itself asks; the function only calls the source, whichever package it comes from).
-    from lightning.pytorch.trainer.connectors.data_connector import _request_dataloader
+    # hook are reachable only through the fit loop's data source, Lightning's private API (the
+    # same source the loop itself asks; the function only calls the source, whichever package
+    # it comes from)
+    try:
+        from lightning.pytorch.trainer.connectors.data_connector import _request_dataloader
 
-    source = trainer.fit_loop.epoch_loop.val_loop._data_source
-    return _request_dataloader(source) if source.is_defined() else None
+        source = trainer.fit_loop.epoch_loop.val_loop._data_source
+        defined = source.is_defined()
+    except (ImportError, AttributeError) as err:
+        import lightning
+
+        raise ValueError(
+            "ViTReciproCAMCallback reads validation loaders given to trainer.fit(...) or"
+            " defined by the LightningModule through Lightning's fit-loop internals, checked"
+            f" with lightning {CHECKED_LIGHTNING}; lightning {lightning.__version__} lacks them"
+            f" ({type(err).__name__}: {err}). Define val_dataloader() in a LightningDataModule"
+            " (a public route), or use a checked Lightning version"
+        ) from err
+    return _request_dataloader(source) if defined else None
 
 
 def validation_loader(trainer: Trainer, index: int = 0) -> Any:
@@ -259,3 +277,40 @@ def sample_probes(
         raise ValueError("the validation dataloader yields no batches")
     cat = lambda i: None if parts[0][i] is None else torch.cat([p[i] for p in parts])[:num]
     return Probes(cat(0), cat(1), cat(2), None)
+
+
+def probes_for_fit(
+    trainer: Trainer,
+    pl_module: Any,
+    num: int,
+    seed: int = 0,
+    indices: list[int] | None = None,
+    reader: Callable[[Any], Any] | None = None,
+    dataloader_idx: int = 0,
+    after_validation: bool = True,
+) -> Probes:
+    """The probes of a coming fit, on ``pl_module``'s device: ``num`` images of the
+    ``dataloader_idx``-th validation loader (``indices`` when a resumed run restored them).
+    ``after_validation``: the evaluations follow validation epochs, so the run must validate.
+    Raises a ``ValueError`` saying what to change when the run has no such images."""
+    if after_validation and (
+        not overrides("validation_step", pl_module) or trainer.limit_val_batches == 0
+    ):
+        raise ValueError(
+            "ViTReciproCAMCallback explains after validation epochs but this run does not"
+            " validate (no validation_step, or limit_val_batches=0); add validation or"
+            " use every_n_steps="
+        )
+    loader = validation_loader(trainer, dataloader_idx)
+    if loader is None:
+        raise ValueError(
+            "ViTReciproCAMCallback needs a validation dataloader to draw its probe images"
+            " from: pass val_dataloaders= to trainer.fit or define val_dataloader()"
+        )
+    probes = sample_probes(loader, num, seed, indices, reader)
+    if len(probes) < num:
+        rank_zero_warn(
+            f"ViTReciproCAMCallback: the validation data has {len(probes)} images,"
+            f" fewer than num_images={num}; all of them are used"
+        )
+    return probes.to(pl_module.device)

@@ -23,7 +23,22 @@ import torch
 
 from lightning_vitrcam.explainer import ReciproCAMResult
 
-__all__ = ["Shard", "gather_result", "probe_shard", "sharded_forward", "take"]
+__all__ = [
+    "PeerFailed",
+    "Shard",
+    "agree",
+    "agree_flag",
+    "check_strategy",
+    "chunked",
+    "gather_result",
+    "probe_shard",
+    "sharded_forward",
+    "take",
+]
+
+
+class PeerFailed(RuntimeError):
+    """Another process failed in a step that every process takes together."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,22 @@ class Shard:
 
     rows: torch.Tensor
     valid: int
+
+
+_SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
+
+
+def check_strategy(trainer: Any) -> None:
+    """Sharded strategies are refused early: the explainer calls the unwrapped ViT directly,
+    which needs every parameter in full on every rank."""
+    kind = type(trainer.strategy).__name__
+    if any(word in kind for word in _SHARDED):
+        raise ValueError(
+            f"ViTReciproCAMCallback does not support the sharded strategy {kind}: the explainer"
+            " runs the unwrapped ViT, whose parameters must be whole (unsharded) on every"
+            " rank, and this has not been tested on a GPU. Use strategy='ddp' (tested), or"
+            " explain checkpoints afterwards with `lightning-vitrcam explain`."
+        )
 
 
 def probe_shard(n: int, rank: int, world: int, device: torch.device | str | None = None) -> Shard:
@@ -73,6 +104,47 @@ def gather_result(strategy: Any, result: ReciproCAMResult, n: int) -> ReciproCAM
     return dataclasses.replace(result, **fields)
 
 
+def agree(strategy: Any, error: BaseException | None) -> None:
+    """Every rank learns whether any rank failed: re-raises ``error`` where it happened and
+    raises :class:`PeerFailed` on the others, so that no rank enters a collective another
+    one left (a single process just re-raises).
+
+    Example:
+        >>> agree(None, None)  # nothing failed
+    """
+    ok = agree_flag(strategy, error is None)
+    if error is not None:
+        raise error
+    if not ok:
+        raise PeerFailed("another process failed in the same step; see its warning")
+
+
+def agree_flag(strategy: Any, flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank (a single process: ``flag``)."""
+    if getattr(strategy, "world_size", 1) == 1:
+        return flag
+    return bool(strategy.reduce_boolean_decision(flag, all=True))
+
+
+def chunked(
+    forward: Callable[[torch.Tensor], torch.Tensor], bound: Callable[[], int]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``forward`` run on at most ``bound()`` images at a time (read at each call, so that a
+    bound lowered after an out-of-memory error takes effect at once).
+
+    Example:
+        >>> sizes = []
+        >>> run = chunked(lambda x: sizes.append(len(x)) or x, lambda: 2)
+        >>> run(torch.ones(5, 1)).shape[0], sizes
+        (5, [2, 2, 1])
+    """
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return torch.cat([forward(chunk) for chunk in batch.split(bound())])
+
+    return run
+
+
 def sharded_forward(
     strategy: Any, forward: Callable[[torch.Tensor], torch.Tensor]
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -80,7 +152,8 @@ def sharded_forward(
     :func:`probe_shard` and the outputs gathered in row order on every rank: the shortcut
     alarm's occlusion forwards cost each rank its share instead of the whole batch. Every rank
     must call it with the same batch shape (the alarm's inputs are the gathered probes, the
-    same on every rank). A single process gets ``forward`` itself.
+    same on every rank); a failure on one rank is raised on every rank before the gather
+    (:func:`agree`). A single process gets ``forward`` itself.
 
     Example:
         >>> double = sharded_forward(None, lambda x: 2 * x)
@@ -94,6 +167,13 @@ def sharded_forward(
     def run(batch: torch.Tensor) -> torch.Tensor:
         n = batch.shape[0]
         shard = probe_shard(n, strategy.global_rank, world, device=batch.device)
-        return _gather_rows(strategy, forward(batch[shard.rows]), n)
+        out, error = None, None
+        try:
+            out = forward(batch[shard.rows])
+        except Exception as err:  # noqa: BLE001 - re-raised by agree, on every rank
+            error = err
+        # a rank that failed (e.g. out of memory) must not leave the others in the gather
+        agree(strategy, error)
+        return _gather_rows(strategy, out, n)
 
     return run

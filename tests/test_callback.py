@@ -191,7 +191,7 @@ def test_dataloader_idx_picks_the_validation_loader(tmp_path: Path) -> None:
         default_root_dir=tmp_path,
     )  # fmt: skip
     trainer.fit(TwoLoaders(), loaders()[0], val)
-    assert torch.equal(cb._probe.images, second.x[cb._probe.indices])
+    assert torch.equal(cb.probes.images, second.x[cb.probes.indices])
     bad = ViTReciproCAMCallback(dataloader_idx=2)
     with pytest.raises(ValueError, match="dataloader_idx=2 but there are 2 validation loaders"):
         L.Trainer(accelerator="cpu", logger=False, callbacks=[bad], default_root_dir=tmp_path).fit(
@@ -214,7 +214,7 @@ def test_resume_continues_history(tmp_path: Path) -> None:
     assert [h["step"] for h in second.history] == [4, 8, 12]
     for old, new in zip(kept, second.history, strict=False):
         assert torch.equal(old["maps"], new["maps"])
-    assert second._probe.indices == first._probe.indices
+    assert second.probes.indices == first.probes.indices
     # drift and delta of the first resumed evaluation are against the restored history
     drift = map_drift(kept[-1]["maps"].float(), second.history[-1]["maps"].float()).mean()
     assert float(trainer.callback_metrics["vitrcam/map_drift"]) == pytest.approx(float(drift), 1e-3)
@@ -377,7 +377,7 @@ def test_the_alarm_scores_copies_by_the_explanations_route(
     fit(Module(_rigged_corner_vit(), lr=0.0), [cb], tmp_path, val=Squares(32, 3, corner=True),
         max_epochs=1, limit_train_batches=1)  # fmt: skip
     assert batches and cb.alarm.last_tests
-    probes = cb._probe.images.flatten(1).cpu()
+    probes = cb.probes.images.flatten(1).cpu()
     assert not (torch.cat(batches)[:, None] == probes[None]).all(-1).any()
 
 
@@ -434,6 +434,21 @@ def test_bad_setup_fails_before_training(tmp_path: Path, case: str, match: str) 
     assert module.steps == 0
 
 
+def test_lightning_without_the_fit_loop_internals_gets_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loaders given to trainer.fit(...) are read through Lightning's private fit-loop API; a
+    Lightning that lacks it fails at fit start, naming the checked version and the public
+    route, before any training step."""
+    import lightning.pytorch.trainer.connectors.data_connector as connector
+
+    monkeypatch.delattr(connector, "_request_dataloader")
+    module = Module()
+    with pytest.raises(ValueError, match=r"checked with lightning 2\.6\.6.*LightningDataModule"):
+        fit(module, [ViTReciproCAMCallback(num_images=2)], tmp_path)
+    assert module.steps == 0
+
+
 def test_constructor_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="explain must be"):
         ViTReciproCAMCallback(explain="both-ways")  # type: ignore[arg-type]
@@ -447,7 +462,7 @@ def test_compiled_vit_and_model_attr(tmp_path: Path) -> None:
     module = Module(torch.compile(vit, backend="eager"))
     cb = ViTReciproCAMCallback(num_images=2, log_images=False)
     fit(module, [cb], tmp_path, max_epochs=1, limit_train_batches=1)
-    assert cb._cam.model is vit and cb._cam.fast_path
+    assert cb.explainer.model is vit and cb.explainer.fast_path
     assert len(cb.history) == 1
 
     two = TwoViTs()
@@ -584,6 +599,54 @@ def test_out_of_memory_halves_max_batch_and_retries_once(tmp_path, monkeypatch) 
     assert trainer.current_epoch == 1 and cb.history == []
 
 
+STAGES = {
+    # stage named in the warning: (class, method) whose call is made to run out of memory
+    "the explanation": (ViTReciproCAM, "__call__"),
+    "ADCC": ("lightning_vitrcam.metrics.ADCC", "update"),
+    "the shortcut alarm": (ViTReciproCAM, "predict"),
+}
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+@pytest.mark.parametrize("failures", [1, 2])
+def test_out_of_memory_in_any_stage_halves_the_shared_bound_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str, failures: int
+) -> None:
+    """Out of memory in the explanation, ADCC or the alarm's forwards halves the one batch
+    bound they share and runs that stage again; a second failure skips the evaluation with a
+    warning that names the stage and the setting to lower."""
+    import importlib
+
+    owner, method = STAGES[stage]
+    if isinstance(owner, str):
+        module, _, name = owner.rpartition(".")
+        owner = getattr(importlib.import_module(module), name)
+    original, calls = getattr(owner, method), []
+
+    def flaky(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        # the setup's dry run is the explainer's first call; fail the next `failures` calls
+        skip = 1 if method == "__call__" else 0
+        if skip < len(calls) <= skip + failures:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, method, flaky)
+    cb = ViTReciproCAMCallback(num_images=4, log_images=False, max_batch=64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = fit(Module(), [cb], tmp_path, max_epochs=2)
+    skipped = [str(w.message) for w in caught if w.category is ExplanationSkippedWarning]
+    assert trainer.current_epoch == 2 and cb.max_batch == 32  # halved once, never again
+    assert cb.alarm.last_tests  # the alarm ran at the evaluation that was not skipped
+    if failures == 1:
+        assert skipped == [] and [h["step"] for h in cb.history] == [4, 8]
+    else:  # the first evaluation is skipped, the second runs at the lowered bound
+        assert len(skipped) == 1 and [h["step"] for h in cb.history] == [8]
+        assert f"{stage} ran out of memory with max_batch=64 and again with 32" in skipped[0]
+        assert "Lower max_batch or num_images" in skipped[0]
+
+
 class BrokenLogger(CSVLogger):
     """Fails on the callback's scalars only (Lightning's own logging would fail the run)."""
 
@@ -617,14 +680,14 @@ def test_flat_maps_are_named_and_left_out_of_the_mean_map(tmp_path: Path) -> Non
 def test_sharded_strategies_are_refused_early() -> None:
     from types import SimpleNamespace
 
-    from lightning_vitrcam.callback import _check_strategy
+    from lightning_vitrcam.sharding import check_strategy
 
     class FSDPStrategy:  # stands in for Lightning's (it needs a GPU to be built)
         pass
 
     with pytest.raises(ValueError, match="sharded strategy FSDPStrategy.*strategy='ddp'"):
-        _check_strategy(SimpleNamespace(strategy=FSDPStrategy()))
-    _check_strategy(L.Trainer(accelerator="cpu", logger=False))  # single device: fine
+        check_strategy(SimpleNamespace(strategy=FSDPStrategy()))
+    check_strategy(L.Trainer(accelerator="cpu", logger=False))  # single device: fine
 
 
 class GreySquares(Squares):
@@ -638,7 +701,7 @@ class GreySquares(Squares):
 def test_grayscale_vit_through_the_callback(tmp_path: Path) -> None:
     cb = ViTReciproCAMCallback(num_images=2, explain="both")
     fit(Module(in_chans=1), [cb], tmp_path, max_epochs=1, train=GreySquares(16), val=GreySquares(8))
-    assert len(cb.history) == 1 and cb._mean_std == ((0.5,), (0.5,))
+    assert len(cb.history) == 1 and (cb.style.mean, cb.style.std) == ((0.5,), (0.5,))
     grid = tmp_path / "vitrcam" / "saliency_grid" / "step_000002.png"
     from PIL import Image
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent(
     """
-    import json, os
+    import dataclasses, json, os
     import torch
     torch.set_num_threads(1)
     import lightning as L
@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent(
         writes.append([p.tag for p in pictures])
         original(logger, pictures, step)
     vlog.tensorboard_pictures = spy
-    import lightning_vitrcam.callback as vcb
+    import lightning_vitrcam.evaluation as vcb
     from lightning_vitrcam.sharding import sharded_forward
     alarm_sizes = []  # (whole batch, rows this rank ran) per occlusion forward
     def spy_sharded(strategy, forward):
@@ -79,7 +79,7 @@ SCRIPT = textwrap.dedent(
         "sizes": sizes,
         "indices": cb._probe.indices,
         "alarm_sizes": alarm_sizes,
-        "alarm_tests": cb.alarm.last_tests,
+        "alarm_tests": [dataclasses.asdict(t) for t in cb.alarm.last_tests],
         "shortcut_drop": float(trainer.callback_metrics["vitrcam/shortcut_drop"]),
     }
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:

@@ -1,0 +1,143 @@
+"""What rank zero does with an evaluation: warnings, scalars, pictures, the timeline.
+
+:class:`Reporter` is the last stage of the callback's flow: it turns an
+:class:`~lightning_vitrcam.evaluation.Outcome` into the ``possible shortcut`` warning, the
+logged scalars and the pictures, and writes them through :mod:`~lightning_vitrcam.loggers`. A
+logger that fails costs one warning, never the run.
+
+Example:
+    >>> reporter = Reporter(class_names=["cat", "dog"])
+    >>> reporter.class_names, reporter.log_images
+    (['cat', 'dog'], True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lightning_vitrcam.evaluation import Outcome
+from lightning_vitrcam.loggers import log_pictures, log_scalars
+from lightning_vitrcam.metrics import FLAT_LOG_ODDS
+from lightning_vitrcam.probes import Probes
+from lightning_vitrcam.render import (
+    Picture,
+    Style,
+    evaluation_pictures,
+    evenly_spaced,
+    probe_timelines,
+)
+from lightning_vitrcam.shortcut import PossibleShortcutWarning, shortcut_message
+
+__all__ = ["ExplanationSkippedWarning", "Reporter"]
+
+
+class ExplanationSkippedWarning(UserWarning):
+    """An evaluation failed after setup and was skipped; training went on."""
+
+
+@dataclass
+class Reporter:
+    """Rank zero's output for one callback (see the callback's arguments of the same names)."""
+
+    class_names: list[str] | None = None
+    style: Style = field(default_factory=Style)
+    hotspot_threshold: float | None = None
+    energy_threshold: float | None = None
+    log_images: bool = True
+    flat_threshold: float = FLAT_LOG_ODDS
+    target_block: int = -1
+    _flat_hinted: bool = field(default=False, repr=False)
+
+    def evaluation(
+        self,
+        trainer: Any,
+        outcome: Outcome,
+        probe: Probes,
+        scalars: dict[str, float],
+        epoch: int,
+        step: int,
+    ) -> None:
+        """The warnings, the scalars and the pictures of one evaluation."""
+        self._hint_flat(outcome.flat)
+        message = shortcut_message(
+            outcome.values, outcome.mean_map, epoch, step, self.hotspot_threshold,
+            self.energy_threshold, outcome.verdict.suspects, self.class_names,
+        )  # fmt: skip
+        if message is not None:
+            rank_zero_warn(message, category=PossibleShortcutWarning)
+        self.write(trainer, lambda: log_scalars(trainer, scalars, step, epoch))
+        if self.log_images:
+            self.write(trainer, lambda: log_pictures(trainer, self.pictures(outcome, probe), step))
+
+    def pictures(self, outcome: Outcome, probe: Probes) -> list[Picture]:
+        """The evaluation's grid and mean map."""
+        pred, true = outcome.pred, outcome.true
+        assert pred is not None
+        return evaluation_pictures(
+            outcome.images,
+            pred.maps,
+            preds=pred.logits.argmax(dim=1),
+            probs=pred.probs,
+            labels=probe.labels,
+            true_maps=None if true is None else true.maps,
+            flat=outcome.flat,
+            mean_map=outcome.mean_map,
+            hotspot_ratio=outcome.values.get("hotspot_ratio"),
+            class_names=self.class_names,
+            style=self.style,
+        )
+
+    def timeline_images(
+        self, probe: Probes, frames: Sequence[torch.Tensor], labels: Sequence[str], columns: int
+    ) -> list[torch.Tensor]:
+        """One picture per probe: its overlays with each evaluation's maps in ``frames``."""
+        keep = evenly_spaced(len(frames), columns)
+        kept_frames, kept_labels = [frames[i] for i in keep], [labels[i] for i in keep]
+        return probe_timelines(probe.images, kept_frames, kept_labels, self.style, columns)
+
+    def timeline(self, trainer: Any, probe: Probes, rows: Sequence[torch.Tensor]) -> None:
+        """``vitrcam/timeline``: the rows stacked, each captioned with its probe and class."""
+        if not rows:
+            return
+        captions = [f"probe {i}" for i in range(len(rows))]
+        if probe.labels is not None:
+            names = self.class_names
+            captions = [
+                f"{c}: {names[y] if names else y}"
+                for c, y in zip(captions, probe.labels.tolist(), strict=True)
+            ]
+        picture = Picture("vitrcam/timeline", torch.cat(list(rows), dim=1), list(rows), captions)
+        self.write(trainer, lambda: log_pictures(trainer, [picture], trainer.global_step))
+
+    def write(self, trainer: Any, write: Callable[[], Any]) -> None:
+        """Run a logger call; a logger that fails costs one warning, never the run."""
+        try:
+            write()
+        except Exception as err:  # noqa: BLE001 - a monitor never ends a run
+            names = ", ".join(type(lg).__name__ for lg in trainer.loggers) or "no logger"
+            rank_zero_warn(
+                f"ViTReciproCAMCallback: writing to the loggers ({names}) failed:"
+                f" {type(err).__name__}: {err}; check the logger's configuration (its"
+                " directory, credentials, connection). Training continues.",
+                category=ExplanationSkippedWarning,
+            )
+
+    def _hint_flat(self, flat: torch.Tensor) -> None:
+        """Once per run: say what to try when most probe maps carry no signal."""
+        share = float(flat.float().mean())
+        if self._flat_hinted or share <= 0.5:
+            return
+        self._flat_hinted = True
+        rank_zero_warn(
+            f"ViTReciproCAMCallback: {share:.0%} of the probe maps are flat: masking any window"
+            f" of block {self.target_block} moves the predicted class's log-odds by less than"
+            f" {self.flat_threshold:g}, so those maps are marked 'flat' and left out of the"
+            " mean-map signals. This is normal for an untrained model; if it persists, explain"
+            " an earlier block (target_block=-2 is the authors' default) or check that the"
+            " model's prediction depends on the image at all.",
+        )
