@@ -261,7 +261,7 @@ class Evaluation:
                 verdict = self._stage(
                     "the shortcut alarm",
                     trainer,
-                    lambda: self._check(trainer, images, primary, flat),
+                    lambda: self._check(trainer, images, probe.masks, primary, flat),
                 )
         # one host transfer for all scalars
         values = dict(zip(stats, torch.stack(list(stats.values())).float().tolist(), strict=True))
@@ -361,7 +361,12 @@ class Evaluation:
         return primary, pred, true, stats, mean_map, flat
 
     def _check(
-        self, trainer: Any, images: torch.Tensor, primary: ReciproCAMResult, flat: torch.Tensor
+        self,
+        trainer: Any,
+        images: torch.Tensor,
+        masks: torch.Tensor | None,
+        primary: ReciproCAMResult,
+        flat: torch.Tensor,
     ) -> Verdict:
         assert self.alarm is not None
         cam = self.cam
@@ -376,6 +381,7 @@ class Evaluation:
             primary.targets,
             ~flat,
             logits=primary.logits,
+            masks=masks,
         )
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_vitrcam import (
     ExplanationSkippedWarning,
     PossibleShortcutWarning,
+    ShortcutAlarm,
     ViTReciproCAM,
     ViTReciproCAMCallback,
 )
@@ -351,7 +352,7 @@ def test_shortcut_warning_fires_on_planted_shortcut(tmp_path: Path) -> None:
     text = messages[0]
     assert "possible shortcut" in text and "epoch 0" in text
     # where, how strong and on what evidence: the occluded corner collapses every probe
-    assert "occluding token row 0, column 0 (on the top-left corner)" in text
+    assert "the prediction hangs on token row 0, column 0 (on the top-left corner)" in text
     assert "on 16 of 16 probes" in text and "hotspot ratio" not in text
     # the opt-in map thresholds add their own reasons
     opt_in = _shortcut_warnings(
@@ -381,8 +382,24 @@ def test_the_alarm_scores_copies_by_the_explanations_route(
     assert not (torch.cat(batches)[:, None] == probes[None]).all(-1).any()
 
 
+# the squares' colour is their class: the colour test rightly says the prediction follows the
+# image's colour, so the tests of the other kinds leave it out
+NOT_COLOUR = ShortcutAlarm(kinds=["region", "background"])
+
+
 def test_no_shortcut_warning_on_clean_model(tmp_path: Path, clean_vit: nn.Module) -> None:
-    assert _shortcut_warnings(tmp_path, clean_vit, Squares(32, 3)) == []
+    assert _shortcut_warnings(tmp_path, clean_vit, Squares(32, 3), shortcut_alarm=NOT_COLOUR) == []
+
+
+def test_the_colour_test_says_so_where_colour_names_the_class(
+    tmp_path: Path, clean_vit: nn.Module
+) -> None:
+    """On the squares a model that reads the object reads its colour; the colour test says
+    that, and how to leave it out where colour is a legitimate feature."""
+    messages = _shortcut_warnings(tmp_path, clean_vit, Squares(32, 3))
+    assert len(messages) == 1 and "the prediction follows the image's colour" in messages[0]
+    assert "small region" not in messages[0] and "hangs on" not in messages[0]
+    assert "ShortcutAlarm(kinds=['region', 'background'])" in messages[0]
 
 
 # --------------------------------------------------------------------------- early errors
@@ -713,12 +730,14 @@ def test_grayscale_vit_through_the_callback(tmp_path: Path) -> None:
 def _train_and_collect(
     tmp_path: Path, corner: bool, patch_size: int = 8
 ) -> tuple[list[str], L.Trainer]:
-    """A tiny ViT trained for real on coloured squares, with the callback at its defaults."""
+    """A tiny ViT trained for real on coloured squares, with the callback at its defaults
+    (on clean squares without the colour test: there the colour is the class)."""
     L.seed_everything(0)
     module = Module(lr=3e-3, depth=2, drop_rate=0.0, patch_size=patch_size)
     train = Squares(512, seed=20, corner=corner)
     val = Squares(64, seed=21, corner=corner)
-    cb = ViTReciproCAMCallback(log_images=False)
+    alarm = ShortcutAlarm() if corner else NOT_COLOUR
+    cb = ViTReciproCAMCallback(log_images=False, shortcut_alarm=alarm)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = fit(module, [cb], tmp_path, train=train, val=val, max_epochs=3,
@@ -731,7 +750,7 @@ def test_short_training_on_a_corner_shortcut_warns(tmp_path: Path) -> None:
     messages, trainer = _train_and_collect(tmp_path, corner=True)
     assert float(trainer.callback_metrics["val_loss"]) < 0.5  # it did learn (the corner)
     assert messages and "epoch 2" in messages[-1]  # still warned at the last evaluation
-    assert "occluding token row 0, column 0 (on the top-left corner)" in messages[-1]
+    assert "the prediction hangs on token row 0, column 0 (on the top-left corner)" in messages[-1]
 
 
 def test_short_training_on_a_corner_over_2x2_tokens_warns_with_the_box(tmp_path: Path) -> None:
@@ -744,7 +763,7 @@ def test_short_training_on_a_corner_over_2x2_tokens_warns_with_the_box(tmp_path:
     # the smallest confirmed place is named: the 2x2 box or a token of it
     inside = ["the tokens at rows 0-1, columns 0-1 (on the top-left corner)"]
     inside += [f"token row {r}, column {c} (" for r in (0, 1) for c in (0, 1)]
-    assert any(f"occluding {place}" in messages[-1] for place in inside), messages[-1]
+    assert any(f"the prediction hangs on {place}" in messages[-1] for place in inside), messages[-1]
 
 
 def test_short_training_on_clean_squares_does_not_warn(tmp_path: Path) -> None:

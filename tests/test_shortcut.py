@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -24,9 +25,15 @@ Model = Callable[[torch.Tensor], torch.Tensor]
 GRID = (4, 4)  # 32x32 images, 8x8 cells
 
 
+def Place(**settings: Any) -> ShortcutAlarm:  # noqa: N802 - reads like the class it makes
+    """The alarm with the fixed-place kind of evidence only (its border and sufficiency
+    conditions are what these tests pin down)."""
+    return ShortcutAlarm(kinds=["place"], **settings)
+
+
 def unpack(verdict: Verdict) -> tuple[list[Suspect], float]:
-    """``(suspects, shortcut_drop)`` of an alarm's check."""
-    return verdict.suspects, verdict.scalars["shortcut_drop"]
+    """``(suspects, shortcut_place_drop)`` of a fixed-place check."""
+    return verdict.suspects, verdict.scalars["shortcut_place_drop"]
 
 
 def occlude(
@@ -115,7 +122,7 @@ def test_occlude_fills_exactly_the_token_cell_with_the_mean_colour() -> None:
 def test_corner_shortcut_is_confirmed_with_its_evidence() -> None:
     images, _ = corner_images(12)
     targets = corner_model(images).argmax(1)
-    alarm = ShortcutAlarm()
+    alarm = Place()
     maps = peaked_maps(12, 0)
     suspects, drop = unpack(
         alarm.check(
@@ -135,7 +142,7 @@ def test_model_that_reads_the_whole_image_is_not_flagged() -> None:
     images, _ = corner_images(12)
     targets = global_model(images).argmax(1)
     suspects, drop = unpack(
-        ShortcutAlarm().check(
+        Place().check(
             global_model, softmax, images, [peaked_maps(12, 0)], targets, torch.ones(12).bool()
         )
     )
@@ -156,7 +163,7 @@ def test_class_specific_corners_are_found_per_class() -> None:
     corner_token = [0, 3, 12, 15]
     maps = peaked_maps(16, [corner_token[c] for c in labels.tolist()])
     suspects, _ = unpack(
-        ShortcutAlarm().check(
+        Place().check(
             per_class_corner_model, softmax, images, [maps], targets, torch.ones(16).bool()
         )
     )
@@ -170,18 +177,18 @@ def test_class_specific_corners_are_found_per_class() -> None:
 def test_remembered_candidate_is_retested_when_the_maps_peak_elsewhere() -> None:
     images, _ = corner_images(12)
     targets = corner_model(images).argmax(1)
-    alarm = ShortcutAlarm(search=False)
+    alarm = Place(search=False)
     everyone = torch.ones(12, dtype=torch.bool)
     alarm.check(corner_model, softmax, images, [peaked_maps(12, 0)], targets, everyone)
     state = alarm.state_dict()
-    fresh = ShortcutAlarm(search=False)
+    fresh = Place(search=False)
     fresh.load_state_dict(state)  # as after a resume
     suspects, _ = unpack(
         fresh.check(corner_model, softmax, images, [peaked_maps(12, 10)], targets, everyone)
     )
     assert (0, 0) in {(s.row, s.col) for s in suspects}
     assert (
-        ShortcutAlarm(search=False)
+        Place(search=False)
         .check(corner_model, softmax, images, [peaked_maps(12, 10)], targets, everyone)
         .suspects
         == []
@@ -227,7 +234,7 @@ def test_message_names_each_place_once() -> None:
 def test_occlusion_search_finds_the_place_when_every_map_is_flat() -> None:
     images, _ = corner_images(12)
     targets = corner_model(images).argmax(1)
-    alarm = ShortcutAlarm()
+    alarm = Place()
     found = search_tokens(corner_model, images, targets, GRID)
     assert found.tolist() == [0] * 12  # every probe's most sensitive token: the corner
     flat = torch.zeros(12, dtype=torch.bool)  # no map proposes anything
@@ -236,7 +243,7 @@ def test_occlusion_search_finds_the_place_when_every_map_is_flat() -> None:
     )
     assert [(s.row, s.col, s.group, s.hits) for s in suspects] == [(0, 0, None, 12)]
     # without the search, flat maps propose nothing, so nothing is confirmed
-    blind = ViTReciproCAMCallback(shortcut_alarm=ShortcutAlarm(search=False)).alarm
+    blind = ViTReciproCAMCallback(shortcut_alarm=Place(search=False)).alarm
     assert (
         blind.check(corner_model, softmax, images, [peaked_maps(12, 10)], targets, flat).suspects
         == []
@@ -279,10 +286,10 @@ def test_share_and_count_of_hit_probes_decide() -> None:
     def found(alarm: ShortcutAlarm) -> list[Suspect]:
         return alarm.check(mixed, softmax, images, [peaked_maps(8, 0)], targets, everyone).suspects
 
-    hits = ShortcutAlarm(search=False, min_share=0.5, min_hits=3)
+    hits = Place(search=False, min_share=0.5, min_hits=3)
     assert [(s.row, s.col, s.group, s.hits, s.probes) for s in found(hits)] == [(0, 0, None, 4, 8)]
-    assert found(ShortcutAlarm(search=False, min_share=0.5, min_hits=5)) == []
-    assert found(ShortcutAlarm(search=False, min_share=0.7)) == []
+    assert found(Place(search=False, min_share=0.5, min_hits=5)) == []
+    assert found(Place(search=False, min_share=0.7)) == []
     first = hits.last_tests[0]  # the all-probes group at the maps' peak, each probe's drop
     assert (first.box, first.group) == ((0, 1, 0, 1), None)
     drops = torch.tensor(first.drops)
@@ -294,7 +301,7 @@ def test_message_states_the_drop_that_counted() -> None:
     images, _ = corner_images(12)
     targets = corner_model(images).argmax(1)
     suspects, _ = unpack(
-        ShortcutAlarm(min_drop=0.3).check(
+        Place(min_drop=0.3).check(
             corner_model, softmax, images, [peaked_maps(12, 0)], targets, torch.ones(12).bool()
         )
     )
@@ -332,12 +339,12 @@ def test_cue_over_several_tokens_is_confirmed_as_a_box() -> None:
     everyone = torch.ones(12, dtype=torch.bool)
     maps = peaked_maps(12, 0)
     # no single token matters: the tokens-only alarm finds nothing
-    tokens_only = ShortcutAlarm(max_box=1)
+    tokens_only = Place(max_box=1)
     assert (
         tokens_only.check(block_cue_model, softmax, images, [maps], targets, everyone).suspects
         == []
     )
-    alarm = ShortcutAlarm()
+    alarm = Place()
     suspects, _ = unpack(alarm.check(block_cue_model, softmax, images, [maps], targets, everyone))
     assert [(s.box, s.group, s.hits, s.probes, s.kept) for s in suspects][0] == (
         (0, 2, 0, 2),
@@ -383,7 +390,7 @@ def test_object_box_whose_occlusion_hurts_but_carries_nothing_is_not_flagged() -
     targets = whole_object_model(images).argmax(1)
     maps = peaked_maps(12, [5] * 12)
     maps[:, :2, :2] = 1.0  # the maps single out the top-left box
-    alarm = ShortcutAlarm(search=False)
+    alarm = Place(search=False)
     suspects, _ = unpack(
         alarm.check(whole_object_model, softmax, images, [maps], targets, torch.ones(12).bool())
     )
@@ -404,7 +411,7 @@ def test_search_finds_a_box_cue_straddling_the_midline_when_maps_are_flat() -> N
     targets = model(images).argmax(1)
     flat = torch.zeros(12, dtype=torch.bool)  # the maps propose nothing
     maps = torch.rand(12, 8, 8, generator=torch.Generator().manual_seed(0))
-    alarm = ShortcutAlarm()
+    alarm = Place()
     path = search_boxes(model, images, targets, (8, 8))
     assert path.shape == (12, 4, 4)  # 8 -> 5 -> 3 -> 2 -> 1 tokens a side
     assert (path[:, 2] == torch.tensor([0, 2, 3, 5])).all()  # the 2x2 level: the cue itself
@@ -424,7 +431,7 @@ def test_box_cue_inside_the_image_is_not_tested() -> None:
     targets = model(images).argmax(1)
     maps = torch.zeros(12, 8, 8)
     maps[:, 3:5, 3:5] = 1.0
-    alarm = ShortcutAlarm()
+    alarm = Place()
     suspects, _ = unpack(
         alarm.check(model, softmax, images, [maps], targets, torch.ones(12).bool())
     )
@@ -466,11 +473,8 @@ def test_class_specific_box_cues_are_confirmed_per_class() -> None:
     corner)."""
     model, images, targets, maps = class_box_corners()
     everyone = torch.ones(16, dtype=torch.bool)
-    assert (
-        ShortcutAlarm(max_box=1).check(model, softmax, images, [maps], targets, everyone).suspects
-        == []
-    )
-    suspects, _ = unpack(ShortcutAlarm().check(model, softmax, images, [maps], targets, everyone))
+    assert Place(max_box=1).check(model, softmax, images, [maps], targets, everyone).suspects == []
+    suspects, _ = unpack(Place().check(model, softmax, images, [maps], targets, everyone))
     boxes = [(0, 2, 0, 2), (0, 2, 6, 8), (6, 8, 0, 2), (6, 8, 6, 8)]
     assert {(s.group, s.box) for s in suspects} == {(c, boxes[c]) for c in range(4)}
     assert all(s.hits == s.kept == s.probes == 4 for s in suspects)
@@ -486,7 +490,7 @@ def test_each_copy_runs_once_and_scores_as_if_run_alone() -> None:
         run.append(x.flatten(1))
         return model(x)
 
-    alarm = ShortcutAlarm(search_always=True)  # the maps' places confirm: search anyway
+    alarm = Place(search_always=True)  # the maps' places confirm: search anyway
     alarm.check(counting, softmax, images, [maps], targets, torch.ones(16, dtype=torch.bool))
     assert alarm.searched
     copies = torch.cat(run)
@@ -523,7 +527,7 @@ def test_the_search_is_skipped_when_a_proposed_place_is_already_confirmed() -> N
         ran.append(len(x))
         return model(x)
 
-    lazy, always = ShortcutAlarm(), ShortcutAlarm(search_always=True)
+    lazy, always = Place(), Place(search_always=True)
     found = lazy.check(counting, softmax, images, [maps], targets, everyone).suspects
     full = always.check(model, softmax, images, [maps], targets, everyone).suspects
     assert found and not lazy.searched and always.searched
@@ -540,7 +544,7 @@ def test_the_search_is_skipped_when_a_proposed_place_is_already_confirmed() -> N
     images, _ = corner_images(12)
     targets = corner_model(images).argmax(1)
     maps = [peaked_maps(12, 10)]
-    lazy, always = ShortcutAlarm(), ShortcutAlarm(search_always=True)
+    lazy, always = Place(), Place(search_always=True)
     a = lazy.check(corner_model, softmax, images, maps, targets, torch.ones(12, dtype=torch.bool))
     b = always.check(corner_model, softmax, images, maps, targets, torch.ones(12, dtype=torch.bool))
     assert (
@@ -563,7 +567,7 @@ def test_given_logits_replace_the_probes_forward() -> None:
 
         return forward
 
-    own, given = ShortcutAlarm(), ShortcutAlarm()
+    own, given = Place(), Place()
     found = own.check(counting("own"), softmax, images, [maps], targets, everyone)
     logits = model(images)
     assert (
@@ -586,7 +590,7 @@ def centre_token_check(needs_rest: bool) -> tuple[ShortcutAlarm, list[Suspect]]:
     def model(x: torch.Tensor) -> torch.Tensor:
         return part_model(x, 8, 8, 8, needs_rest=needs_rest)
 
-    alarm = ShortcutAlarm(search=False)
+    alarm = Place(search=False)
     suspects, _ = unpack(
         alarm.check(
             model,

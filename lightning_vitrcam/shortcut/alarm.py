@@ -15,14 +15,21 @@ from typing import Any
 import torch
 
 # each kind of evidence registers itself when imported
+from lightning_vitrcam.shortcut import background as _background  # noqa: F401
+from lightning_vitrcam.shortcut import colour as _colour  # noqa: F401
 from lightning_vitrcam.shortcut import fixed_place as _fixed_place  # noqa: F401
-from lightning_vitrcam.shortcut.evidence import EVIDENCE, Evidence, Probing
-from lightning_vitrcam.shortcut.interventions import CopyCache
+from lightning_vitrcam.shortcut import region as _region  # noqa: F401
+from lightning_vitrcam.shortcut.evidence import EVIDENCE, Evidence, PairTest, Probing, RegionTest
+from lightning_vitrcam.shortcut.interventions import CopyCache, argmax_predicts
 from lightning_vitrcam.shortcut.proposals import probe_groups
-from lightning_vitrcam.shortcut.report import Suspect
+from lightning_vitrcam.shortcut.report import Finding
 from lightning_vitrcam.shortcut.rule import PlaceTest, Rule
 
-__all__ = ["ShortcutAlarm", "Verdict"]
+#: the kinds of evidence run by default ("place", the fixed-place test with its border and
+#: sufficiency conditions, is opt-in: "region" tests fixed places too, by transplant)
+DEFAULT_KINDS: tuple[str, ...] = ("region", "colour", "background")
+
+__all__ = ["DEFAULT_KINDS", "ShortcutAlarm", "Verdict"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,7 @@ class Verdict:
     """One check's result: the confirmed suspects (most convincing first) and each kind's
     continuous scalars (e.g. ``shortcut_drop``), logged under ``vitrcam/``."""
 
-    suspects: list[Suspect] = field(default_factory=list)
+    suspects: list[Finding] = field(default_factory=list)
     scalars: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -42,26 +49,34 @@ class ShortcutAlarm:
     """Finds what the model's predictions hang on instead of the object.
 
     Args:
-        min_drop: relative drop of the predicted-class probability that counts as a hit.
+        min_drop: relative drop of the predicted-class probability that makes a place
+            necessary to a probe (a probe is *hit*).
         min_share: share of a group's probes that must be hit (half: a model that uses a
             shortcut may already answer from the object on up to half of its probes).
-        min_hits: fewest hit probes that confirm a place, whatever the group's size (3: a
-            place never rests on two probes).
-        min_group: smallest group of probes a per-class candidate is tested on.
-        search: also propose the places a hierarchical occlusion search finds, at checks
-            where nothing the maps or the memory propose is confirmed (it finds a cue
-            whichever block reads it, where the explained block's maps are flat).
-        search_always: search at every check (the warning may then list more places).
-        max_box: side, in tokens, of the boxes tested besides single tokens (a cue larger
-            than a patch survives the occlusion of any one of its tokens); 1: tokens only.
-        kinds: the kinds of evidence to run, by name (default: every registered kind).
+        min_hits: fewest probes (and donors, and recipients) any evidence rests on, whatever
+            the group's size (3: never two).
+        min_group: smallest group of probes a per-class test is run on.
+        min_margin: how many more recipients (as a share) an intervention must move to the
+            donor's class than its same-size control moves: a region pasted into probes of
+            other classes, a colour swap, a background swap (``"region"``, ``"colour"``,
+            ``"background"``).
+        transplants: recipients per donor in those tests (colour and background use at most
+            2 per probe).
+        search: run the hierarchical occlusion search for the probes whose decisive place
+            the maps and the memory do not find (it finds a cue whichever block reads it,
+            where the explained block's maps are flat).
+        search_always: the ``"place"`` kind searches at every check.
+        max_box: side, in tokens, of the largest place tested (a cue larger than a patch
+            survives the occlusion of any one of its tokens); 1: tokens only.
+        kinds: the kinds of evidence to run, by name (default ``DEFAULT_KINDS``: ``"region"``,
+            ``"colour"``, ``"background"``; ``"place"`` is the fixed-place test).
 
     Why these defaults, and what the alarm cannot see: ``docs/shortcut_alarm.md``.
 
     Example:
-        >>> alarm = ShortcutAlarm(min_drop=0.6)
+        >>> alarm = ShortcutAlarm(min_drop=0.6, kinds=["region", "colour"])
         >>> alarm.rule.min_drop, alarm.state_dict()
-        (0.6, {'place': {'candidates': []}})
+        (0.6, {'region': {'regions': []}, 'colour': {}})
     """
 
     def __init__(
@@ -70,6 +85,8 @@ class ShortcutAlarm:
         min_share: float = 0.5,
         min_hits: int = 3,
         min_group: int = 3,
+        min_margin: float = 0.5,
+        transplants: int = 2,
         search: bool = True,
         search_always: bool = False,
         max_box: int = 2,
@@ -80,7 +97,11 @@ class ShortcutAlarm:
             raise ValueError(f"max_box must be at least 1 (single tokens), got {max_box}")
         if min_group < 1:
             raise ValueError(f"min_group must be at least 1, got {min_group}")
-        names = list(EVIDENCE) if kinds is None else list(kinds)
+        if not 0.0 < min_margin <= 1.0:
+            raise ValueError(f"min_margin must be in (0, 1], got {min_margin}")
+        if transplants < 1:
+            raise ValueError(f"transplants must be at least 1, got {transplants}")
+        names = list(DEFAULT_KINDS) if kinds is None else list(kinds)
         unknown = [k for k in names if k not in EVIDENCE]
         if unknown or not names:
             raise ValueError(
@@ -88,15 +109,18 @@ class ShortcutAlarm:
                 f" {sorted(EVIDENCE)}, got {names}"
             )
         self.min_group = min_group
+        self.min_margin = min_margin
+        self.transplants = transplants
         self.search = search
         self.search_always = search_always
         self.max_box = max_box
         self.kinds: dict[str, Evidence] = {name: EVIDENCE[name](self) for name in names}
         #: whether the last :meth:`check` ran the occlusion search
         self.searched = False
-        #: every place the last :meth:`check` tested, with each tested probe's drop (and,
-        #: where the place had to be sufficient too, what it kept alone)
-        self.last_tests: list[PlaceTest] = []
+        #: the records of every test the last :meth:`check` ran, of every kind (a fixed
+        #: place's :class:`PlaceTest`, a probe's :class:`RegionTest`, an intervention's
+        #: :class:`PairTest`), for study and replay
+        self.last_tests: list[PlaceTest | RegionTest | PairTest] = []
 
     def check(
         self,
@@ -107,6 +131,8 @@ class ShortcutAlarm:
         targets: torch.Tensor,
         informative: torch.Tensor,
         logits: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+        predicts: Callable[[torch.Tensor], torch.Tensor] = argmax_predicts,
     ) -> Verdict:
         """Run every kind of evidence on ``images`` (the probes).
 
@@ -117,19 +143,24 @@ class ShortcutAlarm:
         ``forward(images)`` already computed by the same route (e.g. the explanation's
         unmasked logits when ``forward`` is
         :meth:`~lightning_vitrcam.ViTReciproCAM.predict`), saving the probes' own forward.
+        ``masks`` ``[N, H, W]``: the probes' object masks, when known; ``predicts`` maps scores
+        ``[B, C]`` to the predicted classes ``[B, C]`` bool (default: the arg-max).
         """
         grid: tuple[int, int] = tuple(maps[0].shape[-2:])  # type: ignore[assignment]
-        cache = CopyCache(forward, score, images, targets, grid)
-        p0 = cache.scores(images, targets) if logits is None else cache.of_logits(logits, targets)
+        cache = CopyCache(forward, score, images, targets, grid, predicts)
+        scores = score((forward(images) if logits is None else logits).float())
+        p0 = scores.gather(1, targets[:, None]).squeeze(1)
         probing = Probing(
             images=images,
             targets=targets,
+            scores=scores,
             p0=p0,
             maps=maps,
             informative=informative,
             grid=grid,
             groups=probe_groups(targets, self.min_group),
             cache=cache,
+            masks=masks,
         )
         findings = [kind.check(probing, self.rule) for kind in self.kinds.values()]
         self.searched = probing.searched

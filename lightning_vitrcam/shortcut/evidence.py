@@ -8,7 +8,7 @@ each kind of :class:`Evidence` it runs. A kind is one class registered under a n
 scalars) and may keep state across evaluations (``state_dict``).
 
 Example:
-    >>> sorted(EVIDENCE) >= ["place"]
+    >>> {"place", "region", "colour", "background"} <= set(EVIDENCE)
     True
 """
 
@@ -22,52 +22,100 @@ import torch
 
 from lightning_vitrcam.shortcut.interventions import CopyCache
 from lightning_vitrcam.shortcut.proposals import Group, search_path
-from lightning_vitrcam.shortcut.report import Suspect
+from lightning_vitrcam.shortcut.report import Finding
 from lightning_vitrcam.shortcut.rule import PlaceTest, Rule
 
-__all__ = ["EVIDENCE", "Evidence", "Findings", "Probing", "register_evidence"]
+__all__ = [
+    "EVIDENCE",
+    "Evidence",
+    "Findings",
+    "PairTest",
+    "Probing",
+    "RegionTest",
+    "register_evidence",
+]
 
 
 @dataclass
 class Probing:
-    """One check's probes: ``images``, the explained class ``targets`` and their scores
-    ``p0``, the ViT-ReciproCAM ``maps`` (one or more batches) and which are ``informative``,
-    the token ``grid``, the probe ``groups`` (all, and each class with enough probes) and the
-    ``cache`` that scores every distinct copy once."""
+    """One check's probes: ``images``, the explained class ``targets``, every class's
+    ``scores`` ``[N, C]`` and the targets' ``p0``, the ViT-ReciproCAM ``maps`` (one or more
+    batches) and which are ``informative``, the token ``grid``, the probe ``groups`` (all,
+    and each class with enough probes) and the ``cache`` that scores every distinct copy
+    once, and the object ``masks`` when the batches carry them."""
 
     images: torch.Tensor
     targets: torch.Tensor
+    scores: torch.Tensor
     p0: torch.Tensor
     maps: Sequence[torch.Tensor]
     informative: torch.Tensor
     grid: tuple[int, int]
     groups: list[Group]
     cache: CopyCache
-    _path: torch.Tensor | None = field(default=None, repr=False)
+    masks: torch.Tensor | None = None
+    _paths: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def searched(self) -> bool:
-        """Whether the occlusion search ran in this check."""
-        return self._path is not None
+        """Whether the occlusion search ran in this check (for any probe)."""
+        return bool(self._paths)
 
-    def search(self) -> torch.Tensor:
-        """Each probe's occlusion-search path (``[N, levels, 4]``), run once per check on
-        first use (see :func:`~lightning_vitrcam.shortcut.proposals.search_path`)."""
-        if self._path is None:
-            self._path = search_path(self.p0, self.cache)
-        return self._path
+    def search(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The occlusion-search paths (``[len(rows), levels, 4]``) of ``rows`` (default: every
+        probe), each probe's run once per check on first use (see
+        :func:`~lightning_vitrcam.shortcut.proposals.search_path`)."""
+        if rows is None:
+            rows = torch.arange(len(self.targets), device=self.targets.device)
+        todo = [r for r in rows.tolist() if r not in self._paths]
+        if todo:
+            new = torch.tensor(todo, device=self.targets.device)
+            for r, path in zip(todo, search_path(self.p0, self.cache, new), strict=True):
+                self._paths[r] = path
+        return torch.stack([self._paths[r] for r in rows.tolist()])
+
+    def predicted(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, C]`` bool: the classes each image is predicted as (one forward)."""
+        return self.cache.predicts(self.cache.score(self.cache.forward(images).float()))
 
     def rows(self, group: int | None) -> torch.Tensor:
         """The probe rows of ``group``."""
         return dict(self.groups)[group].nonzero().flatten()
 
 
+@dataclass(frozen=True)
+class RegionTest:
+    """One probe's decisive-region test: the place occluded (``box``: its smallest necessary
+    place, else the most damaging one tested), the relative drop, whether it is necessary."""
+
+    probe: int
+    box: tuple[int, int, int, int]
+    drop: float
+    necessary: bool
+    kind: str = "region"
+
+
+@dataclass(frozen=True)
+class PairTest:
+    """One intervention between two probes and its control (``kind``: ``"transplant"``,
+    ``"colour"`` or ``"background"``): whether the recipient was moved to the donor's class,
+    and whether the control moved it (the transplant's ``box``: the donor's region)."""
+
+    kind: str
+    donor: int
+    recipient: int
+    moved: bool
+    control_moved: bool
+    box: tuple[int, int, int, int] | None = None
+
+
 @dataclass
 class Findings:
-    """What one kind of evidence found in one check."""
+    """What one kind of evidence found in one check: its confirmed findings, the records of
+    every test it ran (for study and replay) and its continuous scalars."""
 
-    suspects: list[Suspect] = field(default_factory=list)
-    tests: list[PlaceTest] = field(default_factory=list)
+    suspects: list[Finding] = field(default_factory=list)
+    tests: list[PlaceTest | RegionTest | PairTest] = field(default_factory=list)
     scalars: dict[str, float] = field(default_factory=dict)
 
 

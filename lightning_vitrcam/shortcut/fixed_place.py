@@ -14,7 +14,8 @@ Example:
     >>> images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.1
     >>> images[:, :, :8, :8] += 2.0 * torch.eye(3)[torch.arange(8) % 3][:, :, None, None]
     >>> maps = torch.zeros(8, 4, 4); maps[:, 0, 0] = 1.0
-    >>> verdict = ShortcutAlarm().check(corner, lambda z: z.softmax(-1), images, [maps],
+    >>> verdict = ShortcutAlarm(kinds=["place"]).check(
+    ...     corner, lambda z: z.softmax(-1), images, [maps],
     ...                                 corner(images).argmax(1), torch.ones(8).bool())
     >>> [(s.box, s.hits, s.probes) for s in verdict.suspects]
     [((0, 1, 0, 1), 8, 8)]
@@ -122,8 +123,8 @@ def suspects_of(tests: Sequence[PlaceTest], rule: Rule) -> list[Suspect]:
 class FixedPlace(Evidence):
     """The places proposed by the maps' peaks and the memory are tested first; the occlusion
     search (most of this evidence's cost) runs only when none of them is confirmed, or always
-    with ``search_always``. Scalar: ``shortcut_drop``, the largest mean relative drop of any
-    place tested in its group (0 without candidates)."""
+    with ``search_always``. Scalar: ``shortcut_place_drop``, the largest mean relative drop of
+    any place tested in its group (0 without candidates)."""
 
     def __init__(self, alarm: Any) -> None:
         super().__init__(alarm)
@@ -148,7 +149,7 @@ class FixedPlace(Evidence):
             suspects = suspects_of(tests, rule)
         self.memory.remember(candidates)
         worst = max((float(torch.tensor(t.drops).mean()) for t in tests), default=0.0)
-        return Findings(suspects, tests, {"shortcut_drop": worst})
+        return Findings(suspects, tests, {"shortcut_place_drop": worst})
 
     def state_dict(self) -> dict[str, Any]:
         return self.memory.state_dict()

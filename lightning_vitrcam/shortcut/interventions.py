@@ -23,7 +23,18 @@ from enum import IntEnum
 
 import torch
 
-__all__ = ["CopyCache", "Copy", "inside", "keep_boxes", "occlude_boxes"]
+__all__ = [
+    "Copy",
+    "CopyCache",
+    "argmax_predicts",
+    "colour_shift",
+    "colour_swap",
+    "inside",
+    "keep_boxes",
+    "move_object",
+    "occlude_boxes",
+    "transplant",
+]
 
 
 class Copy(IntEnum):
@@ -76,6 +87,107 @@ def keep_boxes(
     return torch.where(inside(images, boxes, grid)[:, None], images[rows], fill)
 
 
+def transplant(
+    images: torch.Tensor,
+    recipients: torch.Tensor,
+    own: torch.Tensor,
+    donors: torch.Tensor,
+    boxes: torch.Tensor,
+    grid: tuple[int, int],
+) -> torch.Tensor:
+    """Copies of ``images[recipients]`` with their own place ``own[i]`` occluded first (so
+    that their own cue does not compete) and then ``images[donors[i]]``'s pixels inside the
+    box ``boxes[i]`` pasted at the same place.
+
+    Example:
+        >>> x = torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)])
+        >>> out = transplant(x, torch.tensor([0]), torch.tensor([[1, 2, 1, 2]]),
+        ...                  torch.tensor([1]), torch.tensor([[0, 1, 0, 1]]), (2, 2))
+        >>> out[0, 0]
+        tensor([[1.0000, 1.0000, 0.0000, 0.0000],
+                [1.0000, 1.0000, 0.0000, 0.0000],
+                [0.0000, 0.0000, 0.5000, 0.5000],
+                [0.0000, 0.0000, 0.5000, 0.5000]])
+    """
+    base = occlude_boxes(images, recipients, own, grid)
+    return torch.where(inside(images, boxes, grid)[:, None], images[donors], base)
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and channel: mean and std over the pixels, ``[B, C, 1, 1]`` each."""
+    mean = images.mean(dim=(2, 3), keepdim=True)
+    std = images.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    return mean, std
+
+
+def colour_swap(
+    images: torch.Tensor, recipients: torch.Tensor, donors: torch.Tensor
+) -> torch.Tensor:
+    """Copies of ``images[recipients]`` with the per-channel mean and std of
+    ``images[donors]``: the recipient's content in the donor's colour statistics.
+
+    Example:
+        >>> a = torch.arange(4.0).view(1, 2, 2)
+        >>> x = torch.stack([a, 10 + 2 * a])
+        >>> colour_swap(x, torch.tensor([0]), torch.tensor([1]))[0, 0]
+        tensor([[10., 12.],
+                [14., 16.]])
+    """
+    mean, std = _channel_stats(images)
+    own = (images[recipients] - mean[recipients]) / std[recipients]
+    return own * std[donors] + mean[donors]
+
+
+def colour_shift(
+    images: torch.Tensor, recipients: torch.Tensor, donors: torch.Tensor, seed: int = 0
+) -> torch.Tensor:
+    """The control of :func:`colour_swap`: each recipient's per-channel (mean, std) moved by
+    as much as the swap moves them, in a random direction that matches no image (a seeded
+    generator: the global RNG is untouched; the std stays at least a tenth of its own)."""
+    mean, std = _channel_stats(images)
+    m, s = mean[recipients], std[recipients]
+    change = torch.cat([mean[donors] - m, std[donors] - s], dim=1).flatten(1)  # [P, 2C]
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    direction = torch.randn(change.shape, generator=g).to(change)
+    direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    step = (direction * change.norm(dim=1, keepdim=True)).view(change.shape[0], 2, -1)
+    new_mean = m + step[:, 0, :, None, None]
+    new_std = (s + step[:, 1, :, None, None]).clamp_min(0.1 * s)
+    return (images[recipients] - m) / s * new_std + new_mean
+
+
+def move_object(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    objects: torch.Tensor,
+    backgrounds: torch.Tensor,
+) -> torch.Tensor:
+    """Copies of ``images[backgrounds]`` whose own object (``masks``) is filled with their
+    background's mean colour and onto which the object of ``images[objects]`` is pasted at its
+    own place: object ``objects[i]`` on the background of ``backgrounds[i]``.
+
+    Example:
+        >>> x = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
+        >>> m = torch.tensor([[[True, False], [False, False]], [[False, False], [False, True]]])
+        >>> move_object(x, m, torch.tensor([0]), torch.tensor([1]))[0, 0]
+        tensor([[0., 1.],
+                [1., 1.]])
+    """
+    m = masks.to(images.device).bool()
+    bg = images[backgrounds]
+    own = m[backgrounds][:, None]
+    fill = (bg * ~own).sum(dim=(2, 3), keepdim=True) / (~own).sum(
+        dim=(2, 3), keepdim=True
+    ).clamp_min(1)
+    base = torch.where(own, fill, bg)
+    return torch.where(m[objects][:, None], images[objects], base)
+
+
+def argmax_predicts(scores: torch.Tensor) -> torch.Tensor:
+    """``[B, C]`` bool: the one predicted class of each row (multiclass, binary)."""
+    return torch.nn.functional.one_hot(scores.argmax(dim=1), scores.shape[1]).bool()
+
+
 _MAKE = {Copy.OCCLUDED: occlude_boxes, Copy.KEPT: keep_boxes}
 
 
@@ -83,9 +195,9 @@ class CopyCache:
     """The probes' copies of one alarm check, each scored once by ``(probe row, box, kind)``.
 
     ``forward`` maps a batch of images to logits (it bounds its own batch size), ``score``
-    logits to per-class scores; each copy is scored for its probe's ``targets`` class. A copy
-    looked up instead of run again has the score it had, up to the float rounding of another
-    batch.
+    logits to per-class scores, ``predicts`` scores to the predicted classes (default: the
+    arg-max); each copy is scored for its probe's ``targets`` class. A copy looked up instead
+    of run again has the score it had, up to the float rounding of another batch.
     """
 
     def __init__(
@@ -95,8 +207,9 @@ class CopyCache:
         images: torch.Tensor,
         targets: torch.Tensor,
         grid: tuple[int, int],
+        predicts: Callable[[torch.Tensor], torch.Tensor] = argmax_predicts,
     ) -> None:
-        self.forward, self.score = forward, score
+        self.forward, self.score, self.predicts = forward, score, predicts
         self.images, self.targets, self.grid = images, targets, grid
         self._keys = torch.empty(0, dtype=torch.long, device=images.device)
         self._values = torch.empty(0, device=images.device)

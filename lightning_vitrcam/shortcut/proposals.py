@@ -79,9 +79,11 @@ def _child(side: int) -> int:
     return side // 2 + 1 if side > 2 else 1
 
 
-def search_path(p0: torch.Tensor, cache: CopyCache) -> torch.Tensor:
+def search_path(
+    p0: torch.Tensor, cache: CopyCache, rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """``[N, levels, 4]``: each probe's box at every level of the search, coarse to fine, the
-    last a single token.
+    last a single token (``rows``: only those probes, in that order).
 
     Each level occludes the four corner windows of the probe's box, each a little over half
     its size along each axis (``side // 2 + 1``; 1 from a side of 2) so that they overlap in
@@ -89,7 +91,10 @@ def search_path(p0: torch.Tensor, cache: CopyCache) -> torch.Tensor:
     and keeps the one that drops the probe's score ``p0`` the most: 16 occluded copies per
     probe on an 8x8 grid (8, 5, 3, 2, 1 tokens a side), 20 on 14x14.
     """
-    n, device = cache.images.shape[0], cache.images.device
+    device = cache.images.device
+    if rows is None:
+        rows = torch.arange(cache.images.shape[0], device=device)
+    n = len(rows)
     r0 = torch.zeros(n, dtype=torch.long, device=device)
     c0 = torch.zeros_like(r0)
     bh, bw = cache.grid
@@ -103,8 +108,9 @@ def search_path(p0: torch.Tensor, cache: CopyCache) -> torch.Tensor:
         tops = r0[:, None] + offsets[:, 0]  # [n, k]
         lefts = c0[:, None] + offsets[:, 1]
         children = torch.stack([tops, tops + ch, lefts, lefts + cw], dim=-1)  # [n, k, 4]
-        rows = torch.arange(n, device=device).repeat_interleave(k)
-        drop = (p0[rows] - cache.copies(rows, children.reshape(-1, 4), Copy.OCCLUDED)).view(n, k)
+        copy_rows = rows.repeat_interleave(k)
+        scored = cache.copies(copy_rows, children.reshape(-1, 4), Copy.OCCLUDED)
+        drop = (p0[copy_rows] - scored).view(n, k)
         best = children[torch.arange(n, device=device), drop.argmax(dim=1)]
         r0, c0, bh, bw = best[:, 0], best[:, 2], ch, cw
         path.append(best)

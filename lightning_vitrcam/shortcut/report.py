@@ -19,7 +19,7 @@ import torch
 from lightning_vitrcam.shortcut.places import Box, hotspot_location, is_token, place_name
 from lightning_vitrcam.shortcut.rule import needs_sufficiency
 
-__all__ = ["PossibleShortcutWarning", "Suspect", "shortcut_message"]
+__all__ = ["Finding", "PossibleShortcutWarning", "Suspect", "group_name", "shortcut_message"]
 
 
 class PossibleShortcutWarning(UserWarning):
@@ -27,8 +27,38 @@ class PossibleShortcutWarning(UserWarning):
     the object masks)."""
 
 
+def group_name(group: int | None, class_names: Sequence[str] | None = None) -> str:
+    """The probes of a group: "probes", or "probes predicted as 'cat'"."""
+    if group is None:
+        return "probes"
+    name = class_names[group] if class_names and group < len(class_names) else str(group)
+    return f"probes predicted as {name!r}"
+
+
 @dataclass(frozen=True, kw_only=True)
-class Suspect:
+class Finding:
+    """What one kind of evidence confirmed in one group of probes (``group``: the predicted
+    class, None for all probes; ``probes``: the group's size). Each kind subclasses it with
+    its numbers, its sentence (:meth:`describe`) and what to do about it (:meth:`remedy`)."""
+
+    kind: str = ""
+    group: int | None
+    probes: int
+
+    @property
+    def strength(self) -> float:
+        """How strongly the finding holds, for ordering (higher first)."""
+        return 0.0
+
+    def describe(self, class_names: Sequence[str] | None = None) -> str:
+        raise NotImplementedError
+
+    def remedy(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Suspect(Finding):
     """A place whose occlusion collapses the prediction on most probes of a group.
 
     ``box`` is the place on the ``grid``; ``group`` is the class index of the probes tested
@@ -45,10 +75,9 @@ class Suspect:
         probability by 0.73 on average and by at least half on 4 of 5 probes'
     """
 
+    kind: str = "place"
     box: Box
     grid: tuple[int, int]
-    group: int | None
-    probes: int
     hits: int
     mean_drop: float
     min_drop: float = 0.5
@@ -67,12 +96,19 @@ class Suspect:
         """How the warning says ``min_drop``: "half", or a percentage."""
         return "half" if self.min_drop == 0.5 else f"{self.min_drop:.0%}"
 
+    @property
+    def strength(self) -> float:
+        return self.hits / max(1, self.probes)
+
     def who(self, class_names: Sequence[str] | None = None) -> str:
         """The probes tested: "probes", or "probes predicted as 'cat'"."""
-        if self.group is None:
-            return "probes"
-        name = class_names[self.group] if class_names else str(self.group)
-        return f"probes predicted as {name!r}"
+        return group_name(self.group, class_names)
+
+    def remedy(self) -> str:
+        return (
+            "look at that place in the probes: a watermark, a border or a logo there that"
+            " names the class is a shortcut; remove or mask it in the data"
+        )
 
     def describe(self, class_names: Sequence[str] | None = None) -> str:
         return (
@@ -112,16 +148,23 @@ def shortcut_message(
     step: int,
     hotspot_threshold: float | None = None,
     energy_threshold: float | None = None,
-    suspects: Sequence[Suspect] = (),
+    suspects: Sequence[Finding] = (),
     class_names: Sequence[str] | None = None,
 ) -> str | None:
-    """The warning for one evaluation, or None: the confirmed ``suspects``, ``hotspot_ratio``
-    above ``hotspot_threshold`` and, with masks, ``energy_in_mask`` below
-    ``energy_threshold``."""
-    places: dict[Box, list[Suspect]] = {}
+    """The warning for one evaluation, or None: the confirmed findings of every kind (at
+    most three; the place kind's groups at one place share a sentence) and what to do about
+    them, ``hotspot_ratio`` above ``hotspot_threshold`` and, with masks, ``energy_in_mask``
+    below ``energy_threshold``."""
+    places: dict[object, list[Finding]] = {}
     for s in suspects:
-        places.setdefault(s.box, []).append(s)
-    reasons = [describe_place(group, class_names) for group in list(places.values())[:3]]
+        key = ("place", s.box) if isinstance(s, Suspect) else (s.kind, s.group, id(s))
+        places.setdefault(key, []).append(s)
+    reasons = []
+    for group in list(places.values())[:3]:
+        if isinstance(group[0], Suspect):
+            reasons.append(describe_place(group, class_names))  # type: ignore[arg-type]
+        else:
+            reasons.append(group[0].describe(class_names))
     ratio, energy = values.get("hotspot_ratio"), values.get("energy_in_mask")
     if hotspot_threshold is not None and ratio is not None and ratio > hotspot_threshold:
         reasons.append(f"hotspot ratio {ratio:.2f} > {hotspot_threshold}")
@@ -136,4 +179,7 @@ def shortcut_message(
         row, col, border = hotspot_location(mean_map)
         place = f"on the {border}" if border else "inside the image"
         text += f"; the mean saliency peaks at token row {row}, column {col} ({place})"
+    remedies = list(dict.fromkeys(r for s in suspects if (r := s.remedy())))
+    if remedies:
+        text += ". What to do: " + "; ".join(remedies)
     return text

@@ -25,7 +25,7 @@ import torch
 
 from lightning_vitrcam.shortcut.places import Box, is_token, on_border
 
-__all__ = ["PlaceTest", "Rule", "needs_sufficiency"]
+__all__ = ["PlaceTest", "Rule", "margin", "needs_sufficiency"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,24 @@ class PlaceTest:
             drops=[float(d) for d in record["drops"]],
             kept=None if kept is None else [float(k) for k in kept],
         )
+
+
+def margin(moved: torch.Tensor, control: torch.Tensor) -> float:
+    """How much more an intervention moves its recipients than its control does, over the
+    pairs the two tell apart: ``(b - c) / (pairs - both)``, ``b`` the pairs only the
+    intervention moved, ``c`` those only the control moved. Pairs that both moved say nothing
+    about the intervention's content (the recipient lands there by itself), so they are left
+    out of the denominator; 0 without pairs.
+
+    Example:
+        >>> moved = torch.tensor([True, True, True, False])
+        >>> margin(moved, torch.tensor([True, False, False, False]))
+        0.6666666666666666
+    """
+    moved, control = moved.bool(), control.bool()
+    both = int((moved & control).sum())
+    only = int((moved & ~control).sum()) - int((control & ~moved).sum())
+    return only / max(1, moved.numel() - both)
 
 
 def needs_sufficiency(box: Sequence[int], grid: Sequence[int]) -> bool:

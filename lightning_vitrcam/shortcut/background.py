@@ -1,0 +1,153 @@
+"""Evidence that the prediction follows the background, where object masks are known (beyond
+the paper).
+
+A model that learned the background of a class (water behind boats, a hospital's bed behind
+its patients) predicts the background's class for any object placed on it. Where the batches
+carry object masks, each probe's object (the recipient's) is moved onto the background of a
+probe of another predicted class (the donor's; its own object filled with its background's
+mean colour) and the prediction is read again; a *control* moves the object onto the
+background of another probe of its own predicted class, the same compositing with no change of
+class. A group of donors (all, or one predicted class) is confirmed when the moves to other
+backgrounds bring at least ``min_margin`` more of the objects to the donor's class than the
+controls change predictions at all, on at least ``min_hits`` objects. Without masks this kind
+does nothing. Scalar: ``shortcut_background``, the largest group margin.
+
+Example:
+    >>> import torch
+    >>> from lightning_vitrcam.shortcut import ShortcutAlarm
+    >>> masks = torch.zeros(12, 16, 16, dtype=torch.bool); masks[:, 4:12, 4:12] = True
+    >>> def scenery(x):  # reads the colour around the centre, where the objects are not
+    ...     return 20 * (x * ~masks[:1, None]).mean(dim=(2, 3))
+    >>> g = torch.Generator().manual_seed(0)
+    >>> images = torch.rand(12, 3, 16, 16, generator=g) * 0.2
+    >>> images[torch.arange(12), torch.arange(12) % 3] += 0.6  # the background names the class
+    >>> images[:, :, 4:12, 4:12] = torch.rand(12, 3, 1, 1, generator=g)  # objects: any colour
+    >>> verdict = ShortcutAlarm(kinds=["background"]).check(
+    ...     scenery, lambda z: z.softmax(-1), images, [torch.rand(12, 4, 4, generator=g)],
+    ...     scenery(images).argmax(1), torch.ones(12).bool(), masks=masks)
+    >>> [(f.kind, f.group) for f in verdict.suspects]
+    [('background', None)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lightning_vitrcam.shortcut.colour import donor_pairs
+from lightning_vitrcam.shortcut.evidence import (
+    Evidence,
+    Findings,
+    PairTest,
+    Probing,
+    register_evidence,
+)
+from lightning_vitrcam.shortcut.interventions import move_object
+from lightning_vitrcam.shortcut.report import Finding, group_name
+from lightning_vitrcam.shortcut.rule import Rule, margin
+
+__all__ = ["Background", "BackgroundFinding"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackgroundFinding(Finding):
+    """Moved onto the donors' backgrounds, ``flips`` of ``pairs`` objects were predicted as
+    the donor's class; moved onto backgrounds of their own class, ``control_flips`` changed."""
+
+    kind: str = "background"
+    pairs: int
+    flips: int
+    control_flips: int
+
+    @property
+    def strength(self) -> float:
+        return (self.flips - self.control_flips) / max(1, self.pairs)
+
+    def describe(self, class_names: Sequence[str] | None = None) -> str:
+        donors = "other probes" if self.group is None else group_name(self.group, class_names)
+        return (
+            f"the prediction follows the background: moved onto the backgrounds of {donors},"
+            f" {self.flips} of {self.pairs} objects of other classes are predicted as the"
+            f" background's class (moved onto a background of their own class:"
+            f" {self.control_flips} change)"
+        )
+
+    def remedy(self) -> str:
+        return (
+            "a background that differs by class is a shortcut: collect or synthesise images"
+            " of each class on the others' backgrounds"
+        )
+
+
+def _partners(picked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """For each probe another probe predicted as its class (itself where there is none)."""
+    n = len(targets)
+    out = []
+    for r in range(n):
+        same = [k for k in range(n) if k != r and bool(picked[k, targets[r]])]
+        out.append(same[r % len(same)] if same else r)
+    return torch.tensor(out, dtype=torch.long, device=targets.device)
+
+
+@register_evidence("background")
+class Background(Evidence):
+    """See the module docstring. Reads ``min_margin`` and ``transplants`` (backgrounds per
+    object, at most 2) from the alarm."""
+
+    def __init__(self, alarm: Any) -> None:
+        super().__init__(alarm)
+        #: the last check's pairs and outcomes (for pictures and study)
+        self.last: dict[str, Any] = {}
+
+    def check(self, probing: Probing, rule: Rule) -> Findings:
+        if probing.masks is None:
+            self.last = {}
+            return Findings()
+        images, targets = probing.images, probing.targets
+        masks = probing.masks.to(images.device).float()
+        if tuple(masks.shape[-2:]) != tuple(images.shape[-2:]):
+            masks = F.interpolate(masks[:, None], size=images.shape[-2:], mode="nearest")[:, 0]
+        masks = masks > 0.5
+        picked = probing.cache.predicts(probing.scores)
+        donors, objects = donor_pairs(picked, targets, min(2, self.alarm.transplants))
+        partners = _partners(picked, targets)[objects]
+        valid = partners != objects  # a control needs another probe of the object's class
+        if not len(donors):
+            return Findings(scalars={"shortcut_background": 0.0})
+        moved = move_object(images, masks, objects, donors)
+        control = move_object(images, masks, objects, partners)
+        predicted = probing.predicted(torch.cat([moved, control]))
+        p = len(donors)
+        flips = predicted[:p].gather(1, targets[donors][:, None])[:, 0]
+        changed = (predicted[p:] != picked[objects]).any(dim=1) & valid
+        self.last = {"donors": donors, "objects": objects, "partners": partners, "flips": flips,
+                     "control_flips": changed}  # fmt: skip
+        findings, best = [], 0.0
+        for group, members in probing.groups:
+            mine = members[donors]
+            if not bool((mine & valid).any()):
+                continue
+            f, c = flips[mine & valid], changed[mine & valid]
+            moved_more = margin(f, c)
+            best = max(best, moved_more)
+            if moved_more >= self.alarm.min_margin and int(f.sum()) >= rule.min_hits:
+                findings.append(
+                    BackgroundFinding(
+                        group=group,
+                        probes=int(members.sum()),
+                        pairs=int((mine & valid).sum()),
+                        flips=int(f.sum()),
+                        control_flips=int(c.sum()),
+                    )
+                )
+        everyone = [f for f in findings if f.group is None]
+        tests = [
+            PairTest("background", d, r, m, c)
+            for d, r, m, c in zip(donors.tolist(), objects.tolist(), flips.tolist(),
+                                  changed.tolist(), strict=True)
+        ]  # fmt: skip
+        return Findings(everyone or findings, tests, {"shortcut_background": best})

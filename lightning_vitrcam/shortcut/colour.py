@@ -1,0 +1,155 @@
+"""Evidence that the prediction follows the image's colour (beyond the paper).
+
+A scanner, a camera or a hospital that tints the whole image can name the class without any
+small region carrying it. So each probe (the recipient) is given the per-channel mean and
+standard deviation of a probe of another predicted class (the donor) and the prediction is
+read again; a *control* moves the recipient's statistics by as much, in a random direction
+that matches no probe. A group of donors (all, or one predicted class) is confirmed when the
+swaps move at least ``min_margin`` more of their recipients to the donor's class than the
+controls change the recipients' predictions at all, on at least ``min_hits`` recipients.
+Colour can be a legitimate feature of a task (ripe and unripe fruit): then leave this kind out
+(``ShortcutAlarm(kinds=[...])``). Scalar: ``shortcut_colour``, the largest group margin.
+
+Example:
+    >>> import torch
+    >>> from lightning_vitrcam.shortcut import ShortcutAlarm
+    >>> def tint(x):  # the class is the dominant channel of the whole image
+    ...     return 20 * x.mean(dim=(2, 3))
+    >>> g = torch.Generator().manual_seed(0)
+    >>> images = torch.rand(12, 3, 16, 16, generator=g)
+    >>> images[torch.arange(12), torch.arange(12) % 3] += 0.5
+    >>> verdict = ShortcutAlarm(kinds=["colour"]).check(
+    ...     tint, lambda z: z.softmax(-1), images, [torch.rand(12, 4, 4, generator=g)],
+    ...     tint(images).argmax(1), torch.ones(12).bool())
+    >>> [(f.kind, f.group) for f in verdict.suspects]
+    [('colour', None)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lightning_vitrcam.shortcut.evidence import (
+    Evidence,
+    Findings,
+    PairTest,
+    Probing,
+    register_evidence,
+)
+from lightning_vitrcam.shortcut.interventions import colour_shift, colour_swap
+from lightning_vitrcam.shortcut.report import Finding, group_name
+from lightning_vitrcam.shortcut.rule import Rule, margin
+
+__all__ = ["ColourFinding", "ImageColour", "donor_pairs"]
+
+
+def donor_pairs(
+    picked: torch.Tensor, targets: torch.Tensor, per: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(donors, recipients)``: for each probe as a recipient, ``per`` donors whose explained
+    class the recipient is not predicted as, spread evenly over the candidates.
+
+    Example:
+        >>> picked = torch.eye(3).bool()[[0, 0, 1, 2]]
+        >>> [t.tolist() for t in donor_pairs(picked, torch.tensor([0, 0, 1, 2]), 1)]
+        [[2, 3, 3, 0], [0, 1, 2, 3]]
+    """
+    donors, recipients = [], []
+    n = len(targets)
+    for r in range(n):
+        candidates = [d for d in range(n) if not bool(picked[r, targets[d]])]
+        for m in range(min(per, len(candidates))):
+            donors.append(candidates[(r * per + m) % len(candidates)])
+            recipients.append(r)
+    device = targets.device
+    return (
+        torch.tensor(donors, dtype=torch.long, device=device),
+        torch.tensor(recipients, dtype=torch.long, device=device),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ColourFinding(Finding):
+    """Given donors' colour statistics, ``flips`` of ``pairs`` recipients were predicted as
+    the donor's class; the same-size random shifts changed ``control_flips`` predictions."""
+
+    kind: str = "colour"
+    pairs: int
+    flips: int
+    control_flips: int
+
+    @property
+    def strength(self) -> float:
+        return (self.flips - self.control_flips) / max(1, self.pairs)
+
+    def describe(self, class_names: Sequence[str] | None = None) -> str:
+        donors = "other probes" if self.group is None else group_name(self.group, class_names)
+        return (
+            f"the prediction follows the image's colour: given the per-channel colour"
+            f" statistics of {donors}, {self.flips} of {self.pairs} probes of other classes"
+            f" are predicted as the donor's class (a random colour change of the same size"
+            f" changes {self.control_flips} of them)"
+        )
+
+    def remedy(self) -> str:
+        return (
+            "a tint, a scanner or a camera that differs by class is a shortcut: normalise"
+            " colour per image or augment it; if colour is a legitimate feature of your"
+            " classes, leave this test out with ShortcutAlarm(kinds=['region', 'background'])"
+        )
+
+
+@register_evidence("colour")
+class ImageColour(Evidence):
+    """See the module docstring. Reads ``min_margin`` and ``transplants`` (donors per
+    recipient, at most 2) from the alarm."""
+
+    def __init__(self, alarm: Any) -> None:
+        super().__init__(alarm)
+        #: the last check's pairs and outcomes (for pictures and study)
+        self.last: dict[str, Any] = {}
+
+    def check(self, probing: Probing, rule: Rule) -> Findings:
+        picked = probing.cache.predicts(probing.scores)
+        donors, recipients = donor_pairs(picked, probing.targets, min(2, self.alarm.transplants))
+        if not len(donors):
+            return Findings(scalars={"shortcut_colour": 0.0})
+        images = probing.images
+        swapped = colour_swap(images, recipients, donors)
+        shifted = colour_shift(images, recipients, donors)
+        predicted = probing.predicted(torch.cat([swapped, shifted]))
+        p = len(donors)
+        flips = predicted[:p].gather(1, probing.targets[donors][:, None])[:, 0]
+        # the control counts any change of the recipient's prediction: fragility to colour
+        changed = (predicted[p:] != picked[recipients]).any(dim=1)
+        self.last = {"donors": donors, "recipients": recipients, "flips": flips,
+                     "control_flips": changed}  # fmt: skip
+        findings, best = [], 0.0
+        for group, members in probing.groups:
+            mine = members[donors]
+            if not bool(mine.any()):
+                continue
+            f, c = flips[mine], changed[mine]
+            moved_more = margin(f, c)
+            best = max(best, moved_more)
+            if moved_more >= self.alarm.min_margin and int(f.sum()) >= rule.min_hits:
+                findings.append(
+                    ColourFinding(
+                        group=group,
+                        probes=int(members.sum()),
+                        pairs=int(mine.sum()),
+                        flips=int(f.sum()),
+                        control_flips=int(c.sum()),
+                    )
+                )
+        everyone = [f for f in findings if f.group is None]
+        tests = [
+            PairTest("colour", d, r, m, c)
+            for d, r, m, c in zip(donors.tolist(), recipients.tolist(), flips.tolist(),
+                                  changed.tolist(), strict=True)
+        ]  # fmt: skip
+        return Findings(everyone or findings, tests, {"shortcut_colour": best})

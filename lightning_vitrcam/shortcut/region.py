@@ -1,0 +1,423 @@
+"""Evidence of a small region that carries a probe's class, wherever it sits (beyond the paper).
+
+A tag, a sticker, a watermark or a scanner's marker is a small region that names the class:
+each probe that depends on it loses its prediction when the region is occluded, and the region
+carries its class into other images. An object's own part is often necessary too, but it
+rarely carries the class into another image. So the test is per probe and by construction:
+
+1. **necessary**: each probe's own decisive region (up to ``max_box`` tokens a side): the
+   smallest place among its map's peak token and window, the region remembered from the last
+   evaluation and, for the probes none of those explain, the places of its occlusion search,
+   whose occlusion removes at least ``min_drop`` of its predicted-class probability;
+2. **carried**: each such region (the donor's) is pasted, at its own place, into probes of
+   other predicted classes whose own decisive region was occluded first (so that their own
+   cue does not compete); a *control* pastes a region of the same size from elsewhere in the
+   donor the same way. A group of probes (all, or one predicted class) is confirmed when at
+   least ``min_share`` (and ``min_hits``) of its probes have a necessary region and the
+   transplants move at least ``min_margin`` more of their recipients to the donor's class than
+   the controls do, from at least ``min_hits`` donors.
+
+Where the confirmed regions share a place the warning names it; where they move it says so.
+Scalars: ``shortcut_drop`` (the largest group mean drop of the probes' own regions) and
+``shortcut_transplant`` (the largest group margin of transplants over controls).
+
+Example:
+    >>> import torch
+    >>> from lightning_vitrcam.shortcut import ShortcutAlarm
+    >>> def tag(x):  # class = the colour of the brightest 8x8 cell
+    ...     cells = torch.nn.functional.avg_pool2d(x, 8)  # [B, 3, 4, 4]
+    ...     best = cells.amax(dim=1).flatten(1).argmax(1)
+    ...     return 10 * cells.flatten(2)[torch.arange(len(x)), :, best]
+    >>> g = torch.Generator().manual_seed(0)
+    >>> images = torch.rand(12, 3, 32, 32, generator=g) * 0.2
+    >>> for i in range(12):  # a class-coloured tag at a random cell
+    ...     r, c = divmod(int(torch.randint(16, (1,), generator=g)), 4)
+    ...     images[i, i % 3, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8] = 1.0
+    >>> maps = torch.rand(12, 4, 4, generator=g)  # maps that point nowhere in particular
+    >>> verdict = ShortcutAlarm(kinds=["region"]).check(
+    ...     tag, lambda z: z.softmax(-1), images, [maps], tag(images).argmax(1),
+    ...     torch.ones(12).bool())
+    >>> [(f.kind, f.group, f.moves) for f in verdict.suspects]
+    [('region', None, True)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lightning_vitrcam.shortcut.evidence import (
+    Evidence,
+    Findings,
+    PairTest,
+    Probing,
+    RegionTest,
+    register_evidence,
+)
+from lightning_vitrcam.shortcut.interventions import Copy, transplant
+from lightning_vitrcam.shortcut.places import Box, place_name
+from lightning_vitrcam.shortcut.report import Finding, group_name
+from lightning_vitrcam.shortcut.rule import Rule, margin
+
+__all__ = ["RegionFinding", "SmallRegion", "control_boxes", "peak_boxes"]
+
+_NONE = (0, 0, 0, 0)  # an empty box: occludes nothing
+
+
+def peak_boxes(maps: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens, windows)``, each ``[N, 4]``: every map's peak token, and the ``side``-sided
+    window (clipped to the grid) holding it with the most saliency.
+
+    Example:
+        >>> m = torch.zeros(1, 4, 4); m[0, 0, 3] = 1.0; m[0, 1, 2] = 0.5
+        >>> [b.tolist() for b in peak_boxes(m, 2)]
+        [[[0, 1, 3, 4]], [[0, 2, 2, 4]]]
+    """
+    n, h, w = maps.shape
+    sh, sw = min(side, h), min(side, w)
+    peak = maps.flatten(1).argmax(dim=1)
+    row, col = peak // w, peak % w
+    tokens = torch.stack([row, row + 1, col, col + 1], dim=1)
+    sums = F.avg_pool2d(maps[:, None].float(), (sh, sw), stride=1)[:, 0]  # [N, h-sh+1, w-sw+1]
+    dr = torch.arange(sh, device=maps.device)
+    dc = torch.arange(sw, device=maps.device)
+    tops = (row[:, None] - dr).clamp(0, h - sh)  # [N, sh]: windows that hold the peak
+    lefts = (col[:, None] - dc).clamp(0, w - sw)
+    values = sums[
+        torch.arange(n, device=maps.device)[:, None, None], tops[:, :, None], lefts[:, None]
+    ]
+    best = values.flatten(1).argmax(dim=1)
+    top = tops.gather(1, (best // sw)[:, None])[:, 0]
+    left = lefts.gather(1, (best % sw)[:, None])[:, 0]
+    windows = torch.stack([top, top + sh, left, left + sw], dim=1)
+    return tokens, windows
+
+
+def control_boxes(boxes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``[N, 4]``: for each box a box of the same size elsewhere on the grid: its point
+    reflection through the grid's centre or, where that overlaps it, the box moved by half
+    the grid (wrapping around).
+
+    Example:
+        >>> control_boxes(torch.tensor([[0, 1, 0, 1], [3, 5, 3, 5]]), (8, 8)).tolist()
+        [[7, 8, 7, 8], [0, 2, 0, 2]]
+    """
+    h, w = grid
+    r0, r1, c0, c1 = boxes.unbind(1)
+    height, width = r1 - r0, c1 - c0
+    mirrored = torch.stack([h - r1, h - r0, w - c1, w - c0], dim=1)
+    top = (r0 + h // 2) % (h - height + 1)
+    left = (c0 + w // 2) % (w - width + 1)
+    moved = torch.stack([top, top + height, left, left + width], dim=1)
+    overlaps = (mirrored[:, 0] < r1) & (r0 < mirrored[:, 1]) & (mirrored[:, 2] < c1)
+    overlaps &= c0 < mirrored[:, 3]
+    return torch.where(overlaps[:, None], moved, mirrored)
+
+
+def _area(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegionFinding(Finding):
+    """A group of probes whose predictions hang on small regions that carry their class.
+
+    ``necessary`` of the group's ``probes`` have a decisive region (``boxes``, one per such
+    probe) whose occlusion drops their predicted-class probability by at least ``min_drop``
+    (``mean_drop`` on average over the group); pasted into ``pairs`` probes of other classes,
+    the regions moved ``flips`` of them to the donor's class, controls of the same size
+    ``control_flips``.
+    """
+
+    kind: str = "region"
+    grid: tuple[int, int]
+    necessary: int
+    mean_drop: float
+    boxes: tuple[Box, ...]
+    pairs: int
+    flips: int
+    control_flips: int
+    min_drop: float = 0.5
+
+    @property
+    def place(self) -> Box:
+        """The most frequent of the regions."""
+        return max(set(self.boxes), key=lambda b: (self.boxes.count(b), -_box_area(b), b))
+
+    @property
+    def at_place(self) -> int:
+        """How many of the regions overlap the most frequent one."""
+        r0, r1, c0, c1 = self.place
+        return sum(b[0] < r1 and r0 < b[1] and b[2] < c1 and c0 < b[3] for b in self.boxes)
+
+    @property
+    def moves(self) -> bool:
+        """Whether the regions move: fewer than half of them overlap the most frequent one."""
+        return 2 * self.at_place < len(self.boxes)
+
+    @property
+    def strength(self) -> float:
+        return (self.flips - self.control_flips) / max(1, self.pairs)
+
+    def describe(self, class_names: Sequence[str] | None = None) -> str:
+        half = "half" if self.min_drop == 0.5 else f"{self.min_drop:.0%}"
+        who = group_name(self.group, class_names)
+        carried = (
+            f"pasted into {self.pairs} probes of other classes (their own decisive place"
+            f" occluded) it moves {self.flips} of them to its class (a paste of the same size"
+            f" from elsewhere in the same probe: {self.control_flips})"
+        )
+        if not self.moves:
+            elsewhere = len(self.boxes) - self.at_place
+            near = f", {elsewhere} of them at another place" if elsewhere else ""
+            return (
+                f"the prediction hangs on {place_name(self.place, self.grid)}: occluding it"
+                f" drops the predicted-class probability by at least {half} on"
+                f" {self.necessary} of {self.probes} {who}{near} ({self.mean_drop:.2f} on"
+                f" average), and {carried}"
+            )
+        side = max(max(b[1] - b[0], b[3] - b[2]) for b in self.boxes)
+        return (
+            f"the prediction follows a small region that moves: on {self.necessary} of"
+            f" {self.probes} {who} a region of at most {side}x{side} tokens carries it, at"
+            f" {len(set(self.boxes))} different places (most often"
+            f" {place_name(self.place, self.grid)}); occluded, it drops the predicted-class"
+            f" probability by at least {half}, and {carried}"
+        )
+
+    def remedy(self) -> str:
+        return (
+            "look at those places in the probes (vitrcam/shortcut_evidence): a tag, a"
+            " watermark, a sticker or a marker there that names the class is a shortcut;"
+            " remove or mask it in the data, or make it appear in every class"
+        )
+
+
+def _box_area(box: Box) -> int:
+    return (box[1] - box[0]) * (box[3] - box[2])
+
+
+@register_evidence("region")
+class SmallRegion(Evidence):
+    """See the module docstring. Reads ``min_margin``, ``transplants`` (recipients per
+    donor), ``max_box`` and ``search`` from the alarm."""
+
+    def __init__(self, alarm: Any) -> None:
+        super().__init__(alarm)
+        #: each probe's decisive region at the last check (probe row -> box)
+        self.remembered: dict[int, Box] = {}
+        #: the last check's per-probe regions, drops and transplants (for pictures and study)
+        self.last: dict[str, Any] = {}
+
+    def check(self, probing: Probing, rule: Rule) -> Findings:
+        regions, own, drops = self._regions(probing, rule)
+        n = len(probing.targets)
+        found = regions[:, 0] >= 0
+        self.remembered = {
+            i: tuple(regions[i].tolist())
+            for i in range(n)
+            if bool(found[i])  # type: ignore[misc]
+        }
+        groups = [
+            (g, members)
+            for g, members in probing.groups
+            if rule.enough(int((found & members).sum()), int(members.sum()))
+        ]
+        self.last = {"regions": regions, "own": own, "drops": drops}
+        tests: list[RegionTest | PairTest] = [
+            RegionTest(probe=i, box=tuple(b), drop=d, necessary=f)  # type: ignore[arg-type]
+            for i, (b, d, f) in enumerate(
+                zip(own.tolist(), drops.tolist(), found.tolist(), strict=True)
+            )
+        ]
+        scalars = {"shortcut_drop": self._worst(drops, probing), "shortcut_transplant": 0.0}
+        donors = torch.zeros(n, dtype=torch.bool, device=found.device)
+        for _, members in groups:
+            donors |= found & members
+        if not bool(donors.any()):
+            return Findings(tests=tests, scalars=scalars)
+        pairs = self._transplants(probing, regions, own, donors)
+        self.last.update(pairs)
+        tests += [
+            PairTest("transplant", d, r, m, c, tuple(b))  # type: ignore[arg-type]
+            for d, r, m, c, b in zip(
+                pairs["donors"].tolist(), pairs["recipients"].tolist(), pairs["flips"].tolist(),
+                pairs["control_flips"].tolist(), regions[pairs["donors"]].tolist(), strict=True,
+            )
+        ]  # fmt: skip
+        findings = []
+        for group, members in groups:
+            finding, moved_more = self._judge(
+                probing, rule, group, members, found, drops, regions, pairs
+            )
+            scalars["shortcut_transplant"] = max(scalars["shortcut_transplant"], moved_more)
+            if finding is not None:
+                findings.append(finding)
+        class_groups = sum(g is not None for g, _ in probing.groups)
+        return Findings(_pruned(findings, class_groups), tests, scalars)
+
+    # ------------------------------------------------------------------ necessary
+    def _regions(
+        self, probing: Probing, rule: Rule
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(regions, own, drops)``: each probe's decisive region (``-1`` rows where it has
+        none), the place occluded when it receives a transplant (its region, else its most
+        damaging small place tested), and the relative drop of ``own``."""
+        alarm, p0, grid = self.alarm, probing.p0, probing.grid
+        n, device = len(probing.targets), p0.device
+        rows, boxes = [], []
+        informative = probing.informative.nonzero().flatten()
+        for batch in probing.maps:
+            tokens, windows = peak_boxes(batch[informative], alarm.max_box)
+            rows += [informative, informative]
+            boxes += [tokens, windows]
+        remembered = [(i, b) for i, b in self.remembered.items() if i < n and _fits(b, grid)]
+        if remembered:
+            rows.append(torch.tensor([i for i, _ in remembered], device=device))
+            boxes.append(torch.tensor([b for _, b in remembered], device=device))
+        rows_t = torch.cat(rows) if rows else torch.empty(0, dtype=torch.long, device=device)
+        boxes_t = torch.cat(boxes) if boxes else torch.empty(0, 4, dtype=torch.long, device=device)
+        regions, own, drops = self._smallest(rows_t, boxes_t, probing, rule, n)
+        missing = (regions[:, 0] < 0).nonzero().flatten()
+        if alarm.search and len(missing):
+            path = probing.search(missing)  # [m, levels, 4], copies already scored
+            sides = torch.maximum(path[..., 1] - path[..., 0], path[..., 3] - path[..., 2])
+            small = (sides <= alarm.max_box).all(0)
+            level_boxes = path[:, small].reshape(-1, 4)
+            level_rows = missing.repeat_interleave(int(small.sum()))
+            rows_t = torch.cat([rows_t, level_rows])
+            boxes_t = torch.cat([boxes_t, level_boxes])
+            regions, own, drops = self._smallest(rows_t, boxes_t, probing, rule, n)
+        return regions, own, drops
+
+    def _smallest(
+        self, rows: torch.Tensor, boxes: torch.Tensor, probing: Probing, rule: Rule, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        device = probing.p0.device
+        regions = torch.full((n, 4), -1, dtype=torch.long, device=device)
+        own = torch.tensor(_NONE, device=device).repeat(n, 1)
+        drops = torch.zeros(n, device=device)
+        if not len(rows):
+            return regions, own, drops
+        p0 = probing.p0
+        q = probing.cache.copies(rows, boxes, Copy.OCCLUDED)
+        drop = ((p0[rows] - q) / p0[rows].clamp_min(1e-12)).clamp(-1.0, 1.0)
+        necessary = drop >= rule.min_drop
+        # per probe: the smallest necessary place (ties: the larger drop), else the most
+        # damaging place; ties between equal keys go to the first candidate
+        key = torch.where(necessary, 1000.0 - 4.0 * _area(boxes).float() + drop, drop - 10.0)
+        top = torch.full((n,), -torch.inf, device=device).scatter_reduce(0, rows, key, "amax")
+        index = torch.arange(len(rows), device=device)
+        is_top = key == top[rows]
+        pick = torch.full((n,), len(rows), device=device).scatter_reduce(
+            0, rows[is_top], index[is_top], "amin"
+        )
+        has = pick < len(rows)
+        chosen = pick[has]
+        own[has] = boxes[chosen]
+        drops[has] = drop[chosen]
+        ok = torch.zeros_like(has)
+        ok[has] = necessary[chosen]
+        regions[ok] = boxes[pick[ok]]
+        return regions, own, drops
+
+    def _worst(self, drops: torch.Tensor, probing: Probing) -> float:
+        return max(float(drops[members].mean()) for _, members in probing.groups)
+
+    # ------------------------------------------------------------------ carried
+    def _transplants(
+        self, probing: Probing, regions: torch.Tensor, own: torch.Tensor, donors: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Each donor's region pasted into ``transplants`` recipients of other predicted
+        classes, and the controls; one forward for both."""
+        targets = probing.targets
+        picked = probing.cache.predicts(probing.scores)
+        donor_rows, recipient_rows = [], []
+        per = self.alarm.transplants
+        order = donors.nonzero().flatten().tolist()
+        for k, d in enumerate(order):
+            others = (~picked[:, targets[d]]).nonzero().flatten().tolist()
+            for m in range(min(per, len(others))):
+                donor_rows.append(d)
+                recipient_rows.append(others[(k * per + m) % len(others)])
+        device = targets.device
+        d = torch.tensor(donor_rows, dtype=torch.long, device=device)
+        r = torch.tensor(recipient_rows, dtype=torch.long, device=device)
+        if not len(d):
+            empty = torch.zeros(0, dtype=torch.bool, device=device)
+            return {"donors": d, "recipients": r, "flips": empty, "control_flips": empty}
+        images, grid = probing.images, probing.grid
+        boxes = regions[d]
+        pasted = transplant(images, r, own[r], d, boxes, grid)
+        control = transplant(images, r, own[r], d, control_boxes(boxes, grid), grid)
+        predicted = probing.predicted(torch.cat([pasted, control]))
+        moved = predicted.gather(1, targets[d].repeat(2)[:, None])[:, 0]
+        return {
+            "donors": d,
+            "recipients": r,
+            "flips": moved[: len(d)],
+            "control_flips": moved[len(d) :],
+            "controls": control_boxes(boxes, grid),
+        }
+
+    def _judge(
+        self,
+        probing: Probing,
+        rule: Rule,
+        group: int | None,
+        members: torch.Tensor,
+        found: torch.Tensor,
+        drops: torch.Tensor,
+        regions: torch.Tensor,
+        pairs: dict[str, torch.Tensor],
+    ) -> tuple[RegionFinding | None, float]:
+        mine = members[pairs["donors"]] if len(pairs["donors"]) else pairs["flips"]
+        if not bool(mine.any()):
+            return None, 0.0
+        flips, control = pairs["flips"][mine], pairs["control_flips"][mine]
+        moved_more = margin(flips, control)
+        carriers = int(pairs["donors"][mine][flips].unique().numel())
+        necessary = found & members
+        finding = RegionFinding(
+            group=group,
+            probes=int(members.sum()),
+            grid=probing.grid,
+            necessary=int(necessary.sum()),
+            mean_drop=float(drops[members].mean()),
+            boxes=tuple(tuple(b) for b in regions[necessary].tolist()),  # type: ignore[misc]
+            pairs=int(mine.sum()),
+            flips=int(flips.sum()),
+            control_flips=int(control.sum()),
+            min_drop=rule.min_drop,
+        )
+        confirmed = moved_more >= self.alarm.min_margin and carriers >= rule.min_hits
+        return (finding if confirmed else None), moved_more
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"regions": [[i, *b] for i, b in sorted(self.remembered.items())]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.remembered = {
+            int(i): tuple(int(v) for v in box)  # type: ignore[misc]
+            for i, *box in state.get("regions", [])
+        }
+
+
+def _fits(box: Sequence[int], grid: tuple[int, int]) -> bool:
+    return 0 <= box[0] < box[1] <= grid[0] and 0 <= box[2] < box[3] <= grid[1]
+
+
+def _pruned(findings: list[RegionFinding], class_groups: int) -> list[RegionFinding]:
+    """One finding says it best: a place fixed for every class group, each at its own place,
+    is said per class; otherwise the all-probes finding, else the classes' strongest first."""
+    everyone = [f for f in findings if f.group is None]
+    fixed = [f for f in findings if f.group is not None and not f.moves]
+    if class_groups and len(fixed) == class_groups and (not everyone or everyone[0].moves):
+        return sorted(fixed, key=lambda f: -f.strength)
+    if everyone:
+        return everyone
+    return sorted(findings, key=lambda f: -f.strength)
