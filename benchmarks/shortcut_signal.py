@@ -2,28 +2,28 @@
 tuned on? A grid of real training runs with ViTReciproCAMCallback at its defaults.
 
 Each run trains a ViT from scratch with the callback and records, per epoch, validation
-accuracy, accuracy on the same data without the shortcut (patch-free), the callback's signals
-and whether it warned. An evaluation *uses the shortcut* when validation accuracy >= 0.9 while
-patch-free accuracy <= 0.5. Goal: every shortcut-using evaluation flagged (the first of a run
-may be missed) and no warning at all on runs without a shortcut.
+accuracy, accuracy on the same data without the shortcut (cue-free), the callback's signals,
+whether it warned and every test the alarm ran. An evaluation *uses the shortcut* when
+validation accuracy >= 0.9 while cue-free accuracy <= 0.5. Goal: every shortcut-using
+evaluation flagged (the first of a run may be missed) and no warning at all on runs without a
+shortcut.
 
-Data (``--data``):
-  shapes   the demo's shapes (64x64, 4 classes) and ViT (8x8 patches, width 128, 4 blocks,
-           class-token pooling); shortcut kinds: fixed (class-coloured patch in the top-left
-           corner), per_class (class k's patch in corner k), none.
-  stripes  other data and model: discs of oriented stripes (class = orientation; stripe
-           contrast 0.25: with 0.4 every model learned the stripes within 2 epochs and none
-           used the mark) on striped coloured noise, 48x48, and a 6-block ViT with 6x6
-           patches, average pooling and no class token; shortcut kinds: fixed (a 5x5
-           class-coloured mark at the bottom edge, straddling two tokens), per_class (a white
-           mark whose edge position names the class), none. Held out when the alarm was first
-           designed; its two misses then shaped the confirmation rule, so no longer held out.
-  glyphs   grey-scale glyphs, 1 channel, 32x32, a ViT with registers and attention pooling.
-  arrows   added after the alarm's final rule was fixed and run once as it was first written:
-           five classes (a triangle's direction, a diamond), 40x40, a 10x10 token grid, a
-           5-block class-token ViT; the fixed cue a 4x4 square over 2x2 tokens at the right
-           edge, the class-specific one a white square on the top edge whose column names the
-           class.
+Data (``--data``) and their shortcut kinds (``--kinds``, default: all the data set has):
+  shapes     the demo's shapes (64x64, 4 classes) and ViT (8x8 patches, width 128, 4 blocks,
+             class-token pooling); fixed (a class-coloured patch in the top-left corner),
+             per_class (class k's patch in corner k), moving_edge (the patch at a random
+             place along the bottom edge), moving_any (anywhere, over the shape too), tint (a
+             class-specific colour cast of the whole image), none.
+  small      clean only: small shapes anywhere (radius 0.16-0.22 of the side, not 0.28-0.36).
+  colourful  clean only: the shapes with a random per-image colour change (gains 1 +- 0.4).
+  stripes    discs of oriented stripes on striped coloured noise, 48x48, a 6-block ViT with
+             6x6 patches, average pooling and no class token; fixed (a 5x5 class-coloured mark
+             at the bottom edge, straddling two tokens), per_class (a white mark whose edge
+             position names the class), none.
+  glyphs     grey-scale glyphs, 1 channel, 32x32, a ViT with registers and attention pooling.
+  arrows     five classes (a triangle's direction, a diamond), 40x40, a 10x10 token grid, a
+             5-block class-token ViT; fixed (a 4x4 square over 2x2 tokens at the right edge),
+             per_class (a white square on the top edge whose column names the class), none.
 
     python benchmarks/shortcut_signal.py                      # shapes, 3 seeds x LS {0, 0.1}
     python benchmarks/shortcut_signal.py --data stripes       # other data and model
@@ -49,8 +49,20 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_vitrcam.shortcut import PlaceTest
 
-KINDS = ("fixed", "per_class", "none")
-DATA = ("shapes", "stripes", "glyphs", "arrows")
+KINDS = ("fixed", "per_class", "moving_edge", "moving_any", "tint", "none")
+# the kinds each data set has (shapes: every kind; small and colourful: clean data only)
+DATA_KINDS = {
+    "shapes": KINDS,
+    "small": ("none",),
+    "colourful": ("none",),
+    "stripes": ("fixed", "per_class", "none"),
+    "glyphs": ("fixed", "per_class", "none"),
+    "arrows": ("fixed", "per_class", "none"),
+}
+DATA = tuple(DATA_KINDS)
+# clean data sets of the demo's shapes: small shapes anywhere (radius 0.16-0.22 of the side
+# instead of 0.28-0.36), and colour that varies a lot within each class (gains 1 +- 0.4)
+SHAPES_DATA = {"shapes": {}, "small": {"radius": (0.16, 0.22)}, "colourful": {"colour_jitter": 0.4}}
 STRIPES_VIT = dict(
     img_size=48, patch_size=6, embed_dim=96, depth=6, num_heads=3, global_pool="avg",
     class_token=False,
@@ -298,16 +310,16 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
         extra = dict(datamodule=GlyphsDataModule(kind, p, seed), model_kwargs=GLYPHS_VIT)
     elif data == "arrows":
         extra = dict(datamodule=ArrowsDataModule(kind, p, seed), model_kwargs=ARROWS_VIT)
-    elif cue is not None:  # the demo's shapes with a patch of another size than a token
+    else:  # the demo's shapes, with the kind's cue (and the data set's shapes and colour)
         from lightning_vitrcam.demo import ShapesDataModule
 
+        cue_kind = kind if kind in ("moving_edge", "moving_any", "tint") else "patch"
         shapes = ShapesDataModule(
             num_train=3000, num_val=500, num_patch_free=500, shortcut_p=p,
-            shortcut_corner=corner, patch_size=cue, seed=seed,
+            shortcut_corner=corner, patch_size=8 if cue is None else cue, seed=seed,
+            shortcut_kind=cue_kind, **SHAPES_DATA[data],
         )  # fmt: skip
         extra = dict(datamodule=shapes)
-    else:
-        extra = dict(shortcut_corner=corner)
     start = time.perf_counter()
     rows = shortcut_experiment(
         p,
@@ -398,7 +410,13 @@ def replay(runs: list[dict[str, Any]], rule: Any) -> tuple[list[dict[str, Any]],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", choices=DATA, default="shapes")
-    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=KINDS,
+        default=None,
+        help="shortcut kinds (default: every kind the data set has)",
+    )
     parser.add_argument(
         "--model",
         choices=["default", "alt"],
@@ -442,10 +460,13 @@ def main() -> None:
             )
         return
     threads = args.threads or max(1, torch.get_num_threads() // args.jobs)
+    kinds = args.kinds or list(DATA_KINDS[args.data])
+    if not set(kinds) <= set(DATA_KINDS[args.data]):
+        parser.error(f"--data {args.data} has the kinds {DATA_KINDS[args.data]}")
     grid = [
         dict(data=args.data, kind=k, seed=s, ls=ls, epochs=args.epochs, threads=threads,
              root=args.root, model=args.model, cue=args.cue_size)
-        for s, ls, k in product(args.seeds, args.ls, args.kinds)
+        for s, ls, k in product(args.seeds, args.ls, kinds)
     ]  # fmt: skip
     runs: list[dict[str, Any]] = []
     with ProcessPoolExecutor(args.jobs) as pool:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_vitrcam.adapters import find_vit
@@ -35,6 +35,7 @@ from lightning_vitrcam.render import Style
 from lightning_vitrcam.reporting import ExplanationSkippedWarning, Reporter
 from lightning_vitrcam.sharding import check_strategy
 from lightning_vitrcam.shortcut import PossibleShortcutWarning, ShortcutAlarm
+from lightning_vitrcam.tasks import explained_names, infer_task
 
 __all__ = ["ExplanationSkippedWarning", "PossibleShortcutWarning", "ViTReciproCAMCallback"]
 
@@ -71,6 +72,12 @@ class ViTReciproCAMCallback(Callback):
         every_n_steps: explain every n optimizer steps instead.
         explain: ``"predicted"``, ``"label"`` (needs labels) or ``"both"`` (signals on the
             predicted class, the grid adds a true-class column).
+        task: ``"multiclass"`` (softmax), ``"binary"`` (one logit: the predicted side is
+            explained on its probability), ``"multilabel"`` (a sigmoid per label) or
+            ``"auto"``: one logit is binary, multi-hot labels multi-label, else multiclass
+            (said once at fit start).
+        top_k: multi-label: labels explained per probe (the most probable ones; with
+            ``explain="label"`` the true ones first), one grid column each.
         compute_adcc: compute ADCC (one more explanation pass of the probes).
         target_block: block whose first norm output is masked (see ``ViTReciproCAM``).
         kernel: ``"gaussian"`` (3x3, paper) or ``"point"``.
@@ -110,6 +117,8 @@ class ViTReciproCAMCallback(Callback):
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
         explain: Literal["predicted", "label", "both"] = "predicted",
+        task: Literal["auto", "multiclass", "binary", "multilabel"] = "auto",
+        top_k: int = 3,
         compute_adcc: bool = True,
         target_block: int = -1,
         kernel: Literal["gaussian", "point"] = "gaussian",
@@ -136,6 +145,7 @@ class ViTReciproCAMCallback(Callback):
             ("num_images", num_images),
             ("timeline_columns", timeline_columns),
             ("max_batch", max_batch),
+            ("top_k", top_k),
         ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -144,6 +154,10 @@ class ViTReciproCAMCallback(Callback):
                 raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
         if explain not in ("predicted", "label", "both"):
             raise ValueError(f"explain must be 'predicted', 'label' or 'both', got {explain!r}")
+        if task not in ("auto", "multiclass", "binary", "multilabel"):
+            raise ValueError(
+                f"task must be 'auto', 'multiclass', 'binary' or 'multilabel', got {task!r}"
+            )
         if batch_reader is not None and not callable(batch_reader):
             raise ValueError(f"batch_reader must be callable, got {batch_reader!r}")
         if shortcut_alarm is not None and not isinstance(shortcut_alarm, ShortcutAlarm):
@@ -154,6 +168,7 @@ class ViTReciproCAMCallback(Callback):
         self.every_n_epochs = every_n_epochs or None
         self.every_n_steps = every_n_steps or None
         self.explain, self.compute_adcc = explain, compute_adcc
+        self.task, self.top_k = task, top_k
         self.target_block, self.kernel = target_block, kernel
         self.class_names = None if class_names is None else [str(c) for c in class_names]
         self.mean = None if mean is None else [float(m) for m in mean]
@@ -255,6 +270,7 @@ class ViTReciproCAMCallback(Callback):
                 flat_threshold=self.flat_threshold,
                 alarm=self._alarm,
                 device=pl_module.device,
+                top_k=self.top_k,
             )
         except ValueError as err:
             where = f"pl_module.{name}" if name else type(pl_module).__name__
@@ -274,14 +290,38 @@ class ViTReciproCAMCallback(Callback):
         channels = self._probe.images.shape[1]
         mean, std = resolve_mean_std(vit, self.mean, self.std, channels=channels)
         self._reporter.style = self._reporter.style.but(mean=mean, std=std)
-        self._reporter.class_names = self.class_names
-        grid = self._evaluation.check_setup(trainer, self._probe, self.class_names)
+        self._set_task(trainer)
+        grid = self._evaluation.check_setup(trainer, self._probe, self._reporter.class_names)
         if self._history and tuple(self._history[-1].maps.shape) != (len(self._probe), *grid):
             rank_zero_warn(
                 "ViTReciproCAMCallback: the restored history does not match the probes"
                 " (num_images or image size changed); starting a new history"
             )
             self._history = []
+
+    def _set_task(self, trainer: Trainer) -> None:
+        """The task from the head and the labels (or as set), said once; the labels and the
+        class names checked against it."""
+        probe, evaluation = self._probe, self._evaluation
+        assert probe is not None and evaluation is not None
+        width = evaluation.head_width(trainer, probe.images)
+        task, why = infer_task(self.task, width, probe.labels)
+        evaluation.set_task(task)
+        if probe.labels is not None:
+            probe.labels = task.labels(probe.labels, width)
+        self._reporter.class_names = explained_names(task, self.class_names, width)
+        self._reporter.task = task
+        explained = (
+            f"the {min(self.top_k, width)} most probable labels of each probe"
+            if task.name == "multilabel"
+            else "the predicted side"
+            if task.name == "binary"
+            else "the predicted class"
+        )
+        rank_zero_info(
+            f"ViTReciproCAMCallback: a {task.name} task ({why}); explaining {explained}. Set"
+            " task= to change it."
+        )
 
     # ------------------------------------------------------------------ hooks
     def _due(self, trainer: Trainer, trigger: Literal["epoch", "step"]) -> bool:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -58,6 +58,7 @@ from lightning_vitrcam.sharding import (
     take,
 )
 from lightning_vitrcam.shortcut import ShortcutAlarm, Verdict
+from lightning_vitrcam.tasks import TASKS, Task
 
 __all__ = ["Evaluation", "EvaluationSkipped", "Outcome", "explaining", "probe_signals"]
 
@@ -106,6 +107,8 @@ class Outcome:
     mean_map: torch.Tensor
     flat: torch.Tensor
     verdict: Verdict
+    #: multi-label: the explanations of each probe's next most probable labels
+    ranks: list[ReciproCAMResult] = field(default_factory=list)
 
 
 @contextmanager
@@ -158,8 +161,10 @@ def probe_signals(
     return values, mean_map
 
 
-# (result the signals use, predicted-class result, true-class result)
-_Explained = tuple[ReciproCAMResult, ReciproCAMResult | None, ReciproCAMResult | None]
+# (result the signals use, predicted-class result, true-class result, further labels)
+_Explained = tuple[
+    ReciproCAMResult, ReciproCAMResult | None, ReciproCAMResult | None, list[ReciproCAMResult]
+]
 
 
 class Evaluation:
@@ -176,6 +181,9 @@ class Evaluation:
         flat_threshold: see :func:`~lightning_vitrcam.metrics.flat_maps`.
         alarm: the shortcut alarm, or None.
         device: where the ADCC metric's states live.
+        task: the classification task (see :mod:`~lightning_vitrcam.tasks`).
+        top_k: multi-label: labels explained per probe (the most probable, or with
+            ``explain="label"`` the true ones first); the signals use the first.
     """
 
     def __init__(
@@ -191,47 +199,62 @@ class Evaluation:
         flat_threshold: float = FLAT_LOG_ODDS,
         alarm: ShortcutAlarm | None = None,
         device: torch.device | str = "cpu",
+        task: Task = TASKS["multiclass"],
+        top_k: int = 3,
     ) -> None:
         self.vit, self.target_block, self.kernel = vit, target_block, kernel
         self.explain, self.draw_predicted = explain, draw_predicted
         self.compute_adcc, self.flat_threshold = compute_adcc, flat_threshold
         self.alarm, self.device = alarm, torch.device(device)
+        self.task, self.top_k = task, top_k
         self.max_batch = max_batch
         self.cam: ViTReciproCAM
         self.adcc: ADCC | None
         self._build()
         self._lowered: tuple[str, int] | None = None
+        self._dry: ReciproCAMResult | None = None
 
     def _build(self) -> None:
         """The explainer (and the ADCC metric that calls it) at the current ``max_batch``."""
-        self.cam = ViTReciproCAM(self.vit, self.target_block, self.kernel, max_batch=self.max_batch)
+        self.cam = ViTReciproCAM(
+            self.vit, self.target_block, self.kernel, task=self.task, max_batch=self.max_batch
+        )
         self.adcc = ADCC(self.cam).to(self.device) if self.compute_adcc else None
+
+    def set_task(self, task: Task) -> None:
+        """Explain ``task`` from now on (the explainer and ADCC are rebuilt)."""
+        self.task = task
+        self._build()
+
+    def head_width(self, trainer: Any, images: torch.Tensor) -> int:
+        """One probe explained as an evaluation would (every model/image mismatch surfaces
+        here, at setup); returns the number of logits the model returns."""
+        with explaining(trainer):
+            self._dry = self.cam(trainer.precision_plugin.convert_input(images[:1]))
+        return int(self._dry.logits.shape[1])
 
     def check_setup(
         self, trainer: Any, probe: Probes, class_names: Sequence[str] | None
     ) -> tuple[int, int]:
-        """One probe explained as an evaluation would, and the probes' labels checked: every
-        model/image/label mismatch surfaces at setup, before the first epoch. Returns the
-        token grid."""
-        with explaining(trainer):
-            dry = self.cam(trainer.precision_plugin.convert_input(probe.images[:1]))
-        num_classes = dry.logits.shape[1]
+        """The probes and the class names checked against the model (after
+        :meth:`head_width`'s dry run): every mismatch surfaces at setup, before the first
+        epoch. Returns the token grid."""
+        dry = self._dry if self._dry is not None else None
+        if dry is None:
+            self.head_width(trainer, probe.images)
+            dry = self._dry
+        assert dry is not None
+        num_classes = self.task.num_classes(dry.logits.shape[1])
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(
                 f"class_names has {len(class_names)} names but the model predicts"
                 f" {num_classes} classes"
             )
-        if self.explain != "predicted":
-            if probe.labels is None:
-                raise ValueError(
-                    f"explain={self.explain!r} needs labels but the validation batches have"
-                    f" none; use explain='predicted' or {HOW_TO_READ}"
-                )
-            if bool(((probe.labels < 0) | (probe.labels >= num_classes)).any()):
-                raise ValueError(
-                    f"the probe labels {probe.labels.tolist()} are not class indices in"
-                    f" [0, {num_classes})"
-                )
+        if self.explain != "predicted" and probe.labels is None:
+            raise ValueError(
+                f"explain={self.explain!r} needs labels but the validation batches have"
+                f" none; use explain='predicted' or {HOW_TO_READ}"
+            )
         return dry.grid_size
 
     # ------------------------------------------------------------------ the stages
@@ -253,7 +276,7 @@ class Evaluation:
             )
             if self.compute_adcc:
                 self._stage("ADCC", trainer, lambda: self._score_adcc(images, own[0], shard))
-            primary, pred, true, stats, mean_map, flat = self._stage(
+            primary, pred, true, ranks, stats, mean_map, flat = self._stage(
                 "gathering", trainer, lambda: self._combine(trainer, probe, own, previous_maps)
             )
             verdict = Verdict()
@@ -261,14 +284,14 @@ class Evaluation:
                 verdict = self._stage(
                     "the shortcut alarm",
                     trainer,
-                    lambda: self._check(trainer, images, probe.masks, primary, flat),
+                    lambda: self._check(trainer, images, probe.masks, [primary, *ranks]),
                 )
         # one host transfer for all scalars
         values = dict(zip(stats, torch.stack(list(stats.values())).float().tolist(), strict=True))
         values.update(verdict.scalars)
         if "adcc" in values and previous_adcc is not None:
             values["adcc_delta"] = values["adcc"] - previous_adcc
-        return Outcome(images, primary, pred, true, values, mean_map, flat, verdict)
+        return Outcome(images, primary, pred, true, values, mean_map, flat, verdict, ranks)
 
     def _stage(self, name: str, trainer: Any, work: Callable[[], T]) -> T:
         """``work()`` on every rank, its failures agreed on by all; out of memory on any rank
@@ -315,12 +338,19 @@ class Evaluation:
             torch.cuda.empty_cache()
 
     def _explain(self, images: torch.Tensor, labels: torch.Tensor | None) -> _Explained:
-        """This rank's share explained: (result the signals use, predicted, true class)."""
+        """This rank's share explained: (result the signals use, predicted, true class,
+        further labels of a multi-label task)."""
         cam = self.cam
-        # in "label" mode the predicted maps are only drawn
-        pred = cam(images) if self.explain != "label" or self.draw_predicted else None
-        true = cam(images, labels) if self.explain != "predicted" else None
-        primary = true if self.explain == "label" else pred
+        if self.task.name == "multilabel":
+            ranks = [cam(images, t) for t in self._label_ranks(images, labels)]
+            primary, pred, true = ranks[0], ranks[0], None
+            rest = ranks[1:]
+        else:
+            # in "label" mode the predicted maps are only drawn
+            pred = cam(images) if self.explain != "label" or self.draw_predicted else None
+            true = cam(images, labels) if self.explain != "predicted" else None
+            primary = true if self.explain == "label" else pred
+            rest = []
         assert primary is not None
         bad = ~torch.isfinite(primary.logits)
         if bool(bad.any()):
@@ -331,7 +361,17 @@ class Evaluation:
                 "the model has probably diverged: lower the learning rate, clip gradients or"
                 " check the loss",
             )
-        return primary, pred, true
+        return primary, pred, true, rest
+
+    def _label_ranks(self, images: torch.Tensor, labels: torch.Tensor | None) -> list[torch.Tensor]:
+        """Multi-label: the labels explained per probe, ``top_k`` of them: the most probable
+        ones (with ``explain="label"``: the true ones first, most probable first)."""
+        logits = self.cam.predict(images).float()
+        key = logits
+        if self.explain == "label" and labels is not None:
+            key = logits + labels.float() * (logits.abs().amax() + 1.0) * 2
+        order = key.argsort(dim=1, descending=True)
+        return list(order[:, : min(self.top_k, order.shape[1])].T)
 
     def _score_adcc(self, images: torch.Tensor, own: ReciproCAMResult, shard: Any) -> None:
         """ADCC of this rank's own probes; the metric sums its states across ranks."""
@@ -347,8 +387,9 @@ class Evaluation:
         """All ranks' shares gathered, then the map signals and ADCC, the same everywhere."""
         n = len(probe)
         primary, pred, true = (
-            None if r is None else gather_result(trainer.strategy, r, n) for r in own
+            None if r is None else gather_result(trainer.strategy, r, n) for r in own[:3]
         )
+        ranks = [gather_result(trainer.strategy, r, n) for r in own[3]]
         assert primary is not None
         flat = flat_maps(primary.log_odds_range, self.flat_threshold)
         stats, mean_map = probe_signals(primary.maps, probe.masks, previous, ~flat)
@@ -358,31 +399,48 @@ class Evaluation:
             parts = self.adcc.compute()
             self.adcc.reset()
             stats.update({k: parts[k] for k in ADCC_KEYS})
-        return primary, pred, true, stats, mean_map, flat
+        return primary, pred, true, ranks, stats, mean_map, flat
 
     def _check(
         self,
         trainer: Any,
         images: torch.Tensor,
         masks: torch.Tensor | None,
-        primary: ReciproCAMResult,
-        flat: torch.Tensor,
+        results: list[ReciproCAMResult],
     ) -> Verdict:
+        """The alarm on the explained (probe, class) pairs: one per probe, or for a
+        multi-label task every explained label the probe is predicted to have (and its most
+        probable one)."""
         assert self.alarm is not None
-        cam = self.cam
+        cam, primary = self.cam, results[0]
+        rows = torch.arange(len(primary.targets), device=images.device)
+        targets, maps, flat = primary.targets, primary.maps, self._flat(primary)
+        if len(results) > 1:
+            scores = cam.score_fn(primary.logits)
+            keep = [rows] + [
+                rows[scores.gather(1, r.targets[:, None])[:, 0] >= 0.5] for r in results[1:]
+            ]
+            rows = torch.cat(keep)
+            targets = torch.cat([r.targets[k] for r, k in zip(results, keep, strict=True)])
+            maps = torch.cat([r.maps[k] for r, k in zip(results, keep, strict=True)])
+            flat = torch.cat([self._flat(r)[k] for r, k in zip(results, keep, strict=True)])
         # the copies take the explanation's route (cam.predict), so its unmasked logits are
         # the probes' own scores and save one forward; each rank runs its share of a batch
         forward = chunked(sharded_forward(trainer.strategy, cam.predict), lambda: self.max_batch)
         return self.alarm.check(
             forward,
             cam.score_fn,
-            images,
-            [primary.maps],
-            primary.targets,
+            images[rows],
+            [maps],
+            targets,
             ~flat,
-            logits=primary.logits,
-            masks=masks,
+            logits=primary.logits[rows],
+            masks=None if masks is None else masks[rows],
+            predicts=self.task.predicts,
         )
+
+    def _flat(self, result: ReciproCAMResult) -> torch.Tensor:
+        return flat_maps(result.log_odds_range, self.flat_threshold)
 
 
 _LOWER = "lower max_batch or num_images, or explain less often"

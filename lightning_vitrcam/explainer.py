@@ -38,6 +38,7 @@ from lightning_vitrcam.adapters import Copies, MaskSite, build_adapter, unwrap_m
 from lightning_vitrcam.adapters.base import _pair, hooked, on_input
 from lightning_vitrcam.fast_path import FastPath, fast_path_blocker
 from lightning_vitrcam.masks import KERNELS, window_weights
+from lightning_vitrcam.tasks import SCORE_TASKS, Task, task_for
 
 __all__ = [
     "SCORES",
@@ -108,11 +109,6 @@ def normalize_scores(scores: torch.Tensor) -> torch.Tensor:
     return minmax(scores, dim=1)
 
 
-def _exact_dtype(device: torch.device) -> torch.dtype:
-    # MPS has no float64; everywhere else the copies' evidence is kept in float64
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
 def _spread_of_probabilities(log_odds: torch.Tensor) -> torch.Tensor:
     """``p - min(p)`` per row for ``p = sigmoid(log_odds)``, without cancellation: rows that
     reach above 1/2 are measured from the top (``1 - p`` is exact there, ``p`` is not)."""
@@ -157,7 +153,11 @@ class ViTReciproCAM:
             paper's figure, ``-2`` is the authors' code default).
         kernel: ``"gaussian"`` (3x3, the paper's default) or ``"point"`` (1x1).
         keep_prefix_tokens: keep the prefix tokens (CLS, ...) unmasked in every copy (paper).
-        score: ``"softmax"`` (paper), ``"logit"`` or ``"sigmoid"`` (multi-label models).
+        score: ``"softmax"`` (paper), ``"logit"`` or ``"sigmoid"`` (multi-label models): the
+            task's short names (``"multiclass"``, ``"logit"``, ``"multilabel"``).
+        task: the classification task instead of ``score``: ``"multiclass"``,
+            ``"binary"`` (one logit: the predicted side is explained on its probability),
+            ``"multilabel"`` or ``"logit"``, or a :class:`~lightning_vitrcam.tasks.Task`.
         max_batch: at most this many full-length sequences per pass (memory bound); the fast
             path uses the same token budget.
         target_layer: generic path, the first norm of the block to mask (e.g. torchvision
@@ -186,6 +186,7 @@ class ViTReciproCAM:
         kernel: str = "gaussian",
         keep_prefix_tokens: bool = True,
         score: str = "softmax",
+        task: str | Task | None = None,
         max_batch: int = 128,
         target_layer: nn.Module | None = None,
         num_prefix_tokens: int | None = None,
@@ -199,6 +200,7 @@ class ViTReciproCAM:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        self.task = task_for(SCORE_TASKS[score] if task is None else task)
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
         self.model = unwrap_model(model)
@@ -242,14 +244,9 @@ class ViTReciproCAM:
 
     # ------------------------------------------------------------------ public API
     def score_fn(self, logits: torch.Tensor) -> torch.Tensor:
-        """Per-class scores in float32 (or the logits' own precision when higher)."""
-        dtype = torch.promote_types(logits.dtype, torch.float32)
-        logits = logits.to(dtype)
-        if self.score == "softmax":
-            return logits.softmax(dim=-1)
-        if self.score == "sigmoid":
-            return logits.sigmoid()
-        return logits
+        """Per-class scores in float32 (or the logits' own precision when higher): the task's
+        probabilities (a binary head's two sides, negative and positive)."""
+        return self.task.scores(logits)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """The model's logits on ``images``, computed the way an explanation computes its
@@ -324,7 +321,7 @@ class ViTReciproCAM:
         out_dtype = torch.promote_types(logits.dtype, torch.float32)
         unmasked = self._evidence(logits, tgt)
         log_odds_range = evidence.amax(dim=1) - evidence.amin(dim=1)
-        if self.score == "logit":
+        if not self.task.probabilistic:
             spread = evidence - evidence.amin(dim=1, keepdim=True)
             scores, probs = evidence, unmasked
         else:
@@ -346,21 +343,16 @@ class ViTReciproCAM:
 
     # ------------------------------------------------------------------ shared pieces
     def _evidence(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Each row's evidence for its target class, in float64: the log-odds ``log(p/(1-p))``
-        of the softmax (``z_t - logsumexp of the other logits``) or sigmoid (``z_t``)
-        probability, or the logit itself for ``score="logit"``. The probability is
-        ``sigmoid`` of it; unlike the probability it never rounds to a constant."""
-        z = logits.to(_exact_dtype(logits.device))
-        target = z.gather(1, targets[:, None]).squeeze(1)
-        if self.score != "softmax":
-            return target
-        others = z.scatter(1, targets[:, None], float("-inf"))
-        return target - others.logsumexp(dim=1)
+        """Each row's evidence for its target class, in float64: the log-odds
+        ``log(p/(1-p))`` of the task's probability (the logit itself for a sigmoid), or the
+        logit for ``score="logit"``. The probability is ``sigmoid`` of it; unlike the
+        probability it never rounds to a constant."""
+        return self.task.evidence(logits, targets)
 
     def _targets(self, targets: TargetsLike, logits: torch.Tensor) -> torch.Tensor:
-        B, C = logits.shape
+        B, C = logits.shape[0], self.task.num_classes(logits.shape[1])
         if targets is None:
-            return logits.argmax(dim=1)
+            return self.task.predicted(logits)
         if isinstance(targets, int):
             t = torch.full((B,), targets, dtype=torch.long, device=logits.device)
         else:

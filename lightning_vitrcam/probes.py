@@ -41,13 +41,24 @@ __all__ = [
     "validation_loader",
 ]
 
-IMAGE_KEYS: tuple[str, ...] = ("image", "images", "x", "input", "inputs")
-LABEL_KEYS: tuple[str, ...] = ("label", "labels", "y", "target", "targets")
-MASK_KEYS: tuple[str, ...] = ("mask", "masks")
+# the column names of the common datasets and processors: torchvision-style dicts, HF image
+# processors (pixel_values, labels), Hub datasets (img / label, fine_label, ...)
+IMAGE_KEYS: tuple[str, ...] = ("image", "images", "pixel_values", "img", "x", "input", "inputs")
+LABEL_KEYS: tuple[str, ...] = (
+    "label",
+    "labels",
+    "fine_label",
+    "y",
+    "target",
+    "targets",
+    "class",
+    "class_label",
+)
+MASK_KEYS: tuple[str, ...] = ("mask", "masks", "segmentation_mask")
 HOW_TO_READ = (
     "pass batch_reader=<a function of the batch returning dict(image=[B,C,H,W] tensor,"
-    " label=[B] class indices (optional), mask=[B,H,W] object mask (optional)) or a tuple"
-    " (images, labels[, masks])>"
+    " label=[B] class indices or 0/1, or [B, K] multi-hot (optional), mask=[B,H,W] object"
+    " mask (optional)) or a tuple (images, labels[, masks])>"
 )
 
 
@@ -62,9 +73,10 @@ def _first_key(batch: Mapping[str, Any], keys: Sequence[str]) -> Any:
 def default_batch_reader(batch: Any) -> dict[str, Any]:
     """Images, labels and masks of a collated batch: ``{"image", "label", "mask"}``.
 
-    Reads a tensor of images, a tuple/list ``(images, labels[, masks])`` or a dict with the
-    keys ``image/images/x/input/inputs``, ``label/labels/y/target/targets`` and
-    ``mask/masks``. Missing labels or masks are None. Nothing is checked here.
+    Reads a tensor of images, a tuple/list ``(images, labels[, masks])`` or a dict with one
+    of the keys of :data:`IMAGE_KEYS` (``image``, ``pixel_values``, ``img``, ...),
+    :data:`LABEL_KEYS` (``label``, ``labels``, ...) and :data:`MASK_KEYS`. Missing labels or
+    masks are None. Nothing is checked here.
 
     Example:
         >>> import torch
@@ -99,7 +111,8 @@ def _describe(batch: Any) -> str:
 def read_batch(
     batch: Any, reader: Callable[[Any], Any] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Checked ``(images [B,C,H,W] float, labels [B] long or None, masks [B,H,W] or None)``
+    """Checked ``(images [B,C,H,W] float, labels or None, masks [B,H,W] or None)``; labels
+    are ``[B]`` class indices (float 0/1 stay float) or ``[B, K]`` multi-hot
     of a collated batch, read by ``reader`` (a function of the batch returning what
     :func:`default_batch_reader` reads) or by :func:`default_batch_reader`.
 
@@ -113,20 +126,14 @@ def read_batch(
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
         what = _describe(batch) if reader is None else f"batch_reader's output {_describe(images)}"
         raise ValueError(
-            f"ViTReciproCAMCallback cannot find a float [B, C, H, W] image tensor in {what};"
-            f" {HOW_TO_READ}"
+            f"ViTReciproCAMCallback cannot find a float [B, C, H, W] image tensor in {what}"
+            f" (looked for a tensor, a tuple (images, labels[, masks]) or a dict with one of"
+            f" the image keys {list(IMAGE_KEYS)}, label keys {list(LABEL_KEYS)} and mask keys"
+            f" {list(MASK_KEYS)}); {HOW_TO_READ}"
         )
     n = images.shape[0]
     if labels is not None:
-        labels = torch.as_tensor(labels) if not isinstance(labels, torch.Tensor) else labels
-        if labels.dim() == 2 and labels.is_floating_point():  # one-hot or soft labels
-            labels = labels.argmax(dim=1)
-        if labels.dim() != 1 or labels.shape[0] != n or labels.is_floating_point():
-            raise ValueError(
-                f"the batch's labels must be [B={n}] class indices, got {labels.dtype}"
-                f" {tuple(labels.shape)}; {HOW_TO_READ}"
-            )
-        labels = labels.long()
+        labels = _checked_labels(labels, n)
     if masks is not None:
         if masks.dim() == 4 and masks.shape[1] == 1:
             masks = masks[:, 0]
@@ -135,6 +142,27 @@ def read_batch(
                 f"the batch's masks must be [B={n}, H, W], got {tuple(masks.shape)}; {HOW_TO_READ}"
             )
     return images, labels, masks
+
+
+def _checked_labels(labels: Any, n: int) -> torch.Tensor:
+    """Labels as a task can read them: ``[n]`` class indices or 0/1 floats, or ``[n, K]``
+    multi-hot; one-hot or soft rows (each summing to one) become class indices."""
+    labels = torch.as_tensor(labels) if not isinstance(labels, torch.Tensor) else labels
+    if labels.dim() == 2 and labels.shape[1] == 1:  # a binary head's [B, 1] targets
+        labels = labels[:, 0]
+    if labels.dim() == 2 and labels.shape[0] == n:
+        sums = labels.float().sum(dim=1)
+        binary = bool(((labels == 0) | (labels == 1)).all())
+        if not binary or bool(torch.allclose(sums, torch.ones_like(sums))):
+            return labels.argmax(dim=1)  # one-hot or soft labels of a multiclass task
+        return labels  # multi-hot: a multi-label task
+    integral = not labels.is_floating_point() or bool((labels == labels.round()).all())
+    if labels.dim() != 1 or labels.shape[0] != n or not integral:
+        raise ValueError(
+            f"the batch's labels must be [B={n}] class indices (or 0/1), or [B, K] multi-hot,"
+            f" got {labels.dtype} {tuple(labels.shape)}; {HOW_TO_READ}"
+        )
+    return labels if labels.is_floating_point() else labels.long()
 
 
 # --------------------------------------------------------------------------- lightning

@@ -31,7 +31,9 @@ from lightning_vitrcam.render import (
     evenly_spaced,
     probe_timelines,
 )
+from lightning_vitrcam.render.captions import caption_parts
 from lightning_vitrcam.shortcut import PossibleShortcutWarning, shortcut_message
+from lightning_vitrcam.tasks import TASKS, Task
 
 __all__ = ["ExplanationSkippedWarning", "Reporter"]
 
@@ -51,6 +53,7 @@ class Reporter:
     log_images: bool = True
     flat_threshold: float = FLAT_LOG_ODDS
     target_block: int = -1
+    task: Task = field(default_factory=lambda: TASKS["multiclass"])
     _flat_hinted: bool = field(default=False, repr=False)
 
     def evaluation(
@@ -76,13 +79,17 @@ class Reporter:
 
     def pictures(self, outcome: Outcome, probe: Probes) -> list[Picture]:
         """The evaluation's grid and mean map."""
-        pred, true = outcome.pred, outcome.true
+        pred, true, ranks = outcome.pred, outcome.true, outcome.ranks
         assert pred is not None
+        preds, probs = pred.targets, pred.probs
+        if ranks:  # multi-label: each probe's explained labels, most probable first
+            preds = torch.stack([pred.targets, *(r.targets for r in ranks)], dim=1)
+            probs = torch.stack([pred.probs, *(r.probs for r in ranks)], dim=1)
         return evaluation_pictures(
             outcome.images,
             pred.maps,
-            preds=pred.logits.argmax(dim=1),
-            probs=pred.probs,
+            preds=preds,
+            probs=probs,
             labels=probe.labels,
             true_maps=None if true is None else true.maps,
             flat=outcome.flat,
@@ -90,6 +97,7 @@ class Reporter:
             hotspot_ratio=outcome.values.get("hotspot_ratio"),
             class_names=self.class_names,
             style=self.style,
+            extra_maps=[r.maps for r in ranks],
         )
 
     def timeline_images(
@@ -106,10 +114,11 @@ class Reporter:
             return
         captions = [f"probe {i}" for i in range(len(rows))]
         if probe.labels is not None:
-            names = self.class_names
+            zeros = torch.zeros(len(rows))
+            truth = caption_parts(zeros, zeros, probe.labels, self.class_names)
             captions = [
-                f"{c}: {names[y] if names else y}"
-                for c, y in zip(captions, probe.labels.tolist(), strict=True)
+                f"{c}: {t.removeprefix('true: ')}"
+                for c, (_, t, _) in zip(captions, truth, strict=True)
             ]
         picture = Picture("vitrcam/timeline", torch.cat(list(rows), dim=1), list(rows), captions)
         self.write(trainer, lambda: log_pictures(trainer, [picture], trainer.global_step))

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 __all__ = [
     "CORNERS",
+    "CUE_KINDS",
     "DEMO_MEAN",
     "DEMO_STD",
     "PATCH_COLORS",
@@ -43,6 +44,11 @@ __all__ = [
 ]
 
 Corner = Literal["top_left", "top_right", "bottom_left", "bottom_right", "per_class"]
+CueKind = Literal["patch", "moving_edge", "moving_any", "tint"]
+#: what the planted cue is: a patch in a fixed corner (``shortcut_corner``), a tag at a random
+#: place along the bottom edge or anywhere, or a class-specific colour cast of the whole image
+CUE_KINDS: tuple[str, ...] = ("patch", "moving_edge", "moving_any", "tint")
+_TINT = 0.15  # weight of the class colour in a tinted image
 CORNERS: tuple[str, ...] = ("top_left", "top_right", "bottom_left", "bottom_right")
 # the class-specific variant: class k's patch sits in CORNERS[k % 4]
 PER_CLASS = "per_class"
@@ -153,9 +159,15 @@ class ShapesDataset(Dataset):
     is painted ``PATCH_COLORS[label]`` (``has_patch``); with ``shortcut_corner="per_class"``
     the corner depends on the class too (class k: ``CORNERS[k % 4]``), a class-specific
     position a global mean map does not single out. Shapes never reach that corner area
-    (whether or not the patch is drawn), so masks and patch never overlap. Everything is drawn
-    once at construction from a local ``torch.Generator``; the same arguments give the same data,
-    and ``shortcut_p`` only decides where the patch goes, not the shapes themselves.
+    (whether or not the patch is drawn), so masks and patch never overlap. ``shortcut_kind``
+    plants other cues instead: ``"moving_edge"`` a class-coloured tag of ``patch_size`` at a
+    random place along the bottom edge, ``"moving_any"`` the tag anywhere (over the shape too,
+    like a sticker), ``"tint"`` a class-specific colour cast of the whole image. ``radius``
+    is the range of the shapes' radius as a fraction of the image side (small shapes sit
+    anywhere) and ``colour_jitter`` a random per-image colour change of the whole image
+    (gains in ``1 +- colour_jitter``), unrelated to the class. Everything is drawn once at
+    construction from local ``torch.Generator``s; the same arguments give the same data, and
+    ``shortcut_p`` only decides where the cue goes, not the shapes themselves.
 
     Items are dicts ``{"image": float [3,H,W] normalised, "label": long [], "mask": bool [H,W],
     "has_patch": bool []}``. The raw data are kept as ``images`` (uint8 ``[N,3,H,W]``),
@@ -179,7 +191,18 @@ class ShapesDataset(Dataset):
         seed: int = 0,
         mean: Sequence[float] = DEMO_MEAN,
         std: Sequence[float] = DEMO_STD,
+        shortcut_kind: CueKind = "patch",
+        radius: tuple[float, float] = _RADIUS_RANGE,
+        colour_jitter: float = 0.0,
     ) -> None:
+        if shortcut_kind not in CUE_KINDS:
+            raise ValueError(f"shortcut_kind must be one of {CUE_KINDS}, got {shortcut_kind!r}")
+        if not 0.0 < radius[0] <= radius[1] <= _RADIUS_RANGE[1]:
+            raise ValueError(
+                f"radius must be a range 0 < low <= high <= {_RADIUS_RANGE[1]}, got {radius}"
+            )
+        if not 0.0 <= colour_jitter < 1.0:
+            raise ValueError(f"colour_jitter must be in [0, 1), got {colour_jitter}")
         if num_samples < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
         if not 2 <= num_classes <= len(SHAPE_NAMES):
@@ -193,11 +216,14 @@ class ShapesDataset(Dataset):
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         # The largest shape must fit beside the corner area with a one-pixel border.
-        if 2 * _RADIUS_RANGE[1] * image_size + patch_size + _CORNER_MARGIN + 1 > image_size:
+        if 2 * radius[1] * image_size + patch_size + _CORNER_MARGIN + 1 > image_size:
             raise ValueError(
                 f"image_size={image_size} is too small for patch_size={patch_size}; "
                 "use a larger image_size or a smaller patch_size (e.g. 64 and 8)"
             )
+        self.shortcut_kind = shortcut_kind
+        self.radius = (float(radius[0]), float(radius[1]))
+        self.colour_jitter = float(colour_jitter)
         self.num_samples = num_samples
         self.image_size = image_size
         self.num_classes = num_classes
@@ -239,9 +265,8 @@ class ShapesDataset(Dataset):
 
         # Per-image parameters are drawn for the whole set first, so they never depend on _CHUNK.
         labels = torch.randperm(n, generator=g) % c  # balanced classes in random order
-        radius = s * (
-            _RADIUS_RANGE[0] + (_RADIUS_RANGE[1] - _RADIUS_RANGE[0]) * torch.rand(n, generator=g)
-        )
+        low, high = self.radius
+        radius = s * (low + (high - low) * torch.rand(n, generator=g))
         # a draw once spent on rotation angles (measured: rotation made the task too hard for a
         # from-scratch ViT); kept so that every later draw, hence the data, stays as it was
         torch.rand(n, generator=g)
@@ -267,6 +292,14 @@ class ShapesDataset(Dataset):
         level = b_lo + (b_hi - b_lo) * torch.rand(n, 1, generator=g)
         tint = 0.04 * (2.0 * torch.rand(n, 3, generator=g) - 1.0)
         has_patch = torch.rand(n, generator=g) < self.shortcut_p
+        # the other cues and the colour jitter draw from their own generator, so that the
+        # shapes (and the corner patch) are the same whatever the cue
+        extra = torch.Generator().manual_seed((self.seed * 7919 + 17) % (2**63 - 1))
+        j = self.colour_jitter
+        gain = 1.0 + j * (2.0 * torch.rand(n, 3, generator=extra) - 1.0)
+        offset = 0.5 * j * (2.0 * torch.rand(n, 3, generator=extra) - 1.0)
+        tinted = has_patch & (self.shortcut_kind == "tint")
+        tint_rgb = self.patch_colors.float()[labels] / 255.0  # [n, 3]
 
         images = torch.empty(n, 3, s, s, dtype=torch.uint8)
         masks = torch.empty(n, s, s, dtype=torch.bool)
@@ -291,16 +324,43 @@ class ShapesDataset(Dataset):
             )
             background = level[sl].view(m, 1, 1, 1) + tint[sl].view(m, 3, 1, 1) + texture
             img = torch.where(mask.unsqueeze(1), color[sl].view(m, 3, 1, 1), background)
+            img = img * gain[sl].view(m, 3, 1, 1) + offset[sl].view(m, 3, 1, 1)
+            cast = (1.0 - _TINT) * img + _TINT * tint_rgb[sl].view(m, 3, 1, 1)
+            img = torch.where(tinted[sl].view(m, 1, 1, 1), cast, img)
             img = img + _NOISE_STD * torch.randn(m, 3, s, s, generator=g)
             images[sl] = (img.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
             masks[sl] = mask
 
-        for k, name in enumerate(CORNERS):
-            rows, cols = corner_slices(name, s, self.patch_size)
-            patch_idx = (has_patch & (corner == k)).nonzero(as_tuple=True)[0]
-            patch_rgb = self.patch_colors[labels[patch_idx]].view(-1, 3, 1, 1)
-            images[patch_idx, :, rows, cols] = patch_rgb
+        if self.shortcut_kind == "patch":
+            for k, name in enumerate(CORNERS):
+                rows, cols = corner_slices(name, s, self.patch_size)
+                patch_idx = (has_patch & (corner == k)).nonzero(as_tuple=True)[0]
+                patch_rgb = self.patch_colors[labels[patch_idx]].view(-1, 3, 1, 1)
+                images[patch_idx, :, rows, cols] = patch_rgb
+        elif self.shortcut_kind in ("moving_edge", "moving_any"):
+            self._tags(images, labels, has_patch, extra)
         return images, labels.long(), masks, has_patch
+
+    def _tags(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        has_patch: torch.Tensor,
+        g: torch.Generator,
+    ) -> None:
+        """A class-coloured tag at a random place of each cue-carrying image: along the bottom
+        edge (``moving_edge``) or anywhere (``moving_any``); one masked assignment."""
+        n, s, p = len(labels), self.image_size, self.patch_size
+        left = torch.randint(0, s - p + 1, (n,), generator=g)
+        top = torch.randint(0, s - p + 1, (n,), generator=g)
+        if self.shortcut_kind == "moving_edge":
+            top = torch.full_like(top, s - p)
+        pix = torch.arange(s)
+        rows = (pix[None] >= top[:, None]) & (pix[None] < top[:, None] + p)  # [n, s]
+        cols = (pix[None] >= left[:, None]) & (pix[None] < left[:, None] + p)
+        where = (rows[:, :, None] & cols[:, None, :] & has_patch[:, None, None])[:, None]
+        colour = self.patch_colors[labels].view(n, 3, 1, 1).expand_as(images)
+        images.copy_(torch.where(where, colour, images))
 
     def _corners(self, labels: torch.Tensor) -> torch.Tensor:
         """Each image's patch corner as an index into ``CORNERS``."""
@@ -336,6 +396,10 @@ class ShapesDataModule(L.LightningDataModule):
         seed: Seed of the drawn data.
         mean: Per-channel normalisation mean.
         std: Per-channel normalisation std.
+        shortcut_kind: The cue planted (see :class:`ShapesDataset`): ``"patch"`` (in
+            ``shortcut_corner``), ``"moving_edge"``, ``"moving_any"`` or ``"tint"``.
+        radius: Range of the shapes' radius as a fraction of the image side.
+        colour_jitter: Random per-image colour change, unrelated to the class.
 
     Example:
         >>> dm = ShapesDataModule(num_train=32, num_val=16, num_patch_free=16, shortcut_p=0.0)
@@ -361,6 +425,9 @@ class ShapesDataModule(L.LightningDataModule):
         seed: int = 0,
         mean: tuple[float, float, float] = DEMO_MEAN,
         std: tuple[float, float, float] = DEMO_STD,
+        shortcut_kind: CueKind = "patch",
+        radius: tuple[float, float] = _RADIUS_RANGE,
+        colour_jitter: float = 0.0,
     ) -> None:
         super().__init__()
         # the arguments live in self.hparams (and in checkpoints, where the command line's
@@ -387,6 +454,9 @@ class ShapesDataModule(L.LightningDataModule):
             seed=seed,
             mean=hp.mean,
             std=hp.std,
+            shortcut_kind=hp.shortcut_kind,
+            radius=tuple(hp.radius),
+            colour_jitter=hp.colour_jitter,
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -25,11 +25,13 @@ def class_name(index: int, class_names: Sequence[str] | Mapping[int, str] | None
     return str(index)
 
 
-def _as_list(values: Any, n: int, what: str) -> list[Any]:
+def _rows(values: Any, n: int | None, what: str) -> list[Any]:
+    """One entry per image: a scalar, or a list for ``[N, k]`` tensors (several labels)."""
     if isinstance(values, torch.Tensor):
-        values = values.detach().reshape(-1).cpu().tolist()
+        values = values.detach().cpu()
+        values = values.tolist() if values.dim() > 1 else values.reshape(-1).tolist()
     values = list(values)
-    if len(values) != n:
+    if n is not None and len(values) != n:
         raise ValueError(f"{what} has {len(values)} entries for {n} images")
     return values
 
@@ -37,21 +39,31 @@ def _as_list(values: Any, n: int, what: str) -> list[Any]:
 def caption_parts(
     preds: Any, probs: Any, labels: Any, class_names: Any, notes: Any = None
 ) -> list[tuple[str, str | None, bool]]:
-    p = (
-        preds.detach().reshape(-1).cpu().tolist()
-        if isinstance(preds, torch.Tensor)
-        else list(preds)
-    )
+    """``(prediction, truth, mismatch)`` per image. ``preds``/``probs`` are ``[N]``, or
+    ``[N, k]`` for several explained labels each; ``labels`` are ``[N]`` class indices or
+    ``[N, K]`` multi-hot (a multi-label image is a mismatch when its first label is not
+    among its true ones)."""
+    p = _rows(preds, None, "preds")
     n = len(p)
-    q = _as_list(probs, n, "probs")
-    y = _as_list(labels, n, "labels") if labels is not None else [None] * n
-    extra = _as_list(notes, n, "notes") if notes is not None else [None] * n
+    q = _rows(probs, n, "probs")
+    y = _rows(labels, n, "labels") if labels is not None else [None] * n
+    extra = _rows(notes, n, "notes") if notes is not None else [None] * n
     rows = []
     for pi, qi, yi, note in zip(p, q, y, extra, strict=True):
-        pred = f"pred: {class_name(int(pi), class_names)} ({float(qi):.2f})"
+        ps, qs = (pi, qi) if isinstance(pi, list) else ([pi], [qi])
+        pred = "pred: " + ", ".join(
+            f"{class_name(int(c), class_names)} ({float(v):.2f})"
+            for c, v in zip(ps, qs, strict=True)
+        )
         pred = f"{pred}, {note}" if note else pred
-        true = None if yi is None else f"true: {class_name(int(yi), class_names)}"
-        rows.append((pred, true, yi is not None and int(yi) != int(pi)))
+        if yi is None:
+            rows.append((pred, None, False))
+        elif isinstance(yi, list):  # multi-hot
+            true = [c for c, on in enumerate(yi) if on]
+            names = ", ".join(class_name(c, class_names) for c in true) or "none"
+            rows.append((pred, f"true: {names}", int(ps[0]) not in true))
+        else:
+            rows.append((pred, f"true: {class_name(int(yi), class_names)}", int(yi) != int(ps[0])))
     return rows
 
 

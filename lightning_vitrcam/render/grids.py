@@ -67,13 +67,19 @@ def _columns(
     maps: torch.Tensor,
     true_maps: torch.Tensor | None,
     style: Style,
+    extra_maps: Sequence[torch.Tensor] = (),
+    map_titles: Sequence[str] | None = None,
 ) -> tuple[list[torch.Tensor], list[str]]:
     """The grid's columns (``uint8 [B, 3, H, W]`` each, on the images' device) and titles."""
-    columns = [
-        to_uint8(denormalize(images, style)),
-        overlay(images, maps, style),
-    ]
-    titles = ["input", "predicted class"]
+    all_maps = [maps, *extra_maps]
+    titles = list(
+        map_titles or ["predicted class"] + [f"label {i + 2}" for i in range(len(extra_maps))]
+    )
+    if len(titles) != len(all_maps):
+        raise ValueError(f"{len(titles)} map titles for {len(all_maps)} overlays")
+    columns = [to_uint8(denormalize(images, style))]
+    columns += [overlay(images, m, style) for m in all_maps]
+    titles = ["input", *titles]
     if true_maps is not None:
         columns.append(overlay(images, true_maps, style))
         titles.append("true class")
@@ -136,6 +142,8 @@ def saliency_grid(
     class_names: Sequence[str] | Mapping[int, str] | None = None,
     style: Style = Style(),
     captions: bool = True,
+    extra_maps: Sequence[torch.Tensor] = (),
+    map_titles: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """One captioned picture ``uint8 [3, H, W]`` (CPU) of a batch's explanations.
 
@@ -146,6 +154,8 @@ def saliency_grid(
     a red bar. Tiles under 96 px are upscaled (nearest) so small images stay readable.
     ``captions=False`` leaves out the header and the strips (the bare tile grid); ``style``
     says how images and maps are shown (:class:`~lightning_vitrcam.render.style.Style`).
+    ``extra_maps`` add overlay columns after the first (e.g. a multi-label model's next
+    labels; ``preds``/``probs`` are then ``[N, k]``), titled by ``map_titles``.
 
     Example:
         >>> g = saliency_grid(torch.randn(2, 3, 32, 32), torch.rand(2, 4, 4),
@@ -155,7 +165,7 @@ def saliency_grid(
         (torch.uint8, 3, True)
     """
     parts = _checked_parts(images, preds, probs, labels, true_maps, class_names)
-    columns, titles = _columns(images, maps, true_maps, style)
+    columns, titles = _columns(images, maps, true_maps, style, extra_maps, map_titles)
     return _grid(columns, titles, parts, captions)
 
 
@@ -171,6 +181,8 @@ def saliency_picture(
     class_names: Sequence[str] | Mapping[int, str] | None = None,
     style: Style = Style(),
     notes: Sequence[str | None] | None = None,
+    extra_maps: Sequence[torch.Tensor] = (),
+    map_titles: Sequence[str] | None = None,
 ) -> Picture:
     """The captioned :func:`saliency_grid` as a :class:`Picture`, with one uncaptioned picture
     per row (input | overlays, at the images' size) and its :func:`row_captions` as ``parts``
@@ -184,7 +196,7 @@ def saliency_picture(
         (2, (3, 8, 16), 'pred: 1 (0.60), flat map')
     """
     parts = _checked_parts(images, preds, probs, labels, true_maps, class_names, notes)
-    columns, titles = _columns(images, maps, true_maps, style)
+    columns, titles = _columns(images, maps, true_maps, style, extra_maps, map_titles)
     return Picture(
         tag,
         _grid(columns, titles, parts, captions=True),
@@ -320,6 +332,7 @@ def evaluation_pictures(
     hotspot_ratio: float | None,
     class_names: Sequence[str] | None = None,
     style: Style = Style(),
+    extra_maps: Sequence[torch.Tensor] = (),
 ) -> list[Picture]:
     """An evaluation's ``vitrcam/saliency_grid`` (flat maps marked) and
     ``vitrcam/mean_saliency``.
@@ -343,6 +356,8 @@ def evaluation_pictures(
         class_names=class_names,
         style=style,
         notes=["flat map" if f else None for f in flat.tolist()],
+        extra_maps=extra_maps,
+        map_titles=[f"label {i + 1}" for i in range(len(extra_maps) + 1)] if extra_maps else None,
     )
     title = (
         "mean saliency: all maps flat"
