@@ -14,6 +14,8 @@ Data (``--data``) and their shortcut kinds (``--kinds``, default: all the data s
              per_class (class k's patch in corner k), moving_edge (the patch at a random
              place along the bottom edge), moving_any (anywhere, over the shape too), tint (a
              class-specific colour cast of the whole image), none.
+  binary     circle or square with one logit (binary cross-entropy); fixed: only the
+             positives (squares) carry the corner patch; none.
   small      clean only: small shapes anywhere (radius 0.16-0.22 of the side, not 0.28-0.36).
   colourful  clean only: the shapes with a random per-image colour change (gains 1 +- 0.4).
   stripes    discs of oriented stripes on striped coloured noise, 48x48, a 6-block ViT with
@@ -53,6 +55,7 @@ KINDS = ("fixed", "per_class", "moving_edge", "moving_any", "tint", "none")
 # the kinds each data set has (shapes: every kind; small and colourful: clean data only)
 DATA_KINDS = {
     "shapes": KINDS,
+    "binary": ("fixed", "none"),
     "small": ("none",),
     "colourful": ("none",),
     "stripes": ("fixed", "per_class", "none"),
@@ -62,7 +65,13 @@ DATA_KINDS = {
 DATA = tuple(DATA_KINDS)
 # clean data sets of the demo's shapes: small shapes anywhere (radius 0.16-0.22 of the side
 # instead of 0.28-0.36), and colour that varies a lot within each class (gains 1 +- 0.4)
-SHAPES_DATA = {"shapes": {}, "small": {"radius": (0.16, 0.22)}, "colourful": {"colour_jitter": 0.4}}
+SHAPES_DATA = {
+    "shapes": {},
+    "small": {"radius": (0.16, 0.22)},
+    "colourful": {"colour_jitter": 0.4},
+    # circle or square, one logit; only the positives (squares) carry the corner mark
+    "binary": {"num_classes": 2, "cue_classes": [1]},
+}
 STRIPES_VIT = dict(
     img_size=48, patch_size=6, embed_dim=96, depth=6, num_heads=3, global_pool="avg",
     class_token=False,
@@ -319,7 +328,7 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
             shortcut_corner=corner, patch_size=8 if cue is None else cue, seed=seed,
             shortcut_kind=cue_kind, **SHAPES_DATA[data],
         )  # fmt: skip
-        extra = dict(datamodule=shapes)
+        extra = dict(datamodule=shapes, task="binary" if data == "binary" else "multiclass")
     start = time.perf_counter()
     rows = shortcut_experiment(
         p,

@@ -204,3 +204,35 @@ class HFModule(TrainOnly):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).logits
+
+
+def rigged_corner_vit(head: torch.Tensor) -> nn.Module:
+    """A ViT whose prediction reads only the colour of the top-left token of 32x32 images
+    (8x8 patches): ``head`` ``[C, 3]`` maps that colour to the C logits.
+
+    Every weight is zero except: patch embedding copies the mean colour into dims 0-2, the
+    top-left position carries a marker (dim 3) and the class token another (dim 4); the class
+    token's query matches the marker's key (and, weaker, its own, so that without the corner
+    it attends to itself), values and projection pass the colour on, the head reads it.
+    """
+    d = 16
+    m = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=head.shape[0], depth=1,
+        embed_dim=d, num_heads=1, mlp_ratio=1.0,
+    )  # fmt: skip
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        for mod in m.modules():
+            if isinstance(mod, nn.LayerNorm):
+                mod.weight.fill_(1.0)
+        qkv, proj = m.blocks[0].attn.qkv.weight, m.blocks[0].attn.proj.weight
+        for ch in range(3):
+            m.patch_embed.proj.weight[ch, ch] = 1 / 64
+            qkv[2 * d + ch, ch] = 1.0
+            proj[ch, ch] = 1.0
+        m.pos_embed[0, 1, 3] = 10.0
+        m.cls_token[0, 0, 4] = 10.0
+        qkv[0, 4], qkv[d, 3], qkv[d, 4] = 16.0, 1.0, 0.2
+        m.head.weight[:, :3] = head
+    return m.eval()

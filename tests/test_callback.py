@@ -30,7 +30,7 @@ from lightning_vitrcam.adapters import find_vit
 from lightning_vitrcam.demo import SQUARE_COLOURS, coloured_squares
 from lightning_vitrcam.metrics import map_drift
 from lightning_vitrcam.probes import default_batch_reader
-from tests.helpers import Module, Squares, TrainOnly, make_vit
+from tests.helpers import Module, Squares, TrainOnly, make_vit, rigged_corner_vit
 
 FIXED_SCALARS = {
     "vitrcam/adcc",
@@ -285,35 +285,9 @@ def test_training_is_bit_identical_with_and_without_callback(tmp_path: Path) -> 
 
 # --------------------------------------------------------------------------- shortcut warning
 def _rigged_corner_vit() -> nn.Module:
-    """A ViT whose prediction reads only the colour of the top-left token (a planted shortcut).
-
-    Every weight is zero except: patch embedding copies the mean colour into dims 0-2, the
-    top-left position carries a marker (dim 3) and the class token another (dim 4); the class
-    token's query matches the marker's key (and, weaker, its own, so that without the corner
-    it attends to itself), values and projection pass the colour on, the head compares it
-    with the class colours.
-    """
-    d = 16
-    m = timm.create_model(
-        "vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=4, depth=1,
-        embed_dim=d, num_heads=1, mlp_ratio=1.0,
-    )  # fmt: skip
-    with torch.no_grad():
-        for p in m.parameters():
-            p.zero_()
-        for mod in m.modules():
-            if isinstance(mod, nn.LayerNorm):
-                mod.weight.fill_(1.0)
-        qkv, proj = m.blocks[0].attn.qkv.weight, m.blocks[0].attn.proj.weight
-        for ch in range(3):
-            m.patch_embed.proj.weight[ch, ch] = 1 / 64
-            qkv[2 * d + ch, ch] = 1.0
-            proj[ch, ch] = 1.0
-        m.pos_embed[0, 1, 3] = 10.0
-        m.cls_token[0, 0, 4] = 10.0
-        qkv[0, 4], qkv[d, 3], qkv[d, 4] = 16.0, 1.0, 0.2
-        m.head.weight[:, :3] = (SQUARE_COLOURS - SQUARE_COLOURS.mean(1, keepdim=True)) * 3
-    return m
+    """A ViT whose prediction reads only the colour of the top-left token (a planted
+    shortcut), its head comparing it with the class colours (see ``rigged_corner_vit``)."""
+    return rigged_corner_vit((SQUARE_COLOURS - SQUARE_COLOURS.mean(1, keepdim=True)) * 3)
 
 
 @pytest.fixture(scope="module")

@@ -165,7 +165,8 @@ class ShapesDataset(Dataset):
     like a sticker), ``"tint"`` a class-specific colour cast of the whole image. ``radius``
     is the range of the shapes' radius as a fraction of the image side (small shapes sit
     anywhere) and ``colour_jitter`` a random per-image colour change of the whole image
-    (gains in ``1 +- colour_jitter``), unrelated to the class. Everything is drawn once at
+    (gains in ``1 +- colour_jitter``), unrelated to the class. ``cue_classes`` limits the cue
+    to images of those classes (e.g. the positives of a binary task). Everything is drawn once at
     construction from local ``torch.Generator``s; the same arguments give the same data, and
     ``shortcut_p`` only decides where the cue goes, not the shapes themselves.
 
@@ -194,7 +195,13 @@ class ShapesDataset(Dataset):
         shortcut_kind: CueKind = "patch",
         radius: tuple[float, float] = _RADIUS_RANGE,
         colour_jitter: float = 0.0,
+        cue_classes: Sequence[int] | None = None,
     ) -> None:
+        if cue_classes is not None and not all(0 <= c < num_classes for c in cue_classes):
+            raise ValueError(
+                f"cue_classes must be classes in [0, {num_classes}), got {cue_classes}"
+            )
+        self.cue_classes = None if cue_classes is None else [int(c) for c in cue_classes]
         if shortcut_kind not in CUE_KINDS:
             raise ValueError(f"shortcut_kind must be one of {CUE_KINDS}, got {shortcut_kind!r}")
         if not 0.0 < radius[0] <= radius[1] <= _RADIUS_RANGE[1]:
@@ -292,6 +299,8 @@ class ShapesDataset(Dataset):
         level = b_lo + (b_hi - b_lo) * torch.rand(n, 1, generator=g)
         tint = 0.04 * (2.0 * torch.rand(n, 3, generator=g) - 1.0)
         has_patch = torch.rand(n, generator=g) < self.shortcut_p
+        if self.cue_classes is not None:  # only these classes carry the cue (a one-sided leak)
+            has_patch &= torch.isin(labels, torch.tensor(self.cue_classes))
         # the other cues and the colour jitter draw from their own generator, so that the
         # shapes (and the corner patch) are the same whatever the cue
         extra = torch.Generator().manual_seed((self.seed * 7919 + 17) % (2**63 - 1))
@@ -400,6 +409,8 @@ class ShapesDataModule(L.LightningDataModule):
             ``shortcut_corner``), ``"moving_edge"``, ``"moving_any"`` or ``"tint"``.
         radius: Range of the shapes' radius as a fraction of the image side.
         colour_jitter: Random per-image colour change, unrelated to the class.
+        cue_classes: Only images of these classes carry the cue (e.g. ``[1]``: the positives
+            of a binary task, "circle or square" with ``num_classes=2``).
 
     Example:
         >>> dm = ShapesDataModule(num_train=32, num_val=16, num_patch_free=16, shortcut_p=0.0)
@@ -428,6 +439,7 @@ class ShapesDataModule(L.LightningDataModule):
         shortcut_kind: CueKind = "patch",
         radius: tuple[float, float] = _RADIUS_RANGE,
         colour_jitter: float = 0.0,
+        cue_classes: list[int] | None = None,
     ) -> None:
         super().__init__()
         # the arguments live in self.hparams (and in checkpoints, where the command line's
@@ -457,6 +469,7 @@ class ShapesDataModule(L.LightningDataModule):
             shortcut_kind=hp.shortcut_kind,
             radius=tuple(hp.radius),
             colour_jitter=hp.colour_jitter,
+            cue_classes=hp.cue_classes,
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -105,13 +105,15 @@ def shortcut_experiment(
     seed: int = 0,
     datamodule: Any = None,
     logger: bool = True,
+    task: str = "multiclass",
 ) -> list[EpochSignals]:
     """Train the demo ViT with the callback and record, per epoch, validation accuracy,
     accuracy on patch-free images, the callback's signals and whether it warned "possible
     shortcut" (and what it said). TensorBoard logs go to ``root_dir/name`` (``logger=False``:
     none). ``datamodule`` replaces the demo's shapes data (it must offer
     ``patch_free_dataloader()``; ``shortcut_p``, ``shortcut_corner`` and the sizes are then
-    ignored). ``tests/test_demo.py`` runs it with tiny settings; real runs use the defaults.
+    ignored). ``task="binary"`` trains a one-logit head (the data must have 2 classes).
+    ``tests/test_demo.py`` runs it with tiny settings; real runs use the defaults.
     """
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -143,6 +145,7 @@ def shortcut_experiment(
         model_kwargs=model_kwargs,
         num_classes=len(data.class_names),
         label_smoothing=label_smoothing,
+        task=task,
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PossibleShortcutWarning)

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
+from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
 from lightning_vitrcam.probes import default_batch_reader
 
@@ -63,6 +64,8 @@ class ViTClassifier(L.LightningModule):
         warmup_fraction: Fraction of all steps used for linear warm-up.
         label_smoothing: Cross-entropy label smoothing (DeiT's 0.1). It also keeps the softmax
             off 1.0, where ReciproCAM's score differences would vanish in rounding noise.
+        task: ``"multiclass"`` (a softmax head, cross-entropy) or ``"binary"`` (one logit,
+            binary cross-entropy on 0/1 labels; ``num_classes`` must be 2).
 
     Example:
         >>> model = ViTClassifier(model_kwargs=dict(img_size=32, patch_size=8, embed_dim=32,
@@ -81,6 +84,7 @@ class ViTClassifier(L.LightningModule):
         scheduler: Literal["cosine", "none"] = "cosine",
         warmup_fraction: float = 0.05,
         label_smoothing: float = 0.1,
+        task: Literal["multiclass", "binary"] = "multiclass",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -90,12 +94,36 @@ class ViTClassifier(L.LightningModule):
         kwargs.pop("num_classes", None)
         if scheduler not in ("cosine", "none"):
             raise ValueError(f"scheduler must be 'cosine' or 'none', got {scheduler!r}")
+        if task not in ("multiclass", "binary") or (task == "binary" and num_classes != 2):
+            raise ValueError(
+                f"task must be 'multiclass', or 'binary' with num_classes=2; got {task!r} with"
+                f" num_classes={num_classes}"
+            )
+        self.binary = task == "binary"
         self.model = timm.create_model(
-            model_name, pretrained=False, num_classes=num_classes, **kwargs
+            model_name, pretrained=False, num_classes=1 if self.binary else num_classes, **kwargs
         )
-        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.train_acc, self.val_acc, self.test_acc = (self._accuracy() for _ in range(3))
+
+    def _accuracy(self) -> Metric:
+        if self.binary:
+            return BinaryAccuracy()
+        return MulticlassAccuracy(num_classes=self.hparams.num_classes, average="micro")
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+        """Cross-entropy, or binary cross-entropy of the one logit against 0/1 labels (smoothed
+        towards 1/2)."""
+        if self.binary:
+            target = labels.float() * (1.0 - smoothing) + 0.5 * smoothing
+            return F.binary_cross_entropy_with_logits(logits[:, 0], target)
+        return F.cross_entropy(logits, labels, label_smoothing=smoothing)
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        """The predicted class of each row (the positive side where the logit is above 0)."""
+        return (logits[:, 0] > 0).long() if self.binary else logits.argmax(-1)
+
+    def _metric_input(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, 0].sigmoid() if self.binary else logits
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits ``[B, num_classes]`` of normalised images ``[B, 3, H, W]``."""
@@ -104,19 +132,19 @@ class ViTClassifier(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images, labels = _images_labels(batch)
         logits = self(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
-        self.train_acc(logits, labels)
+        loss = self.loss(logits, labels, self.hparams.label_smoothing)
+        self.train_acc(self._metric_input(logits), labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=labels.shape[0])
         self.log(
             "train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=labels.shape[0]
         )
         return loss
 
-    def _eval_step(self, batch: Any, prefix: str, metric: MulticlassAccuracy) -> torch.Tensor:
+    def _eval_step(self, batch: Any, prefix: str, metric: Metric) -> torch.Tensor:
         images, labels = _images_labels(batch)
         logits = self(images)
-        loss = F.cross_entropy(logits, labels)
-        metric(logits, labels)
+        loss = self.loss(logits, labels, 0.0)
+        metric(self._metric_input(logits), labels)
         n = labels.shape[0]
         self.log(f"{prefix}/loss", loss, prog_bar=True, batch_size=n)
         self.log(f"{prefix}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
@@ -186,7 +214,7 @@ class ViTClassifier(L.LightningModule):
             for batch in batches:
                 images, labels = _images_labels(batch)
                 images, labels = images.to(self.device), labels.to(self.device)
-                correct += int((self(images).argmax(-1) == labels).sum())
+                correct += int((self.predictions(self(images)) == labels).sum())
                 total += int(labels.numel())
         finally:
             self.train(was_training)

@@ -60,6 +60,9 @@ class ShortcutAlarm:
             donor's class than its same-size control moves: a region pasted into probes of
             other classes, a colour swap, a background swap (``"region"``, ``"colour"``,
             ``"background"``).
+        max_p: the largest p-value of an exact sign test on the pairs the intervention and its
+            control tell apart (only one of them moved the recipient) at which that margin
+            counts: an effect of a few pairs is not evidence.
         transplants: recipients per donor in those tests (colour and background use at most
             2 per probe).
         search: run the hierarchical occlusion search for the probes whose decisive place
@@ -86,7 +89,8 @@ class ShortcutAlarm:
         min_hits: int = 3,
         min_group: int = 3,
         min_margin: float = 0.5,
-        transplants: int = 2,
+        max_p: float = 0.01,
+        transplants: int = 4,
         search: bool = True,
         search_always: bool = False,
         max_box: int = 2,
@@ -99,6 +103,8 @@ class ShortcutAlarm:
             raise ValueError(f"min_group must be at least 1, got {min_group}")
         if not 0.0 < min_margin <= 1.0:
             raise ValueError(f"min_margin must be in (0, 1], got {min_margin}")
+        if not 0.0 < max_p <= 1.0:
+            raise ValueError(f"max_p must be in (0, 1], got {max_p}")
         if transplants < 1:
             raise ValueError(f"transplants must be at least 1, got {transplants}")
         names = list(DEFAULT_KINDS) if kinds is None else list(kinds)
@@ -110,6 +116,7 @@ class ShortcutAlarm:
             )
         self.min_group = min_group
         self.min_margin = min_margin
+        self.max_p = max_p
         self.transplants = transplants
         self.search = search
         self.search_always = search_always

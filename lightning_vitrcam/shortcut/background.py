@@ -9,7 +9,8 @@ mean colour) and the prediction is read again; a *control* moves the object onto
 background of another probe of its own predicted class, the same compositing with no change of
 class. A group of donors (all, or one predicted class) is confirmed when the moves to other
 backgrounds bring at least ``min_margin`` more of the objects to the donor's class than the
-controls change predictions at all, on at least ``min_hits`` objects. Without masks this kind
+controls change predictions at all (of the pairs the two tell apart, an exact sign test at
+``max_p``), on at least ``min_hits`` objects. Without masks this kind
 does nothing. Scalar: ``shortcut_background``, the largest group margin.
 
 Example:
@@ -48,7 +49,7 @@ from lightning_vitrcam.shortcut.evidence import (
 )
 from lightning_vitrcam.shortcut.interventions import move_object
 from lightning_vitrcam.shortcut.report import Finding, group_name
-from lightning_vitrcam.shortcut.rule import Rule, margin
+from lightning_vitrcam.shortcut.rule import Rule, margin, sign_test
 
 __all__ = ["Background", "BackgroundFinding"]
 
@@ -134,7 +135,12 @@ class Background(Evidence):
             f, c = flips[mine & valid], changed[mine & valid]
             moved_more = margin(f, c)
             best = max(best, moved_more)
-            if moved_more >= self.alarm.min_margin and int(f.sum()) >= rule.min_hits:
+            significant = sign_test(f, c) <= self.alarm.max_p
+            if (
+                moved_more >= self.alarm.min_margin
+                and significant
+                and int(f.sum()) >= rule.min_hits
+            ):
                 findings.append(
                     BackgroundFinding(
                         group=group,
@@ -146,8 +152,9 @@ class Background(Evidence):
                 )
         everyone = [f for f in findings if f.group is None]
         tests = [
-            PairTest("background", d, r, m, c)
-            for d, r, m, c in zip(donors.tolist(), objects.tolist(), flips.tolist(),
-                                  changed.tolist(), strict=True)
+            PairTest("background", d, r, t, m, c)
+            for d, r, t, m, c in zip(donors.tolist(), objects.tolist(),
+                                     probing.targets[donors].tolist(), flips.tolist(),
+                                     changed.tolist(), strict=True)
         ]  # fmt: skip
         return Findings(everyone or findings, tests, {"shortcut_background": best})

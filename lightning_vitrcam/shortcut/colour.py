@@ -6,7 +6,8 @@ standard deviation of a probe of another predicted class (the donor) and the pre
 read again; a *control* moves the recipient's statistics by as much, in a random direction
 that matches no probe. A group of donors (all, or one predicted class) is confirmed when the
 swaps move at least ``min_margin`` more of their recipients to the donor's class than the
-controls change the recipients' predictions at all, on at least ``min_hits`` recipients.
+controls change the recipients' predictions at all (of the pairs the two tell apart, an exact
+sign test at ``max_p``), on at least ``min_hits`` recipients.
 Colour can be a legitimate feature of a task (ripe and unripe fruit): then leave this kind out
 (``ShortcutAlarm(kinds=[...])``). Scalar: ``shortcut_colour``, the largest group margin.
 
@@ -42,7 +43,7 @@ from lightning_vitrcam.shortcut.evidence import (
 )
 from lightning_vitrcam.shortcut.interventions import colour_shift, colour_swap
 from lightning_vitrcam.shortcut.report import Finding, group_name
-from lightning_vitrcam.shortcut.rule import Rule, margin
+from lightning_vitrcam.shortcut.rule import Rule, margin, sign_test
 
 __all__ = ["ColourFinding", "ImageColour", "donor_pairs"]
 
@@ -136,7 +137,12 @@ class ImageColour(Evidence):
             f, c = flips[mine], changed[mine]
             moved_more = margin(f, c)
             best = max(best, moved_more)
-            if moved_more >= self.alarm.min_margin and int(f.sum()) >= rule.min_hits:
+            significant = sign_test(f, c) <= self.alarm.max_p
+            if (
+                moved_more >= self.alarm.min_margin
+                and significant
+                and int(f.sum()) >= rule.min_hits
+            ):
                 findings.append(
                     ColourFinding(
                         group=group,
@@ -148,8 +154,9 @@ class ImageColour(Evidence):
                 )
         everyone = [f for f in findings if f.group is None]
         tests = [
-            PairTest("colour", d, r, m, c)
-            for d, r, m, c in zip(donors.tolist(), recipients.tolist(), flips.tolist(),
-                                  changed.tolist(), strict=True)
+            PairTest("colour", d, r, t, m, c)
+            for d, r, t, m, c in zip(donors.tolist(), recipients.tolist(),
+                                     probing.targets[donors].tolist(), flips.tolist(),
+                                     changed.tolist(), strict=True)
         ]  # fmt: skip
         return Findings(everyone or findings, tests, {"shortcut_colour": best})

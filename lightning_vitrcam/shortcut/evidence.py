@@ -85,10 +85,12 @@ class Probing:
 
 @dataclass(frozen=True)
 class RegionTest:
-    """One probe's decisive-region test: the place occluded (``box``: its smallest necessary
-    place, else the most damaging one tested), the relative drop, whether it is necessary."""
+    """One probe's decisive-region test: its explained class, the place occluded (``box``:
+    its smallest necessary place, else the most damaging one tested), the relative drop,
+    whether it is necessary."""
 
     probe: int
+    target: int
     box: tuple[int, int, int, int]
     drop: float
     necessary: bool
@@ -98,12 +100,14 @@ class RegionTest:
 @dataclass(frozen=True)
 class PairTest:
     """One intervention between two probes and its control (``kind``: ``"transplant"``,
-    ``"colour"`` or ``"background"``): whether the recipient was moved to the donor's class,
-    and whether the control moved it (the transplant's ``box``: the donor's region)."""
+    ``"colour"`` or ``"background"``): the donor's explained class, whether the recipient
+    was moved to it, and whether the control moved it (the transplant's ``box``: the donor's
+    region)."""
 
     kind: str
     donor: int
     recipient: int
+    donor_target: int
     moved: bool
     control_moved: bool
     box: tuple[int, int, int, int] | None = None

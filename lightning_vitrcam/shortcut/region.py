@@ -15,7 +15,8 @@ rarely carries the class into another image. So the test is per probe and by con
    donor the same way. A group of probes (all, or one predicted class) is confirmed when at
    least ``min_share`` (and ``min_hits``) of its probes have a necessary region and the
    transplants move at least ``min_margin`` more of their recipients to the donor's class than
-   the controls do, from at least ``min_hits`` donors.
+   the controls do (of the pairs the two tell apart; an exact sign test on those pairs at
+   ``max_p``), from at least ``min_hits`` donors.
 
 Where the confirmed regions share a place the warning names it; where they move it says so.
 Scalars: ``shortcut_drop`` (the largest group mean drop of the probes' own regions) and
@@ -61,7 +62,7 @@ from lightning_vitrcam.shortcut.evidence import (
 from lightning_vitrcam.shortcut.interventions import Copy, transplant
 from lightning_vitrcam.shortcut.places import Box, place_name
 from lightning_vitrcam.shortcut.report import Finding, group_name
-from lightning_vitrcam.shortcut.rule import Rule, margin
+from lightning_vitrcam.shortcut.rule import Rule, margin, sign_test
 
 __all__ = ["RegionFinding", "SmallRegion", "control_boxes", "peak_boxes"]
 
@@ -229,9 +230,15 @@ class SmallRegion(Evidence):
         ]
         self.last = {"regions": regions, "own": own, "drops": drops}
         tests: list[RegionTest | PairTest] = [
-            RegionTest(probe=i, box=tuple(b), drop=d, necessary=f)  # type: ignore[arg-type]
-            for i, (b, d, f) in enumerate(
-                zip(own.tolist(), drops.tolist(), found.tolist(), strict=True)
+            RegionTest(probe=i, target=t, box=tuple(b), drop=d, necessary=f)  # type: ignore[arg-type]
+            for i, (t, b, d, f) in enumerate(
+                zip(
+                    probing.targets.tolist(),
+                    own.tolist(),
+                    drops.tolist(),
+                    found.tolist(),
+                    strict=True,
+                )
             )
         ]
         scalars = {"shortcut_drop": self._worst(drops, probing), "shortcut_transplant": 0.0}
@@ -243,9 +250,10 @@ class SmallRegion(Evidence):
         pairs = self._transplants(probing, regions, own, donors)
         self.last.update(pairs)
         tests += [
-            PairTest("transplant", d, r, m, c, tuple(b))  # type: ignore[arg-type]
-            for d, r, m, c, b in zip(
-                pairs["donors"].tolist(), pairs["recipients"].tolist(), pairs["flips"].tolist(),
+            PairTest("transplant", d, r, t, m, c, tuple(b))  # type: ignore[arg-type]
+            for d, r, t, m, c, b in zip(
+                pairs["donors"].tolist(), pairs["recipients"].tolist(),
+                probing.targets[pairs["donors"]].tolist(), pairs["flips"].tolist(),
                 pairs["control_flips"].tolist(), regions[pairs["donors"]].tolist(), strict=True,
             )
         ]  # fmt: skip
@@ -394,7 +402,11 @@ class SmallRegion(Evidence):
             control_flips=int(control.sum()),
             min_drop=rule.min_drop,
         )
-        confirmed = moved_more >= self.alarm.min_margin and carriers >= rule.min_hits
+        confirmed = (
+            moved_more >= self.alarm.min_margin
+            and sign_test(flips, control) <= self.alarm.max_p
+            and carriers >= rule.min_hits
+        )
         return (finding if confirmed else None), moved_more
 
     def state_dict(self) -> dict[str, Any]:

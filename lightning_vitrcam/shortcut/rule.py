@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ import torch
 
 from lightning_vitrcam.shortcut.places import Box, is_token, on_border
 
-__all__ = ["PlaceTest", "Rule", "margin", "needs_sufficiency"]
+__all__ = ["PlaceTest", "Rule", "margin", "needs_sufficiency", "sign_test"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,22 @@ def margin(moved: torch.Tensor, control: torch.Tensor) -> float:
     both = int((moved & control).sum())
     only = int((moved & ~control).sum()) - int((control & ~moved).sum())
     return only / max(1, moved.numel() - both)
+
+
+def sign_test(moved: torch.Tensor, control: torch.Tensor) -> float:
+    """The one-sided p-value that the intervention moves its recipients more often than its
+    control by chance: under "the content carries nothing more than a same-size change", the
+    pairs only one of them moved are equally likely either way (an exact binomial test on
+    those discordant pairs); 1 without any.
+
+    Example:
+        >>> sign_test(torch.ones(5, dtype=torch.bool), torch.zeros(5, dtype=torch.bool))
+        0.03125
+    """
+    moved, control = moved.bool(), control.bool()
+    b = int((moved & ~control).sum())
+    n = b + int((control & ~moved).sum())
+    return sum(math.comb(n, k) for k in range(b, n + 1)) / 2**n
 
 
 def needs_sufficiency(box: Sequence[int], grid: Sequence[int]) -> bool:
