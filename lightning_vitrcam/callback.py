@@ -22,9 +22,10 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lightning_vitrcam._warnings import warn
 from lightning_vitrcam.adapters import find_vit
 from lightning_vitrcam.evaluation import Evaluation, EvaluationSkipped
 from lightning_vitrcam.explainer import ViTReciproCAM
@@ -293,7 +294,7 @@ class ViTReciproCAMCallback(Callback):
         self._set_task(trainer)
         grid = self._evaluation.check_setup(trainer, self._probe, self._reporter.class_names)
         if self._history and tuple(self._history[-1].maps.shape) != (len(self._probe), *grid):
-            rank_zero_warn(
+            warn(
                 "ViTReciproCAMCallback: the restored history does not match the probes"
                 " (num_images or image size changed); starting a new history"
             )
@@ -382,7 +383,7 @@ class ViTReciproCAMCallback(Callback):
                 None if previous is None else previous.adcc,
             )
         except EvaluationSkipped as skip:  # every rank skips together
-            rank_zero_warn(skip.message(epoch, step), category=ExplanationSkippedWarning)
+            warn(skip.message(epoch, step), category=ExplanationSkippedWarning)
             return
         values = outcome.values
         maps = outcome.primary.maps.to("cpu", torch.float16)

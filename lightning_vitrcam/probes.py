@@ -22,10 +22,12 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
+from lightning.pytorch.utilities import CombinedLoader
 from lightning.pytorch.utilities.seed import isolate_rng
 from lightning_utilities.core.overrides import is_overridden
 from torch.utils.data import IterableDataset
+
+from lightning_vitrcam._warnings import warn
 
 __all__ = [
     "HOW_TO_READ",
@@ -337,7 +339,7 @@ def probes_for_fit(
         )
     probes = sample_probes(loader, num, seed, indices, reader)
     if len(probes) < num:
-        rank_zero_warn(
+        warn(
             f"ViTReciproCAMCallback: the validation data has {len(probes)} images,"
             f" fewer than num_images={num}; all of them are used"
         )

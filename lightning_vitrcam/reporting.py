@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_vitrcam._warnings import warn
 from lightning_vitrcam.evaluation import Outcome
 from lightning_vitrcam.loggers import log_pictures, log_scalars
 from lightning_vitrcam.metrics import FLAT_LOG_ODDS
@@ -32,6 +32,7 @@ from lightning_vitrcam.render import (
     probe_timelines,
 )
 from lightning_vitrcam.render.captions import caption_parts
+from lightning_vitrcam.render.evidence import evidence_picture
 from lightning_vitrcam.shortcut import PossibleShortcutWarning, shortcut_message
 from lightning_vitrcam.tasks import TASKS, Task
 
@@ -55,6 +56,7 @@ class Reporter:
     target_block: int = -1
     task: Task = field(default_factory=lambda: TASKS["multiclass"])
     _flat_hinted: bool = field(default=False, repr=False)
+    _said: set[str] = field(default_factory=set, repr=False)
 
     def evaluation(
         self,
@@ -65,19 +67,39 @@ class Reporter:
         epoch: int,
         step: int,
     ) -> None:
-        """The warnings, the scalars and the pictures of one evaluation."""
+        """The warnings, the scalars and the pictures of one evaluation (each distinct
+        warning once)."""
+        self._said.clear()
         self._hint_flat(outcome.flat)
         message = shortcut_message(
             outcome.values, outcome.mean_map, epoch, step, self.hotspot_threshold,
             self.energy_threshold, outcome.verdict.suspects, self.class_names,
         )  # fmt: skip
         if message is not None:
-            rank_zero_warn(message, category=PossibleShortcutWarning)
+            self._warn(message, PossibleShortcutWarning)
         self.write(trainer, lambda: log_scalars(trainer, scalars, step, epoch))
         if self.log_images:
             self.write(trainer, lambda: log_pictures(trainer, self.pictures(outcome, probe), step))
 
     def pictures(self, outcome: Outcome, probe: Probes) -> list[Picture]:
+        """The evaluation's grid and mean map and, when the alarm found something, the
+        evidence picture of its strongest finding."""
+        pictures = self.explanation_pictures(outcome, probe)
+        if outcome.verdict.suspects:
+            strongest = outcome.verdict.suspects[0]
+            pictures.append(
+                evidence_picture(
+                    strongest,
+                    outcome.images,
+                    self.style,
+                    self.class_names,
+                    masks=probe.masks,
+                    grid=outcome.primary.grid_size,
+                )
+            )
+        return pictures
+
+    def explanation_pictures(self, outcome: Outcome, probe: Probes) -> list[Picture]:
         """The evaluation's grid and mean map."""
         pred, true, ranks = outcome.pred, outcome.true, outcome.ranks
         assert pred is not None
@@ -129,12 +151,17 @@ class Reporter:
             write()
         except Exception as err:  # noqa: BLE001 - a monitor never ends a run
             names = ", ".join(type(lg).__name__ for lg in trainer.loggers) or "no logger"
-            rank_zero_warn(
+            self._warn(
                 f"ViTReciproCAMCallback: writing to the loggers ({names}) failed:"
                 f" {type(err).__name__}: {err}; check the logger's configuration (its"
                 " directory, credentials, connection). Training continues.",
-                category=ExplanationSkippedWarning,
+                ExplanationSkippedWarning,
             )
+
+    def _warn(self, message: str, category: type[Warning] = UserWarning) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            warn(message, category)
 
     def _hint_flat(self, flat: torch.Tensor) -> None:
         """Once per run: say what to try when most probe maps carry no signal."""
@@ -142,7 +169,7 @@ class Reporter:
         if self._flat_hinted or share <= 0.5:
             return
         self._flat_hinted = True
-        rank_zero_warn(
+        warn(
             f"ViTReciproCAMCallback: {share:.0%} of the probe maps are flat: masking any window"
             f" of block {self.target_block} moves the predicted class's log-odds by less than"
             f" {self.flat_threshold:g}, so those maps are marked 'flat' and left out of the"

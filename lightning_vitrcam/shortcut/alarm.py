@@ -34,8 +34,8 @@ __all__ = ["DEFAULT_KINDS", "ShortcutAlarm", "Verdict"]
 
 @dataclass(frozen=True)
 class Verdict:
-    """One check's result: the confirmed suspects (most convincing first) and each kind's
-    continuous scalars (e.g. ``shortcut_drop``), logged under ``vitrcam/``."""
+    """One check's result: the confirmed findings of every kind (strongest first) and each
+    kind's continuous scalars (e.g. ``shortcut_drop``), logged under ``vitrcam/``."""
 
     suspects: list[Finding] = field(default_factory=list)
     scalars: dict[str, float] = field(default_factory=dict)
@@ -173,7 +173,9 @@ class ShortcutAlarm:
         self.searched = probing.searched
         self.last_tests = [t for f in findings for t in f.tests]
         scalars = {k: v for f in findings for k, v in f.scalars.items()}
-        return Verdict([s for f in findings for s in f.suspects], scalars)
+        # strongest first (each kind orders its own; the sort is stable)
+        suspects = sorted((s for f in findings for s in f.suspects), key=lambda s: -s.strength)
+        return Verdict(suspects, scalars)
 
     def state_dict(self) -> dict[str, Any]:
         """Each kind's state (e.g. the places remembered for the next evaluation)."""

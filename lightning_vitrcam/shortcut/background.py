@@ -48,7 +48,7 @@ from lightning_vitrcam.shortcut.evidence import (
     register_evidence,
 )
 from lightning_vitrcam.shortcut.interventions import move_object
-from lightning_vitrcam.shortcut.report import Finding, group_name
+from lightning_vitrcam.shortcut.report import Example, Finding, group_name
 from lightning_vitrcam.shortcut.rule import Rule, margin, sign_test
 
 __all__ = ["Background", "BackgroundFinding"]
@@ -121,9 +121,10 @@ class Background(Evidence):
             return Findings(scalars={"shortcut_background": 0.0})
         moved = move_object(images, masks, objects, donors)
         control = move_object(images, masks, objects, partners)
-        predicted = probing.predicted(torch.cat([moved, control]))
+        predicted, scores = probing.predicted(torch.cat([moved, control]))
         p = len(donors)
         flips = predicted[:p].gather(1, targets[donors][:, None])[:, 0]
+        tested = scores.gather(1, targets[donors].repeat(2)[:, None])[:, 0]
         changed = (predicted[p:] != picked[objects]).any(dim=1) & valid
         self.last = {"donors": donors, "objects": objects, "partners": partners, "flips": flips,
                      "control_flips": changed}  # fmt: skip
@@ -148,6 +149,20 @@ class Background(Evidence):
                         pairs=int((mine & valid).sum()),
                         flips=int(f.sum()),
                         control_flips=int(c.sum()),
+                        examples=tuple(
+                            Example(
+                                probe=int(objects[k]),
+                                target=int(targets[donors[k]]),
+                                before=float(probing.scores[objects[k], targets[donors[k]]]),
+                                partner=int(donors[k]),
+                                moved_to=int(scores[k].argmax()),
+                                moved_p=float(tested[k]),
+                                control_partner=int(partners[k]),
+                                control_to=int(scores[p + k].argmax()),
+                                control_p=float(tested[p + k]),
+                            )
+                            for k in (mine & valid & flips).nonzero().flatten().tolist()[:4]
+                        ),
                     )
                 )
         everyone = [f for f in findings if f.group is None]

@@ -42,7 +42,7 @@ from lightning_vitrcam.shortcut.evidence import (
     register_evidence,
 )
 from lightning_vitrcam.shortcut.interventions import colour_shift, colour_swap
-from lightning_vitrcam.shortcut.report import Finding, group_name
+from lightning_vitrcam.shortcut.report import Example, Finding, group_name
 from lightning_vitrcam.shortcut.rule import Rule, margin, sign_test
 
 __all__ = ["ColourFinding", "ImageColour", "donor_pairs"]
@@ -104,6 +104,37 @@ class ColourFinding(Finding):
         )
 
 
+def _examples(
+    probing: Probing,
+    chosen: torch.Tensor,
+    donors: torch.Tensor,
+    recipients: torch.Tensor,
+    scores: torch.Tensor,
+    tested: torch.Tensor,
+    most: int = 4,
+) -> tuple[Example, ...]:
+    """Up to ``most`` pairs whose swap moved the recipient: the recipient (``probe``), the
+    donor of the colours (``partner``), what the swap and its control predicted."""
+    p = len(donors)
+    out = []
+    for k in chosen.nonzero().flatten().tolist()[:most]:
+        r, d = int(recipients[k]), int(donors[k])
+        out.append(
+            Example(
+                probe=r,
+                target=int(probing.targets[d]),
+                before=float(probing.scores[r, probing.targets[d]]),
+                partner=d,
+                moved_to=int(scores[k].argmax()),
+                moved_p=float(tested[k]),
+                control_partner=r,
+                control_to=int(scores[p + k].argmax()),
+                control_p=float(tested[p + k]),
+            )
+        )
+    return tuple(out)
+
+
 @register_evidence("colour")
 class ImageColour(Evidence):
     """See the module docstring. Reads ``min_margin`` and ``transplants`` (donors per
@@ -122,9 +153,10 @@ class ImageColour(Evidence):
         images = probing.images
         swapped = colour_swap(images, recipients, donors)
         shifted = colour_shift(images, recipients, donors)
-        predicted = probing.predicted(torch.cat([swapped, shifted]))
+        predicted, scores = probing.predicted(torch.cat([swapped, shifted]))
         p = len(donors)
         flips = predicted[:p].gather(1, probing.targets[donors][:, None])[:, 0]
+        tested = scores.gather(1, probing.targets[donors].repeat(2)[:, None])[:, 0]
         # the control counts any change of the recipient's prediction: fragility to colour
         changed = (predicted[p:] != picked[recipients]).any(dim=1)
         self.last = {"donors": donors, "recipients": recipients, "flips": flips,
@@ -150,6 +182,9 @@ class ImageColour(Evidence):
                         pairs=int(mine.sum()),
                         flips=int(f.sum()),
                         control_flips=int(c.sum()),
+                        examples=_examples(
+                            probing, mine & flips, donors, recipients, scores, tested
+                        ),  # fmt: skip
                     )
                 )
         everyone = [f for f in findings if f.group is None]

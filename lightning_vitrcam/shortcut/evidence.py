@@ -74,9 +74,11 @@ class Probing:
                 self._paths[r] = path
         return torch.stack([self._paths[r] for r in rows.tolist()])
 
-    def predicted(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, C]`` bool: the classes each image is predicted as (one forward)."""
-        return self.cache.predicts(self.cache.score(self.cache.forward(images).float()))
+    def predicted(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(predicted, scores)``, each ``[B, C]``: the classes each image is predicted as
+        (bool) and every class's score (one forward)."""
+        scores = self.cache.score(self.cache.forward(images).float())
+        return self.cache.predicts(scores), scores
 
     def rows(self, group: int | None) -> torch.Tensor:
         """The probe rows of ``group``."""

@@ -37,7 +37,7 @@ from lightning_vitrcam.shortcut.proposals import (
     map_places,
     searched_places,
 )
-from lightning_vitrcam.shortcut.report import Suspect
+from lightning_vitrcam.shortcut.report import Example, Suspect
 from lightning_vitrcam.shortcut.rule import PlaceTest, Rule, needs_sufficiency
 
 __all__ = ["FixedPlace", "score_places", "suspects_of"]
@@ -83,7 +83,9 @@ def score_places(candidates: Sequence[Candidate], probing: Probing, rule: Rule) 
     ]
 
 
-def suspects_of(tests: Sequence[PlaceTest], rule: Rule) -> list[Suspect]:
+def suspects_of(
+    tests: Sequence[PlaceTest], rule: Rule, probing: Probing | None = None
+) -> list[Suspect]:
     """The suspects ``rule`` confirms among ``tests``, most convincing first, without repeats:
     a place confirmed on all probes needs no repeat per class, and a box holding a token
     confirmed for the same group says less."""
@@ -101,6 +103,7 @@ def suspects_of(tests: Sequence[PlaceTest], rule: Rule) -> list[Suspect]:
                     mean_drop=float(drops.mean()),
                     min_drop=rule.min_drop,
                     kept=rule.both(drops, test.kept)[0],
+                    examples=() if probing is None else _examples(test, probing, rule),
                 )
             )
     everyone = {s.box for s in found if s.group is None}
@@ -117,6 +120,21 @@ def suspects_of(tests: Sequence[PlaceTest], rule: Rule) -> list[Suspect]:
     kept = [s for s in found if not redundant(s)]
     kept.sort(key=lambda s: (s.group is not None, -s.hits / s.probes, -s.mean_drop))
     return kept
+
+
+def _examples(test: PlaceTest, probing: Probing, rule: Rule, most: int = 4) -> tuple[Example, ...]:
+    """Up to ``most`` hit probes of the place: their probability before and after the
+    occlusion (and alone, where the place had to be sufficient)."""
+    rows = probing.rows(test.group).tolist()
+    out = []
+    for i, (row, drop) in enumerate(zip(rows, test.drops, strict=True)):
+        if drop < rule.min_drop or len(out) == most:
+            continue
+        before = float(probing.p0[row])
+        kept = None if test.kept is None else before * test.kept[i]
+        out.append(Example(probe=row, target=int(probing.targets[row]), before=before,
+                           box=test.box, after=before * (1.0 - drop), kept=kept))  # fmt: skip
+    return tuple(out)
 
 
 @register_evidence("place")
@@ -139,14 +157,14 @@ class FixedPlace(Evidence):
         suspects: list[Suspect] = []
         if not (alarm.search and alarm.search_always):
             tests = score_places(candidates, probing, rule)
-            suspects = suspects_of(tests, rule)
+            suspects = suspects_of(tests, rule, probing)
         # the search only proposes places: where the maps' or remembered places already
         # confirm one, its copies cannot change whether this evaluation warns
         if alarm.search and (alarm.search_always or not suspects):
             fresh += searched_places(probing.search(), probing.groups, probing.grid, alarm.max_box)
             candidates = list(dict.fromkeys(fresh + recalled))
             tests = score_places(candidates, probing, rule)
-            suspects = suspects_of(tests, rule)
+            suspects = suspects_of(tests, rule, probing)
         self.memory.remember(candidates)
         worst = max((float(torch.tensor(t.drops).mean()) for t in tests), default=0.0)
         return Findings(suspects, tests, {"shortcut_place_drop": worst})

@@ -61,7 +61,7 @@ from lightning_vitrcam.shortcut.evidence import (
 )
 from lightning_vitrcam.shortcut.interventions import Copy, transplant
 from lightning_vitrcam.shortcut.places import Box, place_name
-from lightning_vitrcam.shortcut.report import Finding, group_name
+from lightning_vitrcam.shortcut.report import Example, Finding, group_name
 from lightning_vitrcam.shortcut.rule import Rule, margin, sign_test
 
 __all__ = ["RegionFinding", "SmallRegion", "control_boxes", "peak_boxes"]
@@ -215,6 +215,7 @@ class SmallRegion(Evidence):
         self.last: dict[str, Any] = {}
 
     def check(self, probing: Probing, rule: Rule) -> Findings:
+        self.last = {}
         regions, own, drops = self._regions(probing, rule)
         n = len(probing.targets)
         found = regions[:, 0] >= 0
@@ -228,7 +229,7 @@ class SmallRegion(Evidence):
             for g, members in probing.groups
             if rule.enough(int((found & members).sum()), int(members.sum()))
         ]
-        self.last = {"regions": regions, "own": own, "drops": drops}
+        self.last.update({"regions": regions, "own": own, "drops": drops})
         tests: list[RegionTest | PairTest] = [
             RegionTest(probe=i, target=t, box=tuple(b), drop=d, necessary=f)  # type: ignore[arg-type]
             for i, (t, b, d, f) in enumerate(
@@ -309,6 +310,7 @@ class SmallRegion(Evidence):
         regions = torch.full((n, 4), -1, dtype=torch.long, device=device)
         own = torch.tensor(_NONE, device=device).repeat(n, 1)
         drops = torch.zeros(n, device=device)
+        self.last["after"] = probing.p0.clone()
         if not len(rows):
             return regions, own, drops
         p0 = probing.p0
@@ -328,6 +330,7 @@ class SmallRegion(Evidence):
         chosen = pick[has]
         own[has] = boxes[chosen]
         drops[has] = drop[chosen]
+        self.last["after"][has] = q[chosen].to(self.last["after"].dtype)
         ok = torch.zeros_like(has)
         ok[has] = necessary[chosen]
         regions[ok] = boxes[pick[ok]]
@@ -362,14 +365,20 @@ class SmallRegion(Evidence):
         boxes = regions[d]
         pasted = transplant(images, r, own[r], d, boxes, grid)
         control = transplant(images, r, own[r], d, control_boxes(boxes, grid), grid)
-        predicted = probing.predicted(torch.cat([pasted, control]))
+        predicted, scores = probing.predicted(torch.cat([pasted, control]))
         moved = predicted.gather(1, targets[d].repeat(2)[:, None])[:, 0]
+        p_donor = scores.gather(1, targets[d].repeat(2)[:, None])[:, 0]
+        top = scores.argmax(dim=1)
         return {
             "donors": d,
             "recipients": r,
             "flips": moved[: len(d)],
             "control_flips": moved[len(d) :],
             "controls": control_boxes(boxes, grid),
+            "moved_p": p_donor[: len(d)],
+            "control_p": p_donor[len(d) :],
+            "moved_to": top[: len(d)],
+            "control_to": top[len(d) :],
         }
 
     def _judge(
@@ -401,6 +410,7 @@ class SmallRegion(Evidence):
             flips=int(flips.sum()),
             control_flips=int(control.sum()),
             min_drop=rule.min_drop,
+            examples=self._examples(probing, mine, pairs, regions),
         )
         confirmed = (
             moved_more >= self.alarm.min_margin
@@ -408,6 +418,44 @@ class SmallRegion(Evidence):
             and carriers >= rule.min_hits
         )
         return (finding if confirmed else None), moved_more
+
+    def _examples(
+        self,
+        probing: Probing,
+        mine: torch.Tensor,
+        pairs: dict[str, torch.Tensor],
+        regions: torch.Tensor,
+        most: int = 4,
+    ) -> tuple[Example, ...]:
+        """Up to ``most`` donors of the group, each with one transplant that moved its
+        recipient (else its first), and the numbers the test computed."""
+        own, after = self.last["own"], self.last["after"]
+        chosen: dict[int, int] = {}
+        for k in mine.nonzero().flatten().tolist():
+            d = int(pairs["donors"][k])
+            if d not in chosen or (bool(pairs["flips"][k]) and not bool(pairs["flips"][chosen[d]])):
+                chosen[d] = k
+        out = []
+        for d, k in list(chosen.items())[:most]:
+            r = int(pairs["recipients"][k])
+            out.append(
+                Example(
+                    probe=d,
+                    target=int(probing.targets[d]),
+                    before=float(probing.p0[d]),
+                    box=tuple(regions[d].tolist()),  # type: ignore[arg-type]
+                    after=float(after[d]),
+                    partner=r,
+                    partner_box=tuple(own[r].tolist()),  # type: ignore[arg-type]
+                    moved_to=int(pairs["moved_to"][k]),
+                    moved_p=float(pairs["moved_p"][k]),
+                    control_box=tuple(pairs["controls"][k].tolist()),  # type: ignore[arg-type]
+                    control_partner=r,
+                    control_to=int(pairs["control_to"][k]),
+                    control_p=float(pairs["control_p"][k]),
+                )
+            )
+        return tuple(out)
 
     def state_dict(self) -> dict[str, Any]:
         return {"regions": [[i, *b] for i, b in sorted(self.remembered.items())]}

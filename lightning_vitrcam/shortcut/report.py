@@ -12,14 +12,21 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from lightning_vitrcam.shortcut.places import Box, hotspot_location, is_token, place_name
 from lightning_vitrcam.shortcut.rule import needs_sufficiency
 
-__all__ = ["Finding", "PossibleShortcutWarning", "Suspect", "group_name", "shortcut_message"]
+__all__ = [
+    "Example",
+    "Finding",
+    "PossibleShortcutWarning",
+    "Suspect",
+    "group_name",
+    "shortcut_message",
+]
 
 
 class PossibleShortcutWarning(UserWarning):
@@ -36,6 +43,36 @@ def group_name(group: int | None, class_names: Sequence[str] | None = None) -> s
 
 
 @dataclass(frozen=True, kw_only=True)
+class Example:
+    """One probe a finding rests on and what the interventions did to it, with the numbers
+    the alarm computed (the evidence picture draws them as they are).
+
+    ``probe`` explained as ``target`` with probability ``before``; its ``box`` occluded gave
+    ``after``, kept alone ``kept``. ``partner`` is the other probe of an intervention (the
+    recipient of a transplant, the donor of colours or of a background) and ``partner_box``
+    the place occluded in it first; the intervention made the changed image predict
+    ``moved_to`` and gave ``moved_p`` to the class it tests (``target`` of the donor); its
+    control (``control_box``, ``control_partner``) predicted ``control_to`` and gave
+    ``control_p``.
+    """
+
+    probe: int
+    target: int
+    before: float
+    box: Box | None = None
+    after: float | None = None
+    kept: float | None = None
+    partner: int | None = None
+    partner_box: Box | None = None
+    moved_to: int | None = None
+    moved_p: float | None = None
+    control_box: Box | None = None
+    control_partner: int | None = None
+    control_to: int | None = None
+    control_p: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Finding:
     """What one kind of evidence confirmed in one group of probes (``group``: the predicted
     class, None for all probes; ``probes``: the group's size). Each kind subclasses it with
@@ -44,6 +81,8 @@ class Finding:
     kind: str = ""
     group: int | None
     probes: int
+    #: a few probes the finding rests on, for the evidence picture (equality ignores them)
+    examples: tuple[Example, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def strength(self) -> float:
