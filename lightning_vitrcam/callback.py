@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -47,6 +47,7 @@ class _Record:
     step: int
     maps: torch.Tensor  # [N, h, w] float16 on CPU: compact, enough for drift and pictures
     adcc: float | None
+    values: dict[str, float] = field(default_factory=dict)  # the scalars, for the report
 
 
 class ViTReciproCAMCallback(Callback):
@@ -100,6 +101,9 @@ class ViTReciproCAMCallback(Callback):
             (None: never; set it below your objects' area share).
         seed: seed of the probe sample (a local generator).
         log_images: log pictures (scalars are logged either way).
+        report: at the end of fit, write ``vitrcam/report.html`` (one self-contained file:
+            the last evaluation's verdict, pictures and scalars, every scalar over the steps)
+            and ``report.json`` under the run's log directory.
         timeline_columns: at most this many evaluations, evenly spaced, per timeline row.
         flat_threshold: a map is "flat" when masking any window moves the predicted class's
             log-odds by less than this.
@@ -137,6 +141,7 @@ class ViTReciproCAMCallback(Callback):
         energy_threshold: float | None = None,
         seed: int = 0,
         log_images: bool = True,
+        report: bool = True,
         timeline_columns: int = 8,
         flat_threshold: float = FLAT_LOG_ODDS,
         channels: list[int] | None = None,
@@ -179,6 +184,7 @@ class ViTReciproCAMCallback(Callback):
         self._alarm = copy.deepcopy(shortcut_alarm)
         self.hotspot_threshold, self.energy_threshold = hotspot_threshold, energy_threshold
         self.log_images, self.timeline_columns = log_images, timeline_columns
+        self.report = report
         self.flat_threshold = flat_threshold
         self._max_batch = max_batch
 
@@ -360,6 +366,9 @@ class ViTReciproCAMCallback(Callback):
         self._evaluate(trainer, pl_module, via_module_log=False)
         if self.log_images and trainer.is_global_zero:
             self._reporter.timeline(trainer, self._probe, self.timeline_images())
+        if self.report and trainer.is_global_zero:
+            steps = [{"step": e.step, **e.values} for e in self._history]
+            self._reporter.write(trainer, lambda: self._reporter.report(trainer, steps))
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -387,7 +396,7 @@ class ViTReciproCAMCallback(Callback):
             return
         values = outcome.values
         maps = outcome.primary.maps.to("cpu", torch.float16)
-        self._history.append(_Record(epoch, step, maps, values.get("adcc")))
+        self._history.append(_Record(epoch, step, maps, values.get("adcc"), dict(values)))
         scalars = {f"vitrcam/{k}": v for k, v in values.items()}
         if via_module_log:
             # logger=False: Lightning would forward step-level values only every

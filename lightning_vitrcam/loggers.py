@@ -43,6 +43,7 @@ __all__ = [
     "PictureWriter",
     "artifact_folder",
     "file_pictures",
+    "log_files",
     "log_pictures",
     "log_scalars",
     "mlflow_pictures",
@@ -235,6 +236,44 @@ def log_pictures(trainer: Any, pictures: Sequence[Picture], step: int) -> list[P
     written: list[Path] = []
     for directory in dict.fromkeys(directories):
         written.extend(file_pictures(directory, pictures, step))
+    return written
+
+
+def _is_mlflow(logger: Any) -> bool:
+    return any(
+        f"{k.__module__}.{k.__qualname__}"
+        in (
+            "lightning.pytorch.loggers.mlflow.MLFlowLogger",
+            "pytorch_lightning.loggers.mlflow.MLFlowLogger",
+        )
+        for k in type(logger).__mro__
+    )
+
+
+def log_files(trainer: Any, files: Sequence[Path], folder: str = "vitrcam") -> list[Path]:
+    """Files (e.g. the report) for every logger: MLflow gets them as run artifacts under
+    ``folder``, every other logger (or none) copies in ``<its log dir>/<folder>``; returns the
+    local copies."""
+    if not _is_global_zero(trainer) or not files:
+        return []
+    import shutil
+
+    loggers = list(getattr(trainer, "loggers", []) or [])
+    directories: list[Path] = []
+    for logger in loggers:
+        if _is_mlflow(logger):
+            for f in files:
+                logger.experiment.log_artifact(logger.run_id, str(f), folder)
+        else:
+            directories.append(output_dir(trainer, logger))
+    if not loggers:
+        directories.append(output_dir(trainer))
+    written = []
+    for directory in dict.fromkeys(directories):
+        target = Path(directory, folder)
+        target.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            written.append(Path(shutil.copy2(f, target / Path(f).name)))
     return written
 
 

@@ -13,15 +13,18 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from lightning_vitrcam._warnings import warn
 from lightning_vitrcam.evaluation import Outcome
-from lightning_vitrcam.loggers import log_pictures, log_scalars
+from lightning_vitrcam.loggers import log_files, log_pictures, log_scalars
 from lightning_vitrcam.metrics import FLAT_LOG_ODDS
 from lightning_vitrcam.probes import Probes
 from lightning_vitrcam.render import (
@@ -33,6 +36,7 @@ from lightning_vitrcam.render import (
 )
 from lightning_vitrcam.render.captions import caption_parts
 from lightning_vitrcam.render.evidence import evidence_picture
+from lightning_vitrcam.report import write_report
 from lightning_vitrcam.shortcut import PossibleShortcutWarning, shortcut_message
 from lightning_vitrcam.tasks import TASKS, Task
 
@@ -57,6 +61,8 @@ class Reporter:
     task: Task = field(default_factory=lambda: TASKS["multiclass"])
     _flat_hinted: bool = field(default=False, repr=False)
     _said: set[str] = field(default_factory=set, repr=False)
+    #: the last evaluation's outcome, probes and warning (for the report)
+    last: tuple[Outcome, Probes, str | None] | None = field(default=None, repr=False)
 
     def evaluation(
         self,
@@ -75,6 +81,7 @@ class Reporter:
             outcome.values, outcome.mean_map, epoch, step, self.hotspot_threshold,
             self.energy_threshold, outcome.verdict.suspects, self.class_names,
         )  # fmt: skip
+        self.last = (outcome, probe, message)
         if message is not None:
             self._warn(message, PossibleShortcutWarning)
         self.write(trainer, lambda: log_scalars(trainer, scalars, step, epoch))
@@ -84,20 +91,23 @@ class Reporter:
     def pictures(self, outcome: Outcome, probe: Probes) -> list[Picture]:
         """The evaluation's grid and mean map and, when the alarm found something, the
         evidence picture of its strongest finding."""
-        pictures = self.explanation_pictures(outcome, probe)
-        if outcome.verdict.suspects:
-            strongest = outcome.verdict.suspects[0]
-            pictures.append(
-                evidence_picture(
-                    strongest,
-                    outcome.images,
-                    self.style,
-                    self.class_names,
-                    masks=probe.masks,
-                    grid=outcome.primary.grid_size,
-                )
+        return self.explanation_pictures(outcome, probe) + self.evidence_pictures(
+            outcome, probe, most=1
+        )
+
+    def evidence_pictures(self, outcome: Outcome, probe: Probes, most: int = 1) -> list[Picture]:
+        """The evidence pictures of the ``most`` strongest findings."""
+        return [
+            evidence_picture(
+                finding,
+                outcome.images,
+                self.style,
+                self.class_names,
+                masks=probe.masks,
+                grid=outcome.primary.grid_size,
             )
-        return pictures
+            for finding in outcome.verdict.suspects[:most]
+        ]
 
     def explanation_pictures(self, outcome: Outcome, probe: Probes) -> list[Picture]:
         """The evaluation's grid and mean map."""
@@ -144,6 +154,33 @@ class Reporter:
             ]
         picture = Picture("vitrcam/timeline", torch.cat(list(rows), dim=1), list(rows), captions)
         self.write(trainer, lambda: log_pictures(trainer, [picture], trainer.global_step))
+
+    def report(self, trainer: Any, history: Sequence[dict[str, Any]]) -> list[Path]:
+        """``vitrcam/report.html`` (and ``report.json``) of the last evaluation, with every
+        evaluation's scalars plotted over the steps, for every logger (MLflow: run
+        artifacts; the others: their log directory); the local copies."""
+        if self.last is None:
+            return []
+        outcome, probe, message = self.last
+        pictures = self.explanation_pictures(outcome, probe) + self.evidence_pictures(
+            outcome, probe, most=len(outcome.verdict.suspects)
+        )
+        findings = [
+            {**dataclasses.asdict(f), "text": f.describe(self.class_names), "remedy": f.remedy()}
+            for f in outcome.verdict.suspects
+        ]
+        with tempfile.TemporaryDirectory(prefix="vitrcam-report-") as tmp:
+            html = write_report(
+                tmp,
+                title="lightning-vitrcam: the last evaluation of this run",
+                verdict=message,
+                scalars=outcome.values,
+                pictures=pictures,
+                history=history,
+                findings=findings,
+                facts={"task": self.task.name, "probes": len(probe), "evaluations": len(history)},
+            )
+            return log_files(trainer, [html, html.with_name("report.json")])
 
     def write(self, trainer: Any, write: Callable[[], Any]) -> None:
         """Run a logger call; a logger that fails costs one warning, never the run."""

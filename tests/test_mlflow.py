@@ -57,7 +57,8 @@ def test_mlflow_run_gets_metrics_and_png_artifacts(
     assert len(client.get_metric_history(run_id, "vitrcam/hotspot_ratio")) == 2
     # pictures: PNG artifacts named like the PNG files of other loggers
     folders = {a.path for a in client.list_artifacts(run_id, "vitrcam")}
-    assert folders == {"vitrcam/saliency_grid", "vitrcam/mean_saliency", "vitrcam/timeline"}
+    pictures = {"vitrcam/saliency_grid", "vitrcam/mean_saliency", "vitrcam/timeline"}
+    assert folders == pictures | {"vitrcam/report.html", "vitrcam/report.json"}  # + the report
     grids = [a.path for a in client.list_artifacts(run_id, "vitrcam/saliency_grid")]
     assert grids == [
         "vitrcam/saliency_grid/step_000002.png",

@@ -189,11 +189,12 @@ def shortcut_message(
     energy_threshold: float | None = None,
     suspects: Sequence[Finding] = (),
     class_names: Sequence[str] | None = None,
+    where: str | None = None,
 ) -> str | None:
     """The warning for one evaluation, or None: the confirmed findings of every kind (at
     most three; the place kind's groups at one place share a sentence) and what to do about
     them, ``hotspot_ratio`` above ``hotspot_threshold`` and, with masks, ``energy_in_mask``
-    below ``energy_threshold``."""
+    below ``energy_threshold``. ``where`` replaces "at epoch E (step S)" (e.g. outside fit)."""
     places: dict[object, list[Finding]] = {}
     for s in suspects:
         key = ("place", s.box) if isinstance(s, Suspect) else (s.kind, s.group, id(s))
@@ -211,9 +212,8 @@ def shortcut_message(
         reasons.append(f"energy in the object masks {energy:.2f} < {energy_threshold}")
     if not reasons:
         return None
-    text = f"ViTReciproCAMCallback: possible shortcut at epoch {epoch} (step {step}): " + "; ".join(
-        reasons
-    )
+    where = where or f"at epoch {epoch} (step {step})"
+    text = f"ViTReciproCAMCallback: possible shortcut {where}: " + "; ".join(reasons)
     if not suspects:
         row, col, border = hotspot_location(mean_map)
         place = f"on the {border}" if border else "inside the image"
