@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -50,32 +49,50 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def plot_history(history: Sequence[Mapping[str, Any]]) -> bytes | None:
-    """PNG bytes of every scalar over the steps of ``history`` (dicts with ``step`` and the
-    scalars), one small panel each; None with fewer than two evaluations."""
+def plot_history(history: Sequence[Mapping[str, Any]]) -> str | None:
+    """An inline SVG of every scalar over the steps of ``history`` (dicts with ``step`` and
+    the scalars), one small panel each (no plotting library: a few polylines); None with
+    fewer than two evaluations.
+
+    Example:
+        >>> svg = plot_history([{"step": 1, "adcc": 0.2}, {"step": 2, "adcc": 0.4}])
+        >>> svg.startswith("<svg") and "adcc" in svg and "<polyline" in svg
+        True
+    """
     if len(history) < 2:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
     names = sorted({k for h in history for k, v in h.items() if k != "step" and _number(v)})
     if not names:
         return None
-    cols = 4
+    w, h, cols, pad = 250, 110, 4, 8
     rows = -(-len(names) // cols)
-    fig = Figure(figsize=(3.2 * cols, 2.2 * rows), dpi=80)
+    panels = []
     for i, name in enumerate(names):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        points = [(h["step"], h[name]) for h in history if _number(h.get(name))]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3)
-        ax.set_title(name, fontsize=9)
-        ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+        points = [(float(e["step"]), float(e[name])) for e in history if _number(e.get(name))]
+        x0, y0 = (i % cols) * (w + pad), (i // cols) * (h + pad)
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        lo, hi = min(ys), max(ys)
+        span_x, span_y = (max(xs) - min(xs)) or 1.0, (hi - lo) or 1.0
+        coords = " ".join(
+            f"{x0 + 40 + (x - min(xs)) / span_x * (w - 50):.1f},"
+            f"{y0 + h - 18 - (y - lo) / span_y * (h - 40):.1f}"
+            for x, y in points
+        )
+        panels.append(
+            f'<g><rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="#fafafa"'
+            f' stroke="#ddd"/><text x="{x0 + 6}" y="{y0 + 14}" font-size="12">'
+            f"{html.escape(name)}</text>"
+            f'<text x="{x0 + 4}" y="{y0 + 30}" font-size="9" fill="#666">{hi:.3g}</text>'
+            f'<text x="{x0 + 4}" y="{y0 + h - 16}" font-size="9" fill="#666">{lo:.3g}</text>'
+            f'<text x="{x0 + w - 60}" y="{y0 + h - 4}" font-size="9" fill="#666">step'
+            f" {max(xs):.0f}</text>"
+            f'<polyline fill="none" stroke="#1565c0" stroke-width="1.5" points="{coords}"/></g>'
+        )
+    width, height = cols * (w + pad), rows * (h + pad)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"'
+        f' role="img" aria-label="scalars over steps">' + "".join(panels) + "</svg>"
+    )
 
 
 def _number(v: Any) -> bool:
@@ -129,8 +146,7 @@ def write_report(
     parts.append("</table>")
     plot = plot_history(history)
     if plot is not None:
-        parts.append('<h2>Over the steps</h2><figure><img alt="scalars over steps" src="')
-        parts.append(_data_uri(plot) + '"></figure>')
+        parts.append(f'<h2>Over the steps</h2><figure id="history">{plot}</figure>')
     parts.append("<h2>Pictures</h2>")
     for pic in pictures:
         caption = html.escape(pic.tag)

@@ -62,7 +62,7 @@ class Reporter:
     _flat_hinted: bool = field(default=False, repr=False)
     _said: set[str] = field(default_factory=set, repr=False)
     #: the last evaluation's outcome, probes and warning (for the report)
-    last: tuple[Outcome, Probes, str | None] | None = field(default=None, repr=False)
+    last: tuple[Outcome, Probes, str | None, list[Picture]] | None = field(default=None, repr=False)
 
     def evaluation(
         self,
@@ -81,12 +81,14 @@ class Reporter:
             outcome.values, outcome.mean_map, epoch, step, self.hotspot_threshold,
             self.energy_threshold, outcome.verdict.suspects, self.class_names,
         )  # fmt: skip
-        self.last = (outcome, probe, message)
+        self.last = (outcome, probe, message, [])
         if message is not None:
             self._warn(message, PossibleShortcutWarning)
         self.write(trainer, lambda: log_scalars(trainer, scalars, step, epoch))
         if self.log_images:
-            self.write(trainer, lambda: log_pictures(trainer, self.pictures(outcome, probe), step))
+            pictures = self.pictures(outcome, probe)
+            self.last[3].extend(pictures)  # the report reuses them
+            self.write(trainer, lambda: log_pictures(trainer, pictures, step))
 
     def pictures(self, outcome: Outcome, probe: Probes) -> list[Picture]:
         """The evaluation's grid and mean map and, when the alarm found something, the
@@ -161,10 +163,16 @@ class Reporter:
         artifacts; the others: their log directory); the local copies."""
         if self.last is None:
             return []
-        outcome, probe, message = self.last
-        pictures = self.explanation_pictures(outcome, probe) + self.evidence_pictures(
-            outcome, probe, most=len(outcome.verdict.suspects)
-        )
+        outcome, probe, message, logged = self.last
+        # the pictures logged at the last evaluation (the strongest finding's evidence among
+        # them), and the evidence of every other finding
+        found = outcome.verdict.suspects
+        pictures = logged or self.pictures(outcome, probe)
+        pictures = pictures + [
+            evidence_picture(f, outcome.images, self.style, self.class_names, masks=probe.masks,
+                             grid=outcome.primary.grid_size)
+            for f in found[1:]
+        ]  # fmt: skip
         findings = [
             {**dataclasses.asdict(f), "text": f.describe(self.class_names), "remedy": f.remedy()}
             for f in outcome.verdict.suspects

@@ -5,8 +5,9 @@ One row per probe of the finding's examples; each kind of evidence has its own c
 
 * ``region``: the probe with its decisive region outlined; the region occluded (the
   predicted-class probability before -> after); the region pasted into a probe of another
-  class (its own decisive place occluded first) and what that predicts; the control paste of
-  the same size and what that predicts;
+  class (its own decisive place occluded first) and what that predicts; the two control
+  pastes of the same size (from elsewhere in the probe; another class's decisive region)
+  and what they predict;
 * ``place``: the probe with the place outlined; the place occluded (before -> after); the
   place kept alone;
 * ``colour``: the probe; the probe whose colours it gets; the probe in those colours and what
@@ -131,6 +132,11 @@ def _region(
         tiles.append((outline(show(pasted)[0], e.box, grid), moved))
         control_said = ["control paste", *_said(e, names, e.control_p, e.control_to)]
         tiles.append((outline(show(control)[0], e.control_box, grid, _GREY), control_said))
+    if e.partner is not None and e.other is not None:
+        r, own = _one(images, e.partner), _box(e.partner_box, dev)
+        other = transplant(images, r, own, _one(images, e.other), _box(e.other_box, dev), grid)
+        said = [f"probe {e.other}'s part", *_said(e, names, e.other_p, e.other_to)]
+        tiles.append((outline(show(other)[0], e.other_box, grid, _GREY), said))
     return tiles
 
 

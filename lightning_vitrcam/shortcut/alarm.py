@@ -63,8 +63,8 @@ class ShortcutAlarm:
         max_p: the largest p-value of an exact sign test on the pairs the intervention and its
             control tell apart (only one of them moved the recipient) at which that margin
             counts: an effect of a few pairs is not evidence.
-        transplants: recipients per donor in those tests (colour and background use at most
-            2 per probe).
+        transplants: recipients per donor of a region (colour and background test one pair
+            per probe).
         search: run the hierarchical occlusion search for the probes whose decisive place
             the maps and the memory do not find (it finds a cue whichever block reads it,
             where the explained block's maps are flat).

@@ -96,8 +96,8 @@ def _partners(picked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @register_evidence("background")
 class Background(Evidence):
-    """See the module docstring. Reads ``min_margin`` and ``transplants`` (backgrounds per
-    object, at most 2) from the alarm."""
+    """See the module docstring (one pair per probe). Reads ``min_margin`` and ``max_p`` from
+    the alarm."""
 
     def __init__(self, alarm: Any) -> None:
         super().__init__(alarm)
@@ -114,7 +114,7 @@ class Background(Evidence):
             masks = F.interpolate(masks[:, None], size=images.shape[-2:], mode="nearest")[:, 0]
         masks = masks > 0.5
         picked = probing.cache.predicts(probing.scores)
-        donors, objects = donor_pairs(picked, targets, min(2, self.alarm.transplants))
+        donors, objects = donor_pairs(picked, targets, 1)
         partners = _partners(picked, targets)[objects]
         valid = partners != objects  # a control needs another probe of the object's class
         if not len(donors):

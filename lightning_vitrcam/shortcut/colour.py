@@ -137,8 +137,8 @@ def _examples(
 
 @register_evidence("colour")
 class ImageColour(Evidence):
-    """See the module docstring. Reads ``min_margin`` and ``transplants`` (donors per
-    recipient, at most 2) from the alarm."""
+    """See the module docstring (one pair per probe). Reads ``min_margin`` and ``max_p`` from
+    the alarm."""
 
     def __init__(self, alarm: Any) -> None:
         super().__init__(alarm)
@@ -147,7 +147,7 @@ class ImageColour(Evidence):
 
     def check(self, probing: Probing, rule: Rule) -> Findings:
         picked = probing.cache.predicts(probing.scores)
-        donors, recipients = donor_pairs(picked, probing.targets, min(2, self.alarm.transplants))
+        donors, recipients = donor_pairs(picked, probing.targets, 1)
         if not len(donors):
             return Findings(scalars={"shortcut_colour": 0.0})
         images = probing.images

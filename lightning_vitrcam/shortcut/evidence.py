@@ -104,7 +104,7 @@ class PairTest:
     """One intervention between two probes and its control (``kind``: ``"transplant"``,
     ``"colour"`` or ``"background"``): the donor's explained class, whether the recipient
     was moved to it, and whether the control moved it (the transplant's ``box``: the donor's
-    region)."""
+    region; ``class_control_moved``: whether another class's decisive region moved it)."""
 
     kind: str
     donor: int
@@ -113,6 +113,7 @@ class PairTest:
     moved: bool
     control_moved: bool
     box: tuple[int, int, int, int] | None = None
+    class_control_moved: bool | None = None
 
 
 @dataclass

@@ -11,11 +11,14 @@ rarely carries the class into another image. So the test is per probe and by con
    whose occlusion removes at least ``min_drop`` of its predicted-class probability;
 2. **carried**: each such region (the donor's) is pasted, at its own place, into probes of
    other predicted classes whose own decisive region was occluded first (so that their own
-   cue does not compete); a *control* pastes a region of the same size from elsewhere in the
-   donor the same way. A group of probes (all, or one predicted class) is confirmed when at
-   least ``min_share`` (and ``min_hits``) of its probes have a necessary region and the
+   cue does not compete); two *controls* paste a region of the same size the same way: one
+   from elsewhere in the donor (any paste), one the decisive region of a probe of another
+   class than the donor's (any object part: a model that reads any bright part as one class
+   is not carried by the donor's content). A group of probes (all, or one predicted class)
+   is confirmed when at least ``min_share`` (and ``min_hits``) of its probes have a necessary
+   region and the
    transplants move at least ``min_margin`` more of their recipients to the donor's class than
-   the controls do (of the pairs the two tell apart; an exact sign test on those pairs at
+   either control does (of the pairs the two tell apart; an exact sign test on those pairs at
    ``max_p``), from at least ``min_hits`` donors.
 
 Where the confirmed regions share a place the warning names it; where they move it says so.
@@ -130,8 +133,9 @@ class RegionFinding(Finding):
     ``necessary`` of the group's ``probes`` have a decisive region (``boxes``, one per such
     probe) whose occlusion drops their predicted-class probability by at least ``min_drop``
     (``mean_drop`` on average over the group); pasted into ``pairs`` probes of other classes,
-    the regions moved ``flips`` of them to the donor's class, controls of the same size
-    ``control_flips``.
+    the regions moved ``flips`` of them to the donor's class; the controls of the same size
+    (a region from elsewhere in the donor; the decisive region of a probe of another class)
+    ``control_flips`` and ``class_flips``.
     """
 
     kind: str = "region"
@@ -142,6 +146,7 @@ class RegionFinding(Finding):
     pairs: int
     flips: int
     control_flips: int
+    class_flips: int = 0
     min_drop: float = 0.5
 
     @property
@@ -162,15 +167,16 @@ class RegionFinding(Finding):
 
     @property
     def strength(self) -> float:
-        return (self.flips - self.control_flips) / max(1, self.pairs)
+        return (self.flips - max(self.control_flips, self.class_flips)) / max(1, self.pairs)
 
     def describe(self, class_names: Sequence[str] | None = None) -> str:
         half = "half" if self.min_drop == 0.5 else f"{self.min_drop:.0%}"
         who = group_name(self.group, class_names)
         carried = (
             f"pasted into {self.pairs} probes of other classes (their own decisive place"
-            f" occluded) it moves {self.flips} of them to its class (a paste of the same size"
-            f" from elsewhere in the same probe: {self.control_flips})"
+            f" occluded) it moves {self.flips} of them to its class (pastes of the same size:"
+            f" from elsewhere in the same probe {self.control_flips}, another class's decisive"
+            f" region {self.class_flips})"
         )
         if not self.moves:
             elsewhere = len(self.boxes) - self.at_place
@@ -216,14 +222,29 @@ class SmallRegion(Evidence):
 
     def check(self, probing: Probing, rule: Rule) -> Findings:
         self.last = {}
-        regions, own, drops = self._regions(probing, rule)
-        n = len(probing.targets)
+        self._pairs: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
+        alarm, n = self.alarm, len(probing.targets)
+        rows, boxes = self._proposals(probing)
+        if alarm.search and alarm.search_always:
+            rows, boxes = self._searched(probing, rows, boxes, torch.arange(n))
+        findings, regions = self._verdict(probing, rule, rows, boxes)
+        missing = (regions[:, 0] < 0).nonzero().flatten()
+        # the search only proposes places: where the maps' and remembered places already
+        # confirm a finding, its copies cannot change whether this evaluation warns
+        if alarm.search and not alarm.search_always and not findings.suspects and len(missing):
+            rows, boxes = self._searched(probing, rows, boxes, missing)
+            findings, regions = self._verdict(probing, rule, rows, boxes)
         found = regions[:, 0] >= 0
-        self.remembered = {
-            i: tuple(regions[i].tolist())
-            for i in range(n)
-            if bool(found[i])  # type: ignore[misc]
-        }
+        self.remembered = {i: tuple(regions[i].tolist()) for i in range(n) if bool(found[i])}  # type: ignore[misc]
+        return findings
+
+    def _verdict(
+        self, probing: Probing, rule: Rule, rows: torch.Tensor, boxes: torch.Tensor
+    ) -> tuple[Findings, torch.Tensor]:
+        """The findings from the places ``(rows, boxes)`` proposed, and each probe's region."""
+        n = len(probing.targets)
+        regions, own, drops = self._smallest(rows, boxes, probing, rule, n)
+        found = regions[:, 0] >= 0
         groups = [
             (g, members)
             for g, members in probing.groups
@@ -233,29 +254,25 @@ class SmallRegion(Evidence):
         tests: list[RegionTest | PairTest] = [
             RegionTest(probe=i, target=t, box=tuple(b), drop=d, necessary=f)  # type: ignore[arg-type]
             for i, (t, b, d, f) in enumerate(
-                zip(
-                    probing.targets.tolist(),
-                    own.tolist(),
-                    drops.tolist(),
-                    found.tolist(),
-                    strict=True,
-                )
+                zip(probing.targets.tolist(), own.tolist(), drops.tolist(), found.tolist(),
+                    strict=True)
             )
-        ]
+        ]  # fmt: skip
         scalars = {"shortcut_drop": self._worst(drops, probing), "shortcut_transplant": 0.0}
         donors = torch.zeros(n, dtype=torch.bool, device=found.device)
         for _, members in groups:
             donors |= found & members
         if not bool(donors.any()):
-            return Findings(tests=tests, scalars=scalars)
+            return Findings(tests=tests, scalars=scalars), regions
         pairs = self._transplants(probing, regions, own, donors)
         self.last.update(pairs)
         tests += [
-            PairTest("transplant", d, r, t, m, c, tuple(b))  # type: ignore[arg-type]
-            for d, r, t, m, c, b in zip(
+            PairTest("transplant", d, r, t, m, c, tuple(b), o)  # type: ignore[arg-type]
+            for d, r, t, m, c, b, o in zip(
                 pairs["donors"].tolist(), pairs["recipients"].tolist(),
                 probing.targets[pairs["donors"]].tolist(), pairs["flips"].tolist(),
-                pairs["control_flips"].tolist(), regions[pairs["donors"]].tolist(), strict=True,
+                pairs["control_flips"].tolist(), regions[pairs["donors"]].tolist(),
+                pairs["class_flips"].tolist(), strict=True,
             )
         ]  # fmt: skip
         findings = []
@@ -267,41 +284,40 @@ class SmallRegion(Evidence):
             if finding is not None:
                 findings.append(finding)
         class_groups = sum(g is not None for g, _ in probing.groups)
-        return Findings(_pruned(findings, class_groups), tests, scalars)
+        return Findings(_pruned(findings, class_groups), tests, scalars), regions
 
     # ------------------------------------------------------------------ necessary
-    def _regions(
-        self, probing: Probing, rule: Rule
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(regions, own, drops)``: each probe's decisive region (``-1`` rows where it has
-        none), the place occluded when it receives a transplant (its region, else its most
-        damaging small place tested), and the relative drop of ``own``."""
-        alarm, p0, grid = self.alarm, probing.p0, probing.grid
-        n, device = len(probing.targets), p0.device
+    def _proposals(self, probing: Probing) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows, boxes)``: each informative probe's map peak token and window, and each
+        probe's region remembered from the last check."""
+        device, grid, n = probing.p0.device, probing.grid, len(probing.targets)
         rows, boxes = [], []
         informative = probing.informative.nonzero().flatten()
         for batch in probing.maps:
-            tokens, windows = peak_boxes(batch[informative], alarm.max_box)
+            tokens, windows = peak_boxes(batch[informative], self.alarm.max_box)
             rows += [informative, informative]
             boxes += [tokens, windows]
         remembered = [(i, b) for i, b in self.remembered.items() if i < n and _fits(b, grid)]
         if remembered:
             rows.append(torch.tensor([i for i, _ in remembered], device=device))
             boxes.append(torch.tensor([b for _, b in remembered], device=device))
-        rows_t = torch.cat(rows) if rows else torch.empty(0, dtype=torch.long, device=device)
-        boxes_t = torch.cat(boxes) if boxes else torch.empty(0, 4, dtype=torch.long, device=device)
-        regions, own, drops = self._smallest(rows_t, boxes_t, probing, rule, n)
-        missing = (regions[:, 0] < 0).nonzero().flatten()
-        if alarm.search and len(missing):
-            path = probing.search(missing)  # [m, levels, 4], copies already scored
-            sides = torch.maximum(path[..., 1] - path[..., 0], path[..., 3] - path[..., 2])
-            small = (sides <= alarm.max_box).all(0)
-            level_boxes = path[:, small].reshape(-1, 4)
-            level_rows = missing.repeat_interleave(int(small.sum()))
-            rows_t = torch.cat([rows_t, level_rows])
-            boxes_t = torch.cat([boxes_t, level_boxes])
-            regions, own, drops = self._smallest(rows_t, boxes_t, probing, rule, n)
-        return regions, own, drops
+        if not rows:
+            return torch.empty(0, dtype=torch.long, device=device), torch.empty(
+                0, 4, dtype=torch.long, device=device
+            )
+        return torch.cat(rows), torch.cat(boxes)
+
+    def _searched(
+        self, probing: Probing, rows: torch.Tensor, boxes: torch.Tensor, which: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The proposals with the small boxes of the occlusion search of the probes
+        ``which`` added (their copies are scored by the search itself)."""
+        which = which.to(probing.p0.device)
+        path = probing.search(which)  # [m, levels, 4]
+        sides = torch.maximum(path[..., 1] - path[..., 0], path[..., 3] - path[..., 2])
+        small = (sides <= self.alarm.max_box).all(0)
+        level_rows = which.repeat_interleave(int(small.sum()))
+        return torch.cat([rows, level_rows]), torch.cat([boxes, path[:, small].reshape(-1, 4)])
 
     def _smallest(
         self, rows: torch.Tensor, boxes: torch.Tensor, probing: Probing, rule: Rule, n: int
@@ -344,42 +360,59 @@ class SmallRegion(Evidence):
         self, probing: Probing, regions: torch.Tensor, own: torch.Tensor, donors: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Each donor's region pasted into ``transplants`` recipients of other predicted
-        classes, and the controls; one forward for both."""
-        targets = probing.targets
+        classes, and two controls of the same size pasted the same way: a region from
+        elsewhere in the donor, and the decisive region of a probe of another class than the
+        donor's; one forward for every pair not tested yet in this check."""
+        targets, device, grid = probing.targets, probing.targets.device, probing.grid
         picked = probing.cache.predicts(probing.scores)
-        donor_rows, recipient_rows = [], []
+        triples = []
         per = self.alarm.transplants
-        order = donors.nonzero().flatten().tolist()
-        for k, d in enumerate(order):
+        for k, d in enumerate(donors.nonzero().flatten().tolist()):
             others = (~picked[:, targets[d]]).nonzero().flatten().tolist()
             for m in range(min(per, len(others))):
-                donor_rows.append(d)
-                recipient_rows.append(others[(k * per + m) % len(others)])
-        device = targets.device
-        d = torch.tensor(donor_rows, dtype=torch.long, device=device)
-        r = torch.tensor(recipient_rows, dtype=torch.long, device=device)
-        if not len(d):
-            empty = torch.zeros(0, dtype=torch.bool, device=device)
-            return {"donors": d, "recipients": r, "flips": empty, "control_flips": empty}
-        images, grid = probing.images, probing.grid
-        boxes = regions[d]
-        pasted = transplant(images, r, own[r], d, boxes, grid)
-        control = transplant(images, r, own[r], d, control_boxes(boxes, grid), grid)
-        predicted, scores = probing.predicted(torch.cat([pasted, control]))
-        moved = predicted.gather(1, targets[d].repeat(2)[:, None])[:, 0]
-        p_donor = scores.gather(1, targets[d].repeat(2)[:, None])[:, 0]
-        top = scores.argmax(dim=1)
-        return {
-            "donors": d,
-            "recipients": r,
-            "flips": moved[: len(d)],
-            "control_flips": moved[len(d) :],
-            "controls": control_boxes(boxes, grid),
-            "moved_p": p_donor[: len(d)],
-            "control_p": p_donor[len(d) :],
-            "moved_to": top[: len(d)],
-            "control_to": top[len(d) :],
+                r = others[(k * per + m) % len(others)]
+                # a third probe not of the donor's class: its own decisive region
+                thirds = [e for e in others if e != r] or [r]
+                triples.append((d, r, thirds[(k + m) % len(thirds)]))
+        keys = [
+            (d, *regions[d].tolist(), r, *own[r].tolist(), e, *own[e].tolist())
+            for d, r, e in triples
+        ]
+        todo = [i for i, key in enumerate(keys) if key not in self._pairs]
+        if todo:
+            d, r, e = (torch.tensor([triples[i][j] for i in todo], device=device) for j in range(3))
+            boxes, controls = regions[d], control_boxes(regions[d], grid)
+            images = probing.images
+            pasted = transplant(images, r, own[r], d, boxes, grid)
+            control = transplant(images, r, own[r], d, controls, grid)
+            other = transplant(images, r, own[r], e, own[e], grid)
+            predicted, scores = probing.predicted(torch.cat([pasted, control, other]))
+            cls = targets[d].repeat(3)[:, None]
+            moved, p_donor = predicted.gather(1, cls)[:, 0], scores.gather(1, cls)[:, 0]
+            top = scores.argmax(dim=1)
+            t = len(todo)
+            for q, i in enumerate(todo):
+                result = {"controls": controls[q]}
+                for prefix, at in (("", q), ("control_", t + q), ("class_", 2 * t + q)):
+                    result[f"{prefix}flips" if prefix else "flips"] = moved[at]
+                    result[f"{prefix}p" if prefix else "moved_p"] = p_donor[at]
+                    result[f"{prefix}to" if prefix else "moved_to"] = top[at]
+                self._pairs[keys[i]] = result
+        out: dict[str, torch.Tensor] = {
+            "donors": torch.tensor([d for d, _, _ in triples], dtype=torch.long, device=device),
+            "recipients": torch.tensor([r for _, r, _ in triples], dtype=torch.long, device=device),
+            "others": torch.tensor([e for _, _, e in triples], dtype=torch.long, device=device),
         }
+        out["other_boxes"] = own[out["others"]]
+        fields = ("flips", "control_flips", "class_flips", "controls", "moved_p", "control_p",
+                  "class_p", "moved_to", "control_to", "class_to")  # fmt: skip
+        for name in fields:
+            values = [self._pairs[key][name] for key in keys]
+            empty = torch.zeros((0, 4) if name == "controls" else 0, device=device)
+            out[name] = (
+                torch.stack(values) if values else empty.bool() if "flips" in name else empty
+            )
+        return out
 
     def _judge(
         self,
@@ -396,7 +429,11 @@ class SmallRegion(Evidence):
         if not bool(mine.any()):
             return None, 0.0
         flips, control = pairs["flips"][mine], pairs["control_flips"][mine]
-        moved_more = margin(flips, control)
+        other = pairs["class_flips"][mine]
+        # the transplant has to beat both controls: more than any paste of the same size,
+        # and more than another class's decisive region
+        moved_more = min(margin(flips, control), margin(flips, other))
+        significant = max(sign_test(flips, control), sign_test(flips, other)) <= self.alarm.max_p
         carriers = int(pairs["donors"][mine][flips].unique().numel())
         necessary = found & members
         finding = RegionFinding(
@@ -409,13 +446,12 @@ class SmallRegion(Evidence):
             pairs=int(mine.sum()),
             flips=int(flips.sum()),
             control_flips=int(control.sum()),
+            class_flips=int(other.sum()),
             min_drop=rule.min_drop,
             examples=self._examples(probing, mine, pairs, regions),
         )
         confirmed = (
-            moved_more >= self.alarm.min_margin
-            and sign_test(flips, control) <= self.alarm.max_p
-            and carriers >= rule.min_hits
+            moved_more >= self.alarm.min_margin and significant and carriers >= rule.min_hits
         )
         return (finding if confirmed else None), moved_more
 
@@ -453,6 +489,10 @@ class SmallRegion(Evidence):
                     control_partner=r,
                     control_to=int(pairs["control_to"][k]),
                     control_p=float(pairs["control_p"][k]),
+                    other=int(pairs["others"][k]),
+                    other_box=tuple(pairs["other_boxes"][k].tolist()),  # type: ignore[arg-type]
+                    other_to=int(pairs["class_to"][k]),
+                    other_p=float(pairs["class_p"][k]),
                 )
             )
         return tuple(out)

@@ -53,7 +53,8 @@ class Example:
     the place occluded in it first; the intervention made the changed image predict
     ``moved_to`` and gave ``moved_p`` to the class it tests (``target`` of the donor); its
     control (``control_box``, ``control_partner``) predicted ``control_to`` and gave
-    ``control_p``.
+    ``control_p``; a second control, the region ``other_box`` of the probe ``other``,
+    ``other_to`` and ``other_p``.
     """
 
     probe: int
@@ -70,6 +71,10 @@ class Example:
     control_partner: int | None = None
     control_to: int | None = None
     control_p: float | None = None
+    other: int | None = None
+    other_box: Box | None = None
+    other_to: int | None = None
+    other_p: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
