@@ -161,6 +161,17 @@ def test_no_logger_writes_png_files_and_jsonl(tmp_path: Path) -> None:
     assert {"vitrcam/adcc", "vitrcam/hotspot_ratio", "vitrcam/energy_in_mask"} <= set(lines[0])
 
 
+def test_the_report_is_written_at_the_end_of_fit(tmp_path: Path) -> None:
+    cb = ViTReciproCAMCallback(num_images=4, log_images=False)
+    fit(Module(), [cb], tmp_path, max_epochs=2)
+    record = json.loads((tmp_path / "vitrcam" / "report.json").read_text())
+    # the last evaluation's scalars, and every evaluation's over the steps
+    assert [h["step"] for h in record["history"]] == [4, 8]
+    assert record["scalars"]["adcc"] == pytest.approx(cb.history[-1]["adcc"])
+    page = (tmp_path / "vitrcam" / "report.html").read_text()
+    assert page.count("<polyline") >= 5 and "vitrcam/saliency_grid" in page
+
+
 # --------------------------------------------------------------------------- when and resume
 def test_step_mode_and_final_evaluation(tmp_path: Path) -> None:
     cb = ViTReciproCAMCallback(num_images=2, every_n_steps=3, compute_adcc=False)

@@ -34,7 +34,7 @@ def _tags(root: Path) -> tuple[set[str], set[str]]:
     return set(acc.Tags()["images"]), set(acc.Tags()["scalars"])
 
 
-@pytest.mark.parametrize("config", ["shortcut_demo.yaml", "clean_demo.yaml"])
+@pytest.mark.parametrize("config", ["shortcut_demo.yaml", "clean_demo.yaml", "binary_demo.yaml"])
 def test_demo_configs_fit(config, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(CONFIGS / config), *TINY])

@@ -132,7 +132,7 @@ def _region(
         tiles.append((outline(show(pasted)[0], e.box, grid), moved))
         control_said = ["control paste", *_said(e, names, e.control_p, e.control_to)]
         tiles.append((outline(show(control)[0], e.control_box, grid, _GREY), control_said))
-    if e.partner is not None and e.other is not None:
+    if e.partner is not None and e.other is not None and e.other >= 0:
         r, own = _one(images, e.partner), _box(e.partner_box, dev)
         other = transplant(images, r, own, _one(images, e.other), _box(e.other_box, dev), grid)
         said = [f"probe {e.other}'s part", *_said(e, names, e.other_p, e.other_to)]

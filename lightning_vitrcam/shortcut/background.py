@@ -120,12 +120,17 @@ class Background(Evidence):
         if not len(donors):
             return Findings(scalars={"shortcut_background": 0.0})
         moved = move_object(images, masks, objects, donors)
-        control = move_object(images, masks, objects, partners)
+        # a control only where the object's class has another probe (else it is the probe)
+        control = move_object(images, masks, objects[valid], partners[valid])
         predicted, scores = probing.predicted(torch.cat([moved, control]))
         p = len(donors)
         flips = predicted[:p].gather(1, targets[donors][:, None])[:, 0]
+        control_scores = torch.zeros_like(scores[:p])
+        control_scores[valid] = scores[p:]
+        scores = torch.cat([scores[:p], control_scores])
         tested = scores.gather(1, targets[donors].repeat(2)[:, None])[:, 0]
-        changed = (predicted[p:] != picked[objects]).any(dim=1) & valid
+        changed = torch.zeros_like(valid)
+        changed[valid] = (predicted[p:] != picked[objects[valid]]).any(dim=1)
         self.last = {"donors": donors, "objects": objects, "partners": partners, "flips": flips,
                      "control_flips": changed}  # fmt: skip
         findings, best = [], 0.0

@@ -371,11 +371,13 @@ class SmallRegion(Evidence):
             others = (~picked[:, targets[d]]).nonzero().flatten().tolist()
             for m in range(min(per, len(others))):
                 r = others[(k * per + m) % len(others)]
-                # a third probe not of the donor's class: its own decisive region
-                thirds = [e for e in others if e != r] or [r]
-                triples.append((d, r, thirds[(k + m) % len(thirds)]))
+                # a third probe not of the donor's class, of a third class where there is one:
+                # its own decisive region (none: -1)
+                thirds = [e for e in others if e != r and targets[e] != targets[r]]
+                thirds = thirds or [e for e in others if e != r]
+                triples.append((d, r, thirds[(k + m) % len(thirds)] if thirds else -1))
         keys = [
-            (d, *regions[d].tolist(), r, *own[r].tolist(), e, *own[e].tolist())
+            (d, *regions[d].tolist(), r, *own[r].tolist(), e, *(own[e].tolist() if e >= 0 else ()))
             for d, r, e in triples
         ]
         todo = [i for i, key in enumerate(keys) if key not in self._pairs]
@@ -385,7 +387,13 @@ class SmallRegion(Evidence):
             images = probing.images
             pasted = transplant(images, r, own[r], d, boxes, grid)
             control = transplant(images, r, own[r], d, controls, grid)
-            other = transplant(images, r, own[r], e, own[e], grid)
+            # without a third probe the class control pastes nothing: the recipient, its own
+            # place occluded (never the probe itself, which the check already scored)
+            third = e.clamp_min(0)
+            none = torch.zeros_like(own[r])
+            other = transplant(
+                images, r, own[r], third, torch.where((e >= 0)[:, None], own[third], none), grid
+            )
             predicted, scores = probing.predicted(torch.cat([pasted, control, other]))
             cls = targets[d].repeat(3)[:, None]
             moved, p_donor = predicted.gather(1, cls)[:, 0], scores.gather(1, cls)[:, 0]
@@ -403,7 +411,7 @@ class SmallRegion(Evidence):
             "recipients": torch.tensor([r for _, r, _ in triples], dtype=torch.long, device=device),
             "others": torch.tensor([e for _, _, e in triples], dtype=torch.long, device=device),
         }
-        out["other_boxes"] = own[out["others"]]
+        out["other_boxes"] = own[out["others"].clamp_min(0)]
         fields = ("flips", "control_flips", "class_flips", "controls", "moved_p", "control_p",
                   "class_p", "moved_to", "control_to", "class_to")  # fmt: skip
         for name in fields:
