@@ -31,6 +31,7 @@ Data (``--data``) and their shortcut kinds (``--kinds``, default: all the data s
     python benchmarks/shortcut_signal.py --data stripes       # other data and model
     python benchmarks/shortcut_signal.py --seeds 0 --epochs 3 --kinds fixed none   # a look
     python benchmarks/shortcut_signal.py --jobs 2 --threads 1 --out results.json
+    python benchmarks/shortcut_signal.py --table results.json   # the table again, no training
 """
 
 from __future__ import annotations
@@ -48,8 +49,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-
-from lightning_vitrcam.shortcut import PlaceTest
 
 KINDS = ("fixed", "per_class", "moving_edge", "moving_any", "tint", "none")
 # the kinds each data set has (shapes: every kind; small and colourful: clean data only)
@@ -352,68 +351,90 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def summarise(runs: list[dict[str, Any]]) -> tuple[str, bool]:
+# what each kind of evidence says first in a warning (the finding's ``describe``)
+EVIDENCE = {
+    "the prediction hangs on": "region",
+    "small region that moves": "region (moves)",
+    "the image's colour": "colour",
+    "follows the background": "background",
+    "occluding token": "place",
+}
+
+
+def _uses(run: dict[str, Any], row: dict[str, Any]) -> bool:
+    """An evaluation uses the shortcut: validation accuracy >= 0.9, cue-free <= 0.5."""
+    return run["kind"] != "none" and row["val_acc"] >= 0.9 and row["patch_free_acc"] <= 0.5
+
+
+def _epochs(epochs: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``0-2, 5, 7, 8``."""
+    if not epochs:
+        return "-"
+    spans, first = [], epochs[0]
+    for a, b in zip(epochs, [*epochs[1:], None], strict=True):
+        if b != a + 1:
+            spans.append(
+                f"{first}-{a}" if a - first > 1 else ", ".join(map(str, range(first, a + 1)))
+            )
+            first = b
+    return ", ".join(spans)
+
+
+def evidence(message: str | None) -> list[str]:
+    """The kinds of evidence a warning names, in the order it names them."""
+    if not message:
+        return []
+    found = [(message.find(p), kind) for p, kind in EVIDENCE.items() if p in message]
+    return [kind for _, kind in sorted(found)]
+
+
+def summarise(runs: list[dict[str, Any]]) -> tuple[str, dict[str, int]]:
+    """One table row per run and the totals: shortcut-using evaluations flagged (all, and
+    each run's first left out), warnings on runs without a shortcut (false alarms), and
+    warnings at evaluations of shortcut runs that do not use it."""
     lines = [
-        "| data | kind | LS | seed | val acc per epoch | patch-free acc | shortcut-using epochs"
-        " | warned epochs | missed (not first) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| data | kind | LS | seed | final val acc | final cue-free acc | shortcut-using epochs"
+        " | warned at epochs | evidence named | missed (not a run's first) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    hits = total = hits_after_first = total_after_first = false_alarms = clean_evals = 0
+    t = dict.fromkeys(
+        ("using", "flagged", "using_after_first", "flagged_after_first", "clean_evaluations",
+         "false_alarms", "other_warnings"),
+        0,
+    )  # fmt: skip
     for run in runs:
         rows = run["rows"]
-        using = [r["epoch"] for r in rows if r["val_acc"] >= 0.9 and r["patch_free_acc"] <= 0.5]
-        if run["kind"] == "none":
-            using = []
+        using = [r["epoch"] for r in rows if _uses(run, r)]
         warned = [r["epoch"] for r in rows if r["warned"]]
         missed = [e for e in using[1:] if e not in warned]
-        hits += sum(e in warned for e in using)
-        total += len(using)
-        hits_after_first += sum(e in warned for e in using[1:])
-        total_after_first += len(using[1:])
+        t["using"] += len(using)
+        t["flagged"] += sum(e in warned for e in using)
+        t["using_after_first"] += len(using[1:])
+        t["flagged_after_first"] += sum(e in warned for e in using[1:])
         if run["kind"] == "none":
-            false_alarms += len(warned)
-            clean_evals += len(rows)
-        val = " ".join(format(r["val_acc"], ".2f") for r in rows)
-        free = " ".join(format(r["patch_free_acc"], ".2f") for r in rows)
+            t["clean_evaluations"] += len(rows)
+            t["false_alarms"] += len(warned)
+        else:
+            t["other_warnings"] += sum(e not in using for e in warned)
+        named = sorted({k for r in rows for k in evidence(r.get("message"))})
+        last = rows[-1]
         lines.append(
-            f"| {run['data']} | {run['kind']} | {run['ls']} | {run['seed']} | {val} | {free} |"
-            f" {using or '-'} | {warned or '-'} | {missed or '-'} |"
+            f"| {run['data']} | {run['kind']} | {run['ls']} | {run['seed']} |"
+            f" {last['val_acc']:.2f} | {last['patch_free_acc']:.2f} | {_epochs(using)} |"
+            f" {_epochs(warned)} | {', '.join(named) or '-'} | {_epochs(missed)} |"
         )
-    ok = hits_after_first == total_after_first and false_alarms == 0
+    ok = t["flagged_after_first"] == t["using_after_first"] and t["false_alarms"] == 0
     lines += [
         "",
-        f"shortcut-using evaluations flagged: {hits}/{total} (all), {hits_after_first}/"
-        f"{total_after_first} (each run's first excluded)",
-        f"false alarms: {false_alarms} warned evaluations in {clean_evals} evaluations of runs"
-        " without a shortcut",
-        f"goal (every shortcut-using evaluation but a run's first flagged, no false alarm):"
+        f"shortcut-using evaluations flagged: {t['flagged']}/{t['using']} (all),"
+        f" {t['flagged_after_first']}/{t['using_after_first']} (each run's first left out)",
+        f"false alarms: {t['false_alarms']} warned evaluations in {t['clean_evaluations']}"
+        " evaluations of runs without a shortcut",
+        f"warnings at evaluations of shortcut runs that do not use it: {t['other_warnings']}",
+        "goal (every shortcut-using evaluation but a run's first flagged, no false alarm):"
         f" {'met' if ok else 'NOT met'}",
     ]
-    return "\n".join(lines), ok
-
-
-def replay(runs: list[dict[str, Any]], rule: Any) -> tuple[list[dict[str, Any]], int]:
-    """The runs with ``warned`` recomputed by ``rule`` (a ``shortcut.Rule``) from each
-    evaluation's recorded candidates, per-probe drops and what a box keeps alone
-    (``alarm_tests``), and how many evaluations cannot be replayed. Which candidates are
-    tested does not depend on the rule, with two exceptions: a box is kept alone only when
-    the recording rule's occlusion test confirmed it, so a looser rule replays the others as
-    unconfirmed (and runs recorded before boxes were tested replay their single tokens
-    only); and the search runs only when no other place is confirmed, so an evaluation that
-    skipped it (``alarm_searched`` false) and that the replayed rule does not warn on would
-    have searched: it counts as not replayable (and as silent in the table)."""
-    out, unknown = [], 0
-    for run in runs:
-        rows = []
-        for row in run["rows"]:
-            tests = row.get("alarm_tests")
-            if tests is None:
-                raise ValueError("these runs carry no alarm_tests: record them again")
-            warned = any(rule.judge(PlaceTest.from_dict(t)) for t in tests)
-            unknown += not warned and row.get("alarm_searched") is False
-            rows.append({**row, "warned": warned})
-        out.append({**run, "rows": rows})
-    return out, unknown
+    return "\n".join(lines), t
 
 
 def main() -> None:
@@ -447,26 +468,16 @@ def main() -> None:
     parser.add_argument("--root", default="lightning_logs/shortcut_signal")
     parser.add_argument("--out", default=None, help="write every run's rows as JSON here")
     parser.add_argument(
-        "--replay",
+        "--table",
         nargs="+",
         default=None,
-        help="no training: re-judge the runs saved by --out with the alarm's current rule",
+        help="no training: print the table and totals of runs saved by --out",
     )
     args = parser.parse_args()
     if args.model == "alt" and args.data not in ALT_VITS:
         parser.error(f"--model alt exists for --data {' or '.join(ALT_VITS)} only")
-    if args.replay:
-        from lightning_vitrcam import ViTReciproCAMCallback
-
-        rule = ViTReciproCAMCallback().alarm.rule  # the callback's defaults
-        saved = [run for path in args.replay for run in json.load(open(path))]
-        replayed, unknown = replay(saved, rule)
-        print(summarise(replayed)[0])
-        if unknown:
-            print(
-                f"not replayable: {unknown} evaluations skipped the search (another place was"
-                " confirmed) and this rule confirms none of their places; record them again"
-            )
+    if args.table:
+        print(summarise([run for path in args.table for run in json.load(open(path))])[0])
         return
     threads = args.threads or max(1, torch.get_num_threads() // args.jobs)
     kinds = args.kinds or list(DATA_KINDS[args.data])

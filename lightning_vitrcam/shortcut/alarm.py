@@ -68,7 +68,8 @@ class ShortcutAlarm:
         search: run the hierarchical occlusion search for the probes whose decisive place
             the maps and the memory do not find (it finds a cue whichever block reads it,
             where the explained block's maps are flat).
-        search_always: the ``"place"`` kind searches at every check.
+        search_always: search at every check, also where the maps' and the remembered
+            places already confirm a finding (the default searches only when they do not).
         max_box: side, in tokens, of the largest place tested (a cue larger than a patch
             survives the occlusion of any one of its tokens); 1: tokens only.
         kinds: the kinds of evidence to run, by name (default ``DEFAULT_KINDS``: ``"region"``,
@@ -129,6 +130,7 @@ class ShortcutAlarm:
         #: :class:`PairTest`), for study and replay
         self.last_tests: list[PlaceTest | RegionTest | PairTest] = []
 
+    @torch.no_grad()
     def check(
         self,
         forward: Callable[[torch.Tensor], torch.Tensor],
