@@ -139,7 +139,7 @@ def audit(args: argparse.Namespace) -> int:
     from lightning_vitrcam.report import write_report
     from lightning_vitrcam.reporting import Reporter
     from lightning_vitrcam.shortcut import ShortcutAlarm, shortcut_message
-    from lightning_vitrcam.tasks import explained_names, infer_task
+    from lightning_vitrcam.tasks import explained_names
 
     if args.num_images < 1 or args.max_batch < 1:
         raise BadInput("--num-images and --max-batch must be positive")
@@ -171,11 +171,7 @@ def audit(args: argparse.Namespace) -> int:
         evaluation = Evaluation(vit, target_block=args.target_block, kernel=args.kernel,
                                 explain=explain, max_batch=args.max_batch, alarm=alarm,
                                 device=args.device)  # fmt: skip
-        width = evaluation.head_width(trainer, probe.images)
-        task, why = infer_task(args.task, width, probe.labels)
-        evaluation.set_task(task)
-        if probe.labels is not None:
-            probe.labels = task.labels(probe.labels, width)
+        task, why, width = evaluation.resolve_task(trainer, probe, args.task)
         names = explained_names(task, class_names, width)
         evaluation.check_setup(trainer, probe, names)
     except ValueError as err:

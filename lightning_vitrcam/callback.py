@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -29,6 +28,7 @@ from lightning_vitrcam._warnings import warn
 from lightning_vitrcam.adapters import find_vit
 from lightning_vitrcam.evaluation import Evaluation, EvaluationSkipped
 from lightning_vitrcam.explainer import ViTReciproCAM
+from lightning_vitrcam.history import History
 from lightning_vitrcam.metrics import FLAT_LOG_ODDS
 from lightning_vitrcam.normalization import resolve_mean_std
 from lightning_vitrcam.probes import Probes, probes_for_fit
@@ -36,18 +36,9 @@ from lightning_vitrcam.render import Style
 from lightning_vitrcam.reporting import ExplanationSkippedWarning, Reporter
 from lightning_vitrcam.sharding import check_strategy
 from lightning_vitrcam.shortcut import PossibleShortcutWarning, ShortcutAlarm
-from lightning_vitrcam.tasks import explained_names, infer_task
+from lightning_vitrcam.tasks import explained_names
 
 __all__ = ["ExplanationSkippedWarning", "PossibleShortcutWarning", "ViTReciproCAMCallback"]
-
-
-@dataclass
-class _Record:
-    epoch: int
-    step: int
-    maps: torch.Tensor  # [N, h, w] float16 on CPU: compact, enough for drift and pictures
-    adcc: float | None
-    values: dict[str, float] = field(default_factory=dict)  # the scalars, for the report
 
 
 class ViTReciproCAMCallback(Callback):
@@ -158,12 +149,14 @@ class ViTReciproCAMCallback(Callback):
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
-        if explain not in ("predicted", "label", "both"):
-            raise ValueError(f"explain must be 'predicted', 'label' or 'both', got {explain!r}")
-        if task not in ("auto", "multiclass", "binary", "multilabel"):
-            raise ValueError(
-                f"task must be 'auto', 'multiclass', 'binary' or 'multilabel', got {task!r}"
-            )
+        for name, value, allowed in (
+            ("explain", explain, ("predicted", "label", "both")),
+            ("task", task, ("auto", "multiclass", "binary", "multilabel")),
+        ):
+            if value not in allowed:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
+                )
         if batch_reader is not None and not callable(batch_reader):
             raise ValueError(f"batch_reader must be callable, got {batch_reader!r}")
         if shortcut_alarm is not None and not isinstance(shortcut_alarm, ShortcutAlarm):
@@ -198,7 +191,7 @@ class ViTReciproCAMCallback(Callback):
             flat_threshold=flat_threshold,
             target_block=target_block,
         )
-        self._history: list[_Record] = []
+        self._history = History()
         self._loaded_indices: list[int] | None = None
 
     # ------------------------------------------------------------------ state
@@ -242,7 +235,7 @@ class ViTReciproCAMCallback(Callback):
     @property
     def history(self) -> list[dict[str, Any]]:
         """One dict per evaluation so far: ``epoch``, ``step``, ``maps`` (CPU), ``adcc``."""
-        return [dict(vars(e)) for e in self._history]
+        return self._history.state_dict()
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -256,7 +249,7 @@ class ViTReciproCAMCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # the indices are used in on_fit_start, once the dataset can be read
         self._loaded_indices = state_dict.get("indices")
-        self._history = [_Record(**e) for e in state_dict.get("history", [])]
+        self._history.load_state_dict(state_dict.get("history", []))
         if self._alarm is not None and state_dict.get("alarm"):
             self._alarm.load_state_dict(state_dict["alarm"])
 
@@ -297,38 +290,20 @@ class ViTReciproCAMCallback(Callback):
         channels = self._probe.images.shape[1]
         mean, std = resolve_mean_std(vit, self.mean, self.std, channels=channels)
         self._reporter.style = self._reporter.style.but(mean=mean, std=std)
-        self._set_task(trainer)
+        task, why, width = self._evaluation.resolve_task(trainer, self._probe, self.task)
+        self._reporter.class_names = explained_names(task, self.class_names, width)
+        self._reporter.task = task
+        rank_zero_info(
+            f"ViTReciproCAMCallback: a {task.name} task ({why}); explaining"
+            f" {task.explained(self.top_k, width)}. Set task= to change it."
+        )
         grid = self._evaluation.check_setup(trainer, self._probe, self._reporter.class_names)
-        if self._history and tuple(self._history[-1].maps.shape) != (len(self._probe), *grid):
+        if not self._history.fits((len(self._probe), *grid)):
             warn(
                 "ViTReciproCAMCallback: the restored history does not match the probes"
                 " (num_images or image size changed); starting a new history"
             )
-            self._history = []
-
-    def _set_task(self, trainer: Trainer) -> None:
-        """The task from the head and the labels (or as set), said once; the labels and the
-        class names checked against it."""
-        probe, evaluation = self._probe, self._evaluation
-        assert probe is not None and evaluation is not None
-        width = evaluation.head_width(trainer, probe.images)
-        task, why = infer_task(self.task, width, probe.labels)
-        evaluation.set_task(task)
-        if probe.labels is not None:
-            probe.labels = task.labels(probe.labels, width)
-        self._reporter.class_names = explained_names(task, self.class_names, width)
-        self._reporter.task = task
-        explained = (
-            f"the {min(self.top_k, width)} most probable labels of each probe"
-            if task.name == "multilabel"
-            else "the predicted side"
-            if task.name == "binary"
-            else "the predicted class"
-        )
-        rank_zero_info(
-            f"ViTReciproCAMCallback: a {task.name} task ({why}); explaining {explained}. Set"
-            " task= to change it."
-        )
+            self._history.clear()
 
     # ------------------------------------------------------------------ hooks
     def _due(self, trainer: Trainer, trigger: Literal["epoch", "step"]) -> bool:
@@ -367,7 +342,7 @@ class ViTReciproCAMCallback(Callback):
         if self.log_images and trainer.is_global_zero:
             self._reporter.timeline(trainer, self._probe, self.timeline_images())
         if self.report and trainer.is_global_zero:
-            steps = [{"step": e.step, **e.values} for e in self._history]
+            steps = self._history.scalars()
             self._reporter.write(trainer, lambda: self._reporter.report(trainer, steps))
 
     @override
@@ -380,10 +355,9 @@ class ViTReciproCAMCallback(Callback):
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule, via_module_log: bool) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch
         probe, evaluation = self._probe, self._evaluation
-        done = bool(self._history) and self._history[-1].step == step
-        if probe is None or evaluation is None or done:
+        if probe is None or evaluation is None or self._history.done(step):
             return
-        previous = self._history[-1] if self._history else None
+        previous = self._history.last
         try:
             outcome = evaluation.run(
                 trainer,
@@ -394,10 +368,8 @@ class ViTReciproCAMCallback(Callback):
         except EvaluationSkipped as skip:  # every rank skips together
             warn(skip.message(epoch, step), category=ExplanationSkippedWarning)
             return
-        values = outcome.values
-        maps = outcome.primary.maps.to("cpu", torch.float16)
-        self._history.append(_Record(epoch, step, maps, values.get("adcc"), dict(values)))
-        scalars = {f"vitrcam/{k}": v for k, v in values.items()}
+        self._history.add(epoch, step, outcome.primary.maps, outcome.values)
+        scalars = {f"vitrcam/{k}": v for k, v in outcome.values.items()}
         if via_module_log:
             # logger=False: Lightning would forward step-level values only every
             # log_every_n_steps; the loggers get every evaluation below instead. The values
@@ -412,9 +384,7 @@ class ViTReciproCAMCallback(Callback):
         """One ``uint8 [3, H, W]`` picture per probe image: its overlays across evaluations
         (at most ``timeline_columns``, evenly spaced, first and last included); empty before
         the first evaluation."""
-        if self._probe is None or not self._history:
+        if self._probe is None or not len(self._history):
             return []
-        per_step = self.every_n_steps is not None
-        labels = [f"step {e.step}" if per_step else f"ep {e.epoch}" for e in self._history]
-        frames = [e.maps for e in self._history]
+        frames, labels = self._history.frames(per_step=self.every_n_steps is not None)
         return self._reporter.timeline_images(self._probe, frames, labels, self.timeline_columns)

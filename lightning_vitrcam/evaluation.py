@@ -58,7 +58,7 @@ from lightning_vitrcam.sharding import (
     take,
 )
 from lightning_vitrcam.shortcut import ShortcutAlarm, Verdict
-from lightning_vitrcam.tasks import TASKS, Task
+from lightning_vitrcam.tasks import TASKS, Task, infer_task
 
 __all__ = ["Evaluation", "EvaluationSkipped", "Outcome", "explaining", "probe_signals"]
 
@@ -225,6 +225,17 @@ class Evaluation:
         """Explain ``task`` from now on (the explainer and ADCC are rebuilt)."""
         self.task = task
         self._build()
+
+    def resolve_task(self, trainer: Any, probe: Probes, requested: str) -> tuple[Task, str, int]:
+        """``(task, why, width)``: the task ``requested`` (or, for ``"auto"``, the one the
+        head and the probe labels say), explained from now on; the probe labels converted to
+        it (a ``ValueError`` where they do not fit); ``width`` the head's number of logits."""
+        width = self.head_width(trainer, probe.images)
+        task, why = infer_task(requested, width, probe.labels)
+        self.set_task(task)
+        if probe.labels is not None:
+            probe.labels = task.labels(probe.labels, width)
+        return task, why, width
 
     def head_width(self, trainer: Any, images: torch.Tensor) -> int:
         """One probe explained as an evaluation would (every model/image mismatch surfaces

@@ -75,6 +75,10 @@ class Task:
     def default_names(self) -> list[str] | None:
         return None
 
+    def explained(self, top_k: int, width: int) -> str:
+        """What an explanation of this task explains by default, in words."""
+        return "the predicted class"
+
     def labels(self, labels: torch.Tensor, width: int) -> torch.Tensor:
         """The labels as this task reads them (class indices ``[N]``, or multi-hot ``[N, K]``
         for multi-label); a ``ValueError`` saying what is wrong when they do not fit."""
@@ -142,6 +146,9 @@ class Binary(Task):
     def default_names(self) -> list[str] | None:
         return ["negative", "positive"]
 
+    def explained(self, top_k: int, width: int) -> str:
+        return "the predicted side"
+
     def labels(self, labels: torch.Tensor, width: int) -> torch.Tensor:
         if labels.dim() == 2 and labels.shape[1] == 1:
             labels = labels[:, 0]
@@ -170,6 +177,9 @@ class Multilabel(Task):
 
     def predicts(self, scores: torch.Tensor) -> torch.Tensor:
         return scores >= 0.5
+
+    def explained(self, top_k: int, width: int) -> str:
+        return f"the {min(top_k, width)} most probable labels of each probe"
 
     def labels(self, labels: torch.Tensor, width: int) -> torch.Tensor:
         if labels.dim() == 1:  # class indices (one label each): one-hot
