@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lightning_vitrcam.shortcut.colour import donor_pairs
+from lightning_vitrcam.shortcut.colour import donor_pairs, own_class_partners
 from lightning_vitrcam.shortcut.evidence import (
     Evidence,
     Findings,
@@ -84,16 +84,6 @@ class BackgroundFinding(Finding):
         )
 
 
-def _partners(picked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """For each probe another probe predicted as its class (itself where there is none)."""
-    n = len(targets)
-    out = []
-    for r in range(n):
-        same = [k for k in range(n) if k != r and bool(picked[k, targets[r]])]
-        out.append(same[r % len(same)] if same else r)
-    return torch.tensor(out, dtype=torch.long, device=targets.device)
-
-
 @register_evidence("background")
 class Background(Evidence):
     """See the module docstring (one pair per probe). Reads ``min_margin`` and ``max_p`` from
@@ -115,7 +105,7 @@ class Background(Evidence):
         masks = masks > 0.5
         picked = probing.cache.predicts(probing.scores)
         donors, objects = donor_pairs(picked, targets, 1)
-        partners = _partners(picked, targets)[objects]
+        partners = own_class_partners(picked, targets)[objects]
         valid = partners != objects  # a control needs another probe of the object's class
         if not len(donors):
             return Findings(scalars={"shortcut_background": 0.0})

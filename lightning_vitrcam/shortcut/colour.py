@@ -3,11 +3,14 @@
 A scanner, a camera or a hospital that tints the whole image can name the class without any
 small region carrying it. So each probe (the recipient) is given the per-channel mean and
 standard deviation of a probe of another predicted class (the donor) and the prediction is
-read again; a *control* moves the recipient's statistics by as much, in a random direction
-that matches no probe. A group of donors (all, or one predicted class) is confirmed when the
-swaps move at least ``min_margin`` more of their recipients to the donor's class than the
-controls change the recipients' predictions at all (of the pairs the two tell apart, an exact
-sign test at ``max_p``), on at least ``min_hits`` recipients.
+read again. Two *controls* change the recipient's colour as well: one moves its statistics by
+as much in a random direction, one gives it the statistics of another probe of its own
+predicted class (a natural change that carries no other class: a model that merely follows
+brightness is moved by it as often). A group of donors (all, or one predicted class) is
+confirmed when the swaps move at least ``min_margin`` more of their recipients to the donor's
+class than either control changes the recipients' predictions at all (of the pairs the two
+tell apart, an exact sign test at ``max_p`` against each), on at least ``min_hits``
+recipients.
 Colour can be a legitimate feature of a task (ripe and unripe fruit): then leave this kind out
 (``ShortcutAlarm(kinds=[...])``). Scalar: ``shortcut_colour``, the largest group margin.
 
@@ -45,7 +48,7 @@ from lightning_vitrcam.shortcut.interventions import colour_shift, colour_swap
 from lightning_vitrcam.shortcut.report import Example, Finding, group_name
 from lightning_vitrcam.shortcut.rule import Rule, margin, sign_test
 
-__all__ = ["ColourFinding", "ImageColour", "donor_pairs"]
+__all__ = ["ColourFinding", "ImageColour", "donor_pairs", "own_class_partners"]
 
 
 def donor_pairs(
@@ -73,19 +76,39 @@ def donor_pairs(
     )
 
 
+def own_class_partners(picked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``[N]``: for each probe another probe predicted as its explained class (itself where
+    there is none).
+
+    Example:
+        >>> picked = torch.eye(3).bool()[[0, 0, 1, 0]]
+        >>> own_class_partners(picked, torch.tensor([0, 0, 1, 0])).tolist()
+        [1, 3, 2, 1]
+    """
+    n = len(targets)
+    out = []
+    for r in range(n):
+        same = [k for k in range(n) if k != r and bool(picked[k, targets[r]])]
+        out.append(same[r % len(same)] if same else r)
+    return torch.tensor(out, dtype=torch.long, device=targets.device)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ColourFinding(Finding):
     """Given donors' colour statistics, ``flips`` of ``pairs`` recipients were predicted as
-    the donor's class; the same-size random shifts changed ``control_flips`` predictions."""
+    the donor's class; the same-size random shifts changed ``control_flips`` predictions, the
+    statistics of another probe of the recipient's own class ``own_flips`` of ``own_pairs``."""
 
     kind: str = "colour"
     pairs: int
     flips: int
     control_flips: int
+    own_flips: int = 0
+    own_pairs: int = 0
 
     @property
     def strength(self) -> float:
-        return (self.flips - self.control_flips) / max(1, self.pairs)
+        return (self.flips - max(self.control_flips, self.own_flips)) / max(1, self.pairs)
 
     def describe(self, class_names: Sequence[str] | None = None) -> str:
         donors = "other probes" if self.group is None else group_name(self.group, class_names)
@@ -93,7 +116,8 @@ class ColourFinding(Finding):
             f"the prediction follows the image's colour: given the per-channel colour"
             f" statistics of {donors}, {self.flips} of {self.pairs} probes of other classes"
             f" are predicted as the donor's class (a random colour change of the same size"
-            f" changes {self.control_flips} of them)"
+            f" changes {self.control_flips} of them, the colours of another probe of their own"
+            f" class {self.own_flips} of {self.own_pairs})"
         )
 
     def remedy(self) -> str:
@@ -151,25 +175,32 @@ class ImageColour(Evidence):
         if not len(donors):
             return Findings(scalars={"shortcut_colour": 0.0})
         images = probing.images
+        partners = own_class_partners(picked, probing.targets)[recipients]
+        valid = partners != recipients  # the second control needs another probe of its class
         swapped = colour_swap(images, recipients, donors)
         shifted = colour_shift(images, recipients, donors)
-        predicted, scores = probing.predicted(torch.cat([swapped, shifted]))
+        own = colour_swap(images, recipients[valid], partners[valid])
+        predicted, scores = probing.predicted(torch.cat([swapped, shifted, own]))
         p = len(donors)
         flips = predicted[:p].gather(1, probing.targets[donors][:, None])[:, 0]
-        tested = scores.gather(1, probing.targets[donors].repeat(2)[:, None])[:, 0]
-        # the control counts any change of the recipient's prediction: fragility to colour
-        changed = (predicted[p:] != picked[recipients]).any(dim=1)
+        tested = scores[: 2 * p].gather(1, probing.targets[donors].repeat(2)[:, None])[:, 0]
+        # the controls count any change of the recipient's prediction: fragility to colour
+        changed = (predicted[p : 2 * p] != picked[recipients]).any(dim=1)
+        own_changed = torch.zeros_like(valid)
+        own_changed[valid] = (predicted[2 * p :] != picked[recipients[valid]]).any(dim=1)
         self.last = {"donors": donors, "recipients": recipients, "flips": flips,
-                     "control_flips": changed}  # fmt: skip
+                     "control_flips": changed, "own_flips": own_changed,
+                     "own_valid": valid}  # fmt: skip
         findings, best = [], 0.0
         for group, members in probing.groups:
             mine = members[donors]
-            if not bool(mine.any()):
+            if not bool((mine & valid).any()):
                 continue
             f, c = flips[mine], changed[mine]
-            moved_more = margin(f, c)
+            fo, o = flips[mine & valid], own_changed[mine & valid]
+            moved_more = min(margin(f, c), margin(fo, o))
             best = max(best, moved_more)
-            significant = sign_test(f, c) <= self.alarm.max_p
+            significant = max(sign_test(f, c), sign_test(fo, o)) <= self.alarm.max_p
             if (
                 moved_more >= self.alarm.min_margin
                 and significant
@@ -182,6 +213,8 @@ class ImageColour(Evidence):
                         pairs=int(mine.sum()),
                         flips=int(f.sum()),
                         control_flips=int(c.sum()),
+                        own_flips=int(o.sum()),
+                        own_pairs=int((mine & valid).sum()),
                         examples=_examples(
                             probing, mine & flips, donors, recipients, scores, tested
                         ),  # fmt: skip
@@ -189,9 +222,10 @@ class ImageColour(Evidence):
                 )
         everyone = [f for f in findings if f.group is None]
         tests = [
-            PairTest("colour", d, r, t, m, c)
-            for d, r, t, m, c in zip(donors.tolist(), recipients.tolist(),
-                                     probing.targets[donors].tolist(), flips.tolist(),
-                                     changed.tolist(), strict=True)
+            PairTest("colour", d, r, t, m, c, None, o if v else None)
+            for d, r, t, m, c, o, v in zip(donors.tolist(), recipients.tolist(),
+                                           probing.targets[donors].tolist(), flips.tolist(),
+                                           changed.tolist(), own_changed.tolist(),
+                                           valid.tolist(), strict=True)
         ]  # fmt: skip
         return Findings(everyone or findings, tests, {"shortcut_colour": best})

@@ -19,7 +19,15 @@ rarely carries the class into another image. So the test is per probe and by con
    region and the
    transplants move at least ``min_margin`` more of their recipients to the donor's class than
    either control does (of the pairs the two tell apart; an exact sign test on those pairs at
-   ``max_p``), from at least ``min_hits`` donors.
+   ``max_p``), from at least ``min_hits`` donors;
+3. **the same thing**: a tag is the same pixels in every probe that carries it, while the
+   parts of objects a model reads vary in colour, shape and place. Each carrier's region
+   (a donor whose transplant moved a recipient) is looked for near the regions of up to three
+   other carriers of its class, and, as the control, near the same place in probes of other
+   classes (its recipients) (:func:`~lightning_vitrcam.shortcut.likeness.region_distance`);
+   of the comparisons that tell the two apart (an exact tie does not), at least
+   ``min_margin`` more must find it closer to its class than to the control, at an exact sign
+   test p <= ``max_p``.
 
 Where the confirmed regions share a place the warning names it; where they move it says so.
 Scalars: ``shortcut_drop`` (the largest group mean drop of the probes' own regions) and
@@ -63,6 +71,7 @@ from lightning_vitrcam.shortcut.evidence import (
     register_evidence,
 )
 from lightning_vitrcam.shortcut.interventions import Copy, transplant
+from lightning_vitrcam.shortcut.likeness import region_distance
 from lightning_vitrcam.shortcut.places import Box, place_name
 from lightning_vitrcam.shortcut.report import Example, Finding, group_name
 from lightning_vitrcam.shortcut.rule import Rule, margin, sign_test
@@ -135,7 +144,9 @@ class RegionFinding(Finding):
     (``mean_drop`` on average over the group); pasted into ``pairs`` probes of other classes,
     the regions moved ``flips`` of them to the donor's class; the controls of the same size
     (a region from elsewhere in the donor; the decisive region of a probe of another class)
-    ``control_flips`` and ``class_flips``.
+    ``control_flips`` and ``class_flips``. Compared with the regions of other carriers of
+    their class, the carriers' regions were closer than at the same place in probes of other
+    classes ``alike`` times, further ``unlike`` times.
     """
 
     kind: str = "region"
@@ -147,6 +158,8 @@ class RegionFinding(Finding):
     flips: int
     control_flips: int
     class_flips: int = 0
+    alike: int = 0
+    unlike: int = 0
     min_drop: float = 0.5
 
     @property
@@ -176,7 +189,9 @@ class RegionFinding(Finding):
             f"pasted into {self.pairs} probes of other classes (their own decisive place"
             f" occluded) it moves {self.flips} of them to its class (pastes of the same size:"
             f" from elsewhere in the same probe {self.control_flips}, another class's decisive"
-            f" region {self.class_flips})"
+            f" region {self.class_flips}); it looks like the same thing in the probes that"
+            f" carry it ({self.alike} comparisons with other probes of its class closer than"
+            f" the same place in probes of other classes, {self.unlike} further)"
         )
         if not self.moves:
             elsewhere = len(self.boxes) - self.at_place
@@ -442,8 +457,21 @@ class SmallRegion(Evidence):
         # and more than another class's decisive region
         moved_more = min(margin(flips, control), margin(flips, other))
         significant = max(sign_test(flips, control), sign_test(flips, other)) <= self.alarm.max_p
-        carriers = int(pairs["donors"][mine][flips].unique().numel())
+        carrying = pairs["donors"][mine][flips].unique()
+        carriers = int(carrying.numel())
         necessary = found & members
+        confirmed = (
+            moved_more >= self.alarm.min_margin and significant and carriers >= rule.min_hits
+        )
+        alike = unlike = 0
+        if confirmed:  # only then: it costs a comparison of pixels per pair of carriers
+            alike, unlike = self._alike(probing, carrying, regions, pairs)
+            told = torch.ones(alike + unlike, dtype=torch.bool)
+            closer = torch.arange(alike + unlike) < alike
+            confirmed = (
+                margin(closer, ~closer & told) >= self.alarm.min_margin
+                and sign_test(closer, ~closer) <= self.alarm.max_p
+            )
         finding = RegionFinding(
             group=group,
             probes=int(members.sum()),
@@ -455,13 +483,47 @@ class SmallRegion(Evidence):
             flips=int(flips.sum()),
             control_flips=int(control.sum()),
             class_flips=int(other.sum()),
+            alike=alike,
+            unlike=unlike,
             min_drop=rule.min_drop,
             examples=self._examples(probing, mine, pairs, regions),
         )
-        confirmed = (
-            moved_more >= self.alarm.min_margin and significant and carriers >= rule.min_hits
-        )
         return (finding if confirmed else None), moved_more
+
+    def _alike(
+        self,
+        probing: Probing,
+        carriers: torch.Tensor,
+        regions: torch.Tensor,
+        pairs: dict[str, torch.Tensor],
+        partners: int = 3,
+    ) -> tuple[int, int]:
+        """``(closer, further)``: each carrier's region looked for near the region of up to
+        ``partners`` other carriers of its class and, as the control, near the same place in
+        a probe of another class (one of its recipients): how many of these comparisons find
+        it closer to its class, and how many closer to the control."""
+        targets = probing.targets[carriers].tolist()
+        donors, recipients = pairs["donors"].tolist(), pairs["recipients"].tolist()
+        a, b, c = [], [], []
+        for i, (donor, cls) in enumerate(zip(carriers.tolist(), targets, strict=True)):
+            same = [d for j, (d, t) in enumerate(zip(carriers.tolist(), targets, strict=True))
+                    if t == cls and j != i]  # fmt: skip
+            others = [r for d, r in zip(donors, recipients, strict=True) if d == donor]
+            if not same or not others:
+                continue
+            for m, partner in enumerate((same[i % len(same) :] + same[: i % len(same)])[:partners]):
+                a.append(donor)
+                b.append(partner)
+                c.append(others[m % len(others)])
+        if not a:
+            return 0, 0
+        device = regions.device
+        a_rows, b_rows, c_rows = (torch.tensor(v, device=device) for v in (a, b, c))
+        grid, images = probing.grid, probing.images
+        own = region_distance(images, a_rows, regions[a_rows], b_rows, regions[b_rows], grid)
+        other = region_distance(images, a_rows, regions[a_rows], c_rows, regions[a_rows], grid)
+        # exact ties (a copy of the region sits in the other probe too) say nothing either way
+        return int((own < other).sum()), int((own > other).sum())
 
     def _examples(
         self,

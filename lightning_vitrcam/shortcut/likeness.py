@@ -1,0 +1,107 @@
+"""How alike two small regions of two images look, wherever the second one sits nearby (beyond
+the paper).
+
+A tag, a stamp or a watermark is the same pixels in every image that carries it; the parts of
+objects that a model reads vary in colour, shape and place from image to image. So the region
+evidence asks whether the decisive regions of probes of one class are found in each other,
+against regions of the same size elsewhere in the same probes compared the same way.
+
+Regions are compared at no more than 4x4 pixels per token: larger images are averaged down,
+which also averages out pixel noise, and a ViT-B/16 costs what the demo does. The distance is
+read at the region's closest tenth of pixels, so that a cue that fills only part of its box is
+found whatever surrounds it; it has no threshold and is only ever compared with the distance
+of a control of the same size.
+
+Example:
+    >>> import torch
+    >>> x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    >>> x[0, :, 0:8, 0:8] = 1.0; x[1, :, 10:18, 12:20] = 1.0  # the same tag, moved
+    >>> boxes = torch.tensor([[0, 1, 0, 1], [2, 3, 2, 3]])  # the tag; a place of noise
+    >>> near = torch.tensor([[1, 2, 1, 2], [3, 4, 3, 4]])
+    >>> d = region_distance(x, torch.tensor([0, 0]), boxes, torch.tensor([1, 1]), near, (4, 4))
+    >>> [round(float(v), 2) for v in d]  # the tag found where it moved; noise elsewhere
+    [0.0, 0.25]
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["region_distance"]
+
+_TOKEN_PIXELS = 4  # the most pixels a token side is compared at
+_SHARE = 0.1  # the share of a region's pixels the distance is read at: its closest tenth
+
+
+def _resized(images: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+    h, w = grid
+    H, W = images.shape[-2:]
+    th, tw = max(1, min(_TOKEN_PIXELS, H // h)), max(1, min(_TOKEN_PIXELS, W // w))
+    if (H, W) != (h * th, w * tw):
+        images = F.interpolate(images.float(), size=(h * th, w * tw), mode="area")
+    return images.float(), th, tw
+
+
+def _crops(
+    padded: torch.Tensor, rows: torch.Tensor, boxes: torch.Tensor, th: int, tw: int, size: tuple
+) -> torch.Tensor:
+    """``[P, C, size]`` crops of ``padded[rows]`` (the images, NaN-padded on the bottom and
+    the right) from each box's top-left corner; the pixels outside the box are NaN (they never
+    match and are not counted)."""
+    ch, cw = size
+    top, left = boxes[:, 0] * th, boxes[:, 2] * tw
+    ys = top[:, None] + torch.arange(ch, device=padded.device)[None]  # [P, ch]
+    xs = left[:, None] + torch.arange(cw, device=padded.device)[None]
+    crops = padded[rows[:, None, None], :, ys[:, :, None], xs[:, None, :]].permute(0, 3, 1, 2)
+    keep_r = ys < (boxes[:, 1] * th)[:, None]
+    keep_c = xs < (boxes[:, 3] * tw)[:, None]
+    keep = keep_r[:, :, None] & keep_c[:, None, :]
+    return torch.where(keep[:, None], crops, torch.full_like(crops, float("nan")))
+
+
+def region_distance(
+    images: torch.Tensor,
+    a_rows: torch.Tensor,
+    a_boxes: torch.Tensor,
+    b_rows: torch.Tensor,
+    b_boxes: torch.Tensor,
+    grid: tuple[int, int],
+    chunk: int = 32,
+) -> torch.Tensor:
+    """``[P]``: for each pair, how far the pixels of ``images[a_rows[k]]`` inside the token box
+    ``a_boxes[k]`` are from the pixels of ``images[b_rows[k]]`` at the closest placement of that
+    region inside ``b_boxes[k]`` grown by one token on every side (clipped to the image): the
+    absolute difference, averaged over the channels (each in units of the images' standard
+    deviation), at the closest tenth of the region's pixels (``inf`` where it fits nowhere)."""
+    if not len(a_rows):
+        return torch.zeros(0, device=images.device)
+    x, th, tw = _resized(images, grid)
+    x = x / x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    h, w = grid
+    side_r = int((a_boxes[:, 1] - a_boxes[:, 0]).max()) * th
+    side_c = int((a_boxes[:, 3] - a_boxes[:, 2]).max()) * tw
+    grown = torch.stack(
+        [(b_boxes[:, 0] - 1).clamp_min(0), (b_boxes[:, 1] + 1).clamp_max(h),
+         (b_boxes[:, 2] - 1).clamp_min(0), (b_boxes[:, 3] + 1).clamp_max(w)], dim=1,
+    )  # fmt: skip
+    # windows as large as the largest grown box, plus room for a region to slide past its end
+    win_r = int((grown[:, 1] - grown[:, 0]).max()) * th + side_r - 1
+    win_c = int((grown[:, 3] - grown[:, 2]).max()) * tw + side_c - 1
+    padded = F.pad(x, (0, win_c, 0, win_r), value=float("nan"))
+    out = []
+    for s in range(0, len(a_rows), chunk):
+        part = slice(s, s + chunk)
+        patch = _crops(padded, a_rows[part], a_boxes[part], th, tw, (side_r, side_c))
+        window = _crops(padded, b_rows[part], grown[part], th, tw, (win_r, win_c))
+        slid = window.unfold(2, side_r, 1).unfold(3, side_c, 1)  # [p, C, Lr, Lc, sr, sc]
+        valid = ~patch[:, 0].isnan()  # [p, sr, sc]: the region's own pixels
+        gap = (slid - patch[:, :, None, None]).abs().mean(dim=1)  # [p, Lr, Lc, sr, sc]
+        gap = torch.nan_to_num(gap, nan=float("inf")).flatten(3)  # off the box: never close
+        gap = torch.where(valid.flatten(1)[:, None, None], gap, torch.full_like(gap, float("inf")))
+        # the region's closest share of pixels: a cue that fills part of its box is found
+        # whatever surrounds it
+        k = (_SHARE * valid.flatten(1).sum(dim=1)).ceil().clamp_min(1).long() - 1  # [p]
+        closest = gap.sort(dim=3).values.gather(3, k.view(-1, 1, 1, 1).expand(*gap.shape[:3], 1))
+        out.append(closest.flatten(1).amin(dim=1))
+    return torch.cat(out)
