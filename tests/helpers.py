@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from lightning_vitrcam.demo import coloured_squares
+from lightning_vitrcam.demo import SQUARE_COLOURS, coloured_squares
 
 
 def make_vit(seed: int = 0, head_scale: float = 3.0, **kwargs: Any) -> nn.Module:
@@ -236,3 +236,24 @@ def rigged_corner_vit(head: torch.Tensor) -> nn.Module:
         qkv[0, 4], qkv[d, 3], qkv[d, 4] = 16.0, 1.0, 0.2
         m.head.weight[:, :3] = head
     return m.eval()
+
+
+class CuedSquares(Squares):
+    """Squares of a random grey (the object names no class) with a class cue that is not at
+    one place: ``cue="moving"`` a class-coloured 8x8 tag at a random place of each image,
+    ``cue="tint"`` a cast of the class colour over the whole image."""
+
+    def __init__(self, n: int, seed: int = 0, cue: str = "moving") -> None:
+        super().__init__(n, seed, corner=True)
+        g = torch.Generator().manual_seed(seed + 1000)
+        colour = SQUARE_COLOURS[self.y][:, :, None, None]
+        self.x[:, :, :8, :8] = torch.randn(n, 3, 8, 8, generator=g) * 0.3  # no corner patch
+        grey = torch.rand(n, 1, 1, 1, generator=g) * 2 - 1  # squares of any grey: no class
+        self.x = torch.where(self.m[:, None], grey.expand(n, 3, 1, 1), self.x)
+        if cue == "tint":
+            self.x += 0.4 * colour
+        else:
+            r = torch.randint(0, 25, (n,), generator=g)
+            c = torch.randint(0, 25, (n,), generator=g)
+            for i in range(n):
+                self.x[i, :, r[i] : r[i] + 8, c[i] : c[i] + 8] = colour[i]

@@ -30,7 +30,7 @@ from lightning_vitrcam.adapters import find_vit
 from lightning_vitrcam.demo import SQUARE_COLOURS, coloured_squares
 from lightning_vitrcam.metrics import map_drift
 from lightning_vitrcam.probes import default_batch_reader
-from tests.helpers import Module, Squares, TrainOnly, make_vit, rigged_corner_vit
+from tests.helpers import CuedSquares, Module, Squares, TrainOnly, make_vit, rigged_corner_vit
 
 FIXED_SCALARS = {
     "vitrcam/adcc",
@@ -755,3 +755,27 @@ def test_short_training_on_clean_squares_does_not_warn(tmp_path: Path) -> None:
     messages, trainer = _train_and_collect(tmp_path, corner=False)
     assert float(trainer.callback_metrics["val_loss"]) < 0.5  # it learned the squares
     assert messages == []
+
+
+@pytest.mark.parametrize("cue", ["moving", "tint"])
+def test_short_training_on_a_cue_that_is_not_at_one_place_warns_with_its_kind(
+    tmp_path: Path, cue: str
+) -> None:
+    """A tag at a random place of each image, or a colour cast: no fixed place carries the
+    class, and the warning says what does (a small region; the image's colour)."""
+    L.seed_everything(0)
+    module = Module(lr=3e-3, depth=2, drop_rate=0.0)
+    cb = ViTReciproCAMCallback(log_images=False, report=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = fit(module, [cb], tmp_path, train=CuedSquares(512, 20, cue),
+                      val=CuedSquares(64, 21, cue), max_epochs=4, limit_train_batches=None,
+                      limit_val_batches=None)  # fmt: skip
+    found = [str(w.message) for w in caught if issubclass(w.category, PossibleShortcutWarning)]
+    assert float(trainer.callback_metrics["val_loss"]) < 0.1  # it learned the cue
+    assert found and "epoch 3" in found[-1]  # still warned at the last evaluation
+    if cue == "tint":
+        assert "the prediction follows the image's colour" in found[-1]
+    else:
+        region = ("the prediction follows a small region that moves", "the prediction hangs on")
+        assert any(text in found[-1] for text in region), found[-1]

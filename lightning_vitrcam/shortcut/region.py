@@ -169,13 +169,21 @@ class RegionFinding(Finding):
 
     @property
     def at_place(self) -> int:
-        """How many of the regions overlap the most frequent one."""
+        """How many of the regions lie at the most frequent one: they share at least half of
+        the smaller of the two boxes (a token inside a 2x2 box does; two 2x2 boxes that share
+        one token do not)."""
         r0, r1, c0, c1 = self.place
-        return sum(b[0] < r1 and r0 < b[1] and b[2] < c1 and c0 < b[3] for b in self.boxes)
+
+        def shared(b: Box) -> bool:
+            rows = max(0, min(r1, b[1]) - max(r0, b[0]))
+            cols = max(0, min(c1, b[3]) - max(c0, b[2]))
+            return 2 * rows * cols >= min(_box_area(b), _box_area(self.place))
+
+        return sum(shared(b) for b in self.boxes)
 
     @property
     def moves(self) -> bool:
-        """Whether the regions move: fewer than half of them overlap the most frequent one."""
+        """Whether the regions move: fewer than half of them lie at the most frequent one."""
         return 2 * self.at_place < len(self.boxes)
 
     @property
