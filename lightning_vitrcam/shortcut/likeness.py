@@ -4,7 +4,8 @@ the paper).
 A tag, a stamp or a watermark is the same pixels in every image that carries it; the parts of
 objects that a model reads vary in colour, shape and place from image to image. So the region
 evidence asks whether the decisive regions of probes of one class are found in each other,
-against regions of the same size elsewhere in the same probes compared the same way.
+against the same place in probes of other classes, compared the same way
+(:func:`carrier_likeness`).
 
 Regions are compared at no more than 4x4 pixels per token: larger images are averaged down,
 which also averages out pixel noise, and a ViT-B/16 costs what the demo does. The distance is
@@ -28,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["region_distance"]
+__all__ = ["carrier_likeness", "region_distance"]
 
 _TOKEN_PIXELS = 4  # the most pixels a token side is compared at
 _SHARE = 0.1  # the share of a region's pixels the distance is read at: its closest tenth
@@ -105,3 +106,41 @@ def region_distance(
         closest = gap.sort(dim=3).values.gather(3, k.view(-1, 1, 1, 1).expand(*gap.shape[:3], 1))
         out.append(closest.flatten(1).amin(dim=1))
     return torch.cat(out)
+
+
+def carrier_likeness(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    carriers: torch.Tensor,
+    regions: torch.Tensor,
+    donors: torch.Tensor,
+    recipients: torch.Tensor,
+    grid: tuple[int, int],
+    partners: int = 3,
+) -> tuple[int, int]:
+    """``(closer, further)``: each carrier's region (``regions[c]`` of a probe ``c`` in
+    ``carriers``) looked for near the region of up to ``partners`` other carriers of its class
+    (``targets``) and, as the control, near the same place in a probe of another class (one of
+    the recipients it was pasted into: ``recipients[k]`` for each ``donors[k] == c``): how many
+    of these comparisons find it closer to its class, and how many closer to the control."""
+    classes, rows = targets[carriers].tolist(), carriers.tolist()
+    pasted = list(zip(donors.tolist(), recipients.tolist(), strict=True))
+    a, b, c = [], [], []
+    for i, (donor, cls) in enumerate(zip(rows, classes, strict=True)):
+        same = [
+            d for j, (d, t) in enumerate(zip(rows, classes, strict=True)) if t == cls and j != i
+        ]
+        others = [r for d, r in pasted if d == donor]
+        if not same or not others:
+            continue
+        for m, partner in enumerate((same[i % len(same) :] + same[: i % len(same)])[:partners]):
+            a.append(donor)
+            b.append(partner)
+            c.append(others[m % len(others)])
+    if not a:
+        return 0, 0
+    a_rows, b_rows, c_rows = (torch.tensor(v, device=regions.device) for v in (a, b, c))
+    own = region_distance(images, a_rows, regions[a_rows], b_rows, regions[b_rows], grid)
+    other = region_distance(images, a_rows, regions[a_rows], c_rows, regions[a_rows], grid)
+    # exact ties (a copy of the region sits in the other probe too) say nothing either way
+    return int((own < other).sum()), int((own > other).sum())

@@ -71,7 +71,7 @@ from lightning_vitrcam.shortcut.evidence import (
     register_evidence,
 )
 from lightning_vitrcam.shortcut.interventions import Copy, transplant
-from lightning_vitrcam.shortcut.likeness import region_distance
+from lightning_vitrcam.shortcut.likeness import carrier_likeness
 from lightning_vitrcam.shortcut.places import Box, place_name
 from lightning_vitrcam.shortcut.report import Example, Finding, group_name
 from lightning_vitrcam.shortcut.rule import Rule, margin, sign_test
@@ -473,7 +473,10 @@ class SmallRegion(Evidence):
         )
         alike = unlike = 0
         if confirmed:  # only then: it costs a comparison of pixels per pair of carriers
-            alike, unlike = self._alike(probing, carrying, regions, pairs)
+            alike, unlike = carrier_likeness(
+                probing.images, probing.targets, carrying, regions,
+                pairs["donors"], pairs["recipients"], probing.grid,
+            )  # fmt: skip
             told = torch.ones(alike + unlike, dtype=torch.bool)
             closer = torch.arange(alike + unlike) < alike
             confirmed = (
@@ -494,86 +497,9 @@ class SmallRegion(Evidence):
             alike=alike,
             unlike=unlike,
             min_drop=rule.min_drop,
-            examples=self._examples(probing, mine, pairs, regions),
+            examples=_examples(probing, self.last, mine, pairs, regions),
         )
         return (finding if confirmed else None), moved_more
-
-    def _alike(
-        self,
-        probing: Probing,
-        carriers: torch.Tensor,
-        regions: torch.Tensor,
-        pairs: dict[str, torch.Tensor],
-        partners: int = 3,
-    ) -> tuple[int, int]:
-        """``(closer, further)``: each carrier's region looked for near the region of up to
-        ``partners`` other carriers of its class and, as the control, near the same place in
-        a probe of another class (one of its recipients): how many of these comparisons find
-        it closer to its class, and how many closer to the control."""
-        targets = probing.targets[carriers].tolist()
-        donors, recipients = pairs["donors"].tolist(), pairs["recipients"].tolist()
-        a, b, c = [], [], []
-        for i, (donor, cls) in enumerate(zip(carriers.tolist(), targets, strict=True)):
-            same = [d for j, (d, t) in enumerate(zip(carriers.tolist(), targets, strict=True))
-                    if t == cls and j != i]  # fmt: skip
-            others = [r for d, r in zip(donors, recipients, strict=True) if d == donor]
-            if not same or not others:
-                continue
-            for m, partner in enumerate((same[i % len(same) :] + same[: i % len(same)])[:partners]):
-                a.append(donor)
-                b.append(partner)
-                c.append(others[m % len(others)])
-        if not a:
-            return 0, 0
-        device = regions.device
-        a_rows, b_rows, c_rows = (torch.tensor(v, device=device) for v in (a, b, c))
-        grid, images = probing.grid, probing.images
-        own = region_distance(images, a_rows, regions[a_rows], b_rows, regions[b_rows], grid)
-        other = region_distance(images, a_rows, regions[a_rows], c_rows, regions[a_rows], grid)
-        # exact ties (a copy of the region sits in the other probe too) say nothing either way
-        return int((own < other).sum()), int((own > other).sum())
-
-    def _examples(
-        self,
-        probing: Probing,
-        mine: torch.Tensor,
-        pairs: dict[str, torch.Tensor],
-        regions: torch.Tensor,
-        most: int = 4,
-    ) -> tuple[Example, ...]:
-        """Up to ``most`` donors of the group, each with one transplant that moved its
-        recipient (else its first), and the numbers the test computed."""
-        own, after = self.last["own"], self.last["after"]
-        chosen: dict[int, int] = {}
-        for k in mine.nonzero().flatten().tolist():
-            d = int(pairs["donors"][k])
-            if d not in chosen or (bool(pairs["flips"][k]) and not bool(pairs["flips"][chosen[d]])):
-                chosen[d] = k
-        out = []
-        for d, k in list(chosen.items())[:most]:
-            r = int(pairs["recipients"][k])
-            out.append(
-                Example(
-                    probe=d,
-                    target=int(probing.targets[d]),
-                    before=float(probing.p0[d]),
-                    box=tuple(regions[d].tolist()),  # type: ignore[arg-type]
-                    after=float(after[d]),
-                    partner=r,
-                    partner_box=tuple(own[r].tolist()),  # type: ignore[arg-type]
-                    moved_to=int(pairs["moved_to"][k]),
-                    moved_p=float(pairs["moved_p"][k]),
-                    control_box=tuple(pairs["controls"][k].tolist()),  # type: ignore[arg-type]
-                    control_partner=r,
-                    control_to=int(pairs["control_to"][k]),
-                    control_p=float(pairs["control_p"][k]),
-                    other=int(pairs["others"][k]),
-                    other_box=tuple(pairs["other_boxes"][k].tolist()),  # type: ignore[arg-type]
-                    other_to=int(pairs["class_to"][k]),
-                    other_p=float(pairs["class_p"][k]),
-                )
-            )
-        return tuple(out)
 
     def state_dict(self) -> dict[str, Any]:
         return {"regions": [[i, *b] for i, b in sorted(self.remembered.items())]}
@@ -599,3 +525,47 @@ def _pruned(findings: list[RegionFinding], class_groups: int) -> list[RegionFind
     if everyone:
         return everyone
     return sorted(findings, key=lambda f: -f.strength)
+
+
+def _examples(
+    probing: Probing,
+    last: dict[str, Any],
+    mine: torch.Tensor,
+    pairs: dict[str, torch.Tensor],
+    regions: torch.Tensor,
+    most: int = 4,
+) -> tuple[Example, ...]:
+    """Up to ``most`` donors of the group, each with one transplant that moved its
+    recipient (else its first), and the numbers the test computed (``last``: the check's
+    own regions and probabilities after occlusion)."""
+    own, after = last["own"], last["after"]
+    chosen: dict[int, int] = {}
+    for k in mine.nonzero().flatten().tolist():
+        d = int(pairs["donors"][k])
+        if d not in chosen or (bool(pairs["flips"][k]) and not bool(pairs["flips"][chosen[d]])):
+            chosen[d] = k
+    out = []
+    for d, k in list(chosen.items())[:most]:
+        r = int(pairs["recipients"][k])
+        out.append(
+            Example(
+                probe=d,
+                target=int(probing.targets[d]),
+                before=float(probing.p0[d]),
+                box=tuple(regions[d].tolist()),  # type: ignore[arg-type]
+                after=float(after[d]),
+                partner=r,
+                partner_box=tuple(own[r].tolist()),  # type: ignore[arg-type]
+                moved_to=int(pairs["moved_to"][k]),
+                moved_p=float(pairs["moved_p"][k]),
+                control_box=tuple(pairs["controls"][k].tolist()),  # type: ignore[arg-type]
+                control_partner=r,
+                control_to=int(pairs["control_to"][k]),
+                control_p=float(pairs["control_p"][k]),
+                other=int(pairs["others"][k]),
+                other_box=tuple(pairs["other_boxes"][k].tolist()),  # type: ignore[arg-type]
+                other_to=int(pairs["class_to"][k]),
+                other_p=float(pairs["class_p"][k]),
+            )
+        )
+    return tuple(out)
