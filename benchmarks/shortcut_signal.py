@@ -394,8 +394,8 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[str, dict[str, int]]:
     warnings at evaluations of shortcut runs that do not use it."""
     lines = [
         "| data | kind | LS | seed | final val acc | final cue-free acc | shortcut-using epochs"
-        " | warned at epochs | evidence named | missed (not a run's first) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " | warned at epochs | held back at epochs | evidence named | missed (not a run's first) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     t = dict.fromkeys(
         ("using", "flagged", "using_after_first", "flagged_after_first", "clean_evaluations",
@@ -406,6 +406,7 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[str, dict[str, int]]:
         rows = run["rows"]
         using = [r["epoch"] for r in rows if _uses(run, r)]
         warned = [r["epoch"] for r in rows if r["warned"]]
+        held = [r["epoch"] for r in rows if r.get("held_back")]
         missed = [e for e in using[1:] if e not in warned]
         t["using"] += len(using)
         t["flagged"] += sum(e in warned for e in using)
@@ -421,7 +422,8 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[str, dict[str, int]]:
         lines.append(
             f"| {run['data']} | {run['kind']} | {run['ls']} | {run['seed']} |"
             f" {last['val_acc']:.2f} | {last['patch_free_acc']:.2f} | {_epochs(using)} |"
-            f" {_epochs(warned)} | {', '.join(named) or '-'} | {_epochs(missed)} |"
+            f" {_epochs(warned)} | {_epochs(held)} | {', '.join(named) or '-'} |"
+            f" {_epochs(missed)} |"
         )
     ok = t["flagged_after_first"] == t["using_after_first"] and t["false_alarms"] == 0
     lines += [

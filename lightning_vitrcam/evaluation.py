@@ -295,7 +295,9 @@ class Evaluation:
                 verdict = self._stage(
                     "the shortcut alarm",
                     trainer,
-                    lambda: self._check(trainer, images, probe.masks, [primary, *ranks]),
+                    lambda: self._check(
+                        trainer, images, probe.masks, [primary, *ranks], probe.labels
+                    ),
                 )
         # one host transfer for all scalars
         values = dict(zip(stats, torch.stack(list(stats.values())).float().tolist(), strict=True))
@@ -418,6 +420,7 @@ class Evaluation:
         images: torch.Tensor,
         masks: torch.Tensor | None,
         results: list[ReciproCAMResult],
+        labels: torch.Tensor | None = None,
     ) -> Verdict:
         """The alarm on the explained (probe, class) pairs: one per probe, or for a
         multi-label task every explained label the probe is predicted to have (and its most
@@ -448,6 +451,9 @@ class Evaluation:
             logits=primary.logits[rows],
             masks=None if masks is None else masks[rows],
             predicts=self.task.predicts,
+            right=None
+            if labels is None
+            else self.task.right(primary.logits, labels.to(rows.device), rows, targets),
         )
 
     def _flat(self, result: ReciproCAMResult) -> torch.Tensor:

@@ -79,6 +79,17 @@ class Task:
         """What an explanation of this task explains by default, in words."""
         return "the predicted class"
 
+    def right(
+        self, logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, float]:
+        """``(right, chance)``: for each checked pair (probe ``rows[k]``, explained class
+        ``targets[k]``) whether the model's prediction of that probe agrees with its label
+        (``labels`` as :meth:`labels` reads them), and the share of the probes the best
+        constant guess (the most frequent label) gets right."""
+        right = self.predicted(logits)[rows] == labels[rows]
+        chance = float(torch.bincount(labels).max()) / max(1, len(labels))
+        return right, chance
+
     def labels(self, labels: torch.Tensor, width: int) -> torch.Tensor:
         """The labels as this task reads them (class indices ``[N]``, or multi-hot ``[N, K]``
         for multi-label); a ``ValueError`` saying what is wrong when they do not fit."""
@@ -180,6 +191,13 @@ class Multilabel(Task):
 
     def explained(self, top_k: int, width: int) -> str:
         return f"the {min(top_k, width)} most probable labels of each probe"
+
+    def right(
+        self, logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, float]:
+        # the checked pairs are predicted labels: right where the probe has that label; the
+        # best constant guess names the most frequent label
+        return labels[rows, targets].bool(), float(labels.float().mean(dim=0).max())
 
     def labels(self, labels: torch.Tensor, width: int) -> torch.Tensor:
         if labels.dim() == 1:  # class indices (one label each): one-hot

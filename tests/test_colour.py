@@ -129,3 +129,29 @@ def test_the_swap_takes_the_donors_statistics_and_the_control_moves_as_far() -> 
         return (x - x.mean(dim=(2, 3), keepdim=True)) / x.std(dim=(2, 3), keepdim=True)
 
     torch.testing.assert_close(standard(shifted), standard(images[recipients]))
+
+
+def test_a_model_whose_predictions_do_not_agree_with_the_labels_is_not_warned_about() -> None:
+    # the tint model follows the cast, but where the labels say the cast names no class (an
+    # untrained model follows whatever varies), the finding is held back, not warned about
+    images = cast_images()
+    n = len(images)
+    predicted = tint_model(images).argmax(dim=1)
+    maps = torch.rand(n, 4, 4, generator=torch.Generator().manual_seed(1))
+    everyone = torch.ones(n, dtype=torch.bool)
+
+    def run(labels: torch.Tensor) -> tuple[Verdict, ShortcutAlarm]:
+        alarm = ShortcutAlarm(kinds=["colour"])
+        chance = float(torch.bincount(labels).max()) / n
+        verdict = alarm.check(tint_model, softmax, images, [maps], predicted, everyone,
+                              right=(predicted == labels, chance))  # fmt: skip
+        return verdict, alarm
+
+    agreed, _ = run(predicted.clone())
+    assert agreed.warns and isinstance(agreed.suspects[0], ColourFinding)
+    shuffled = predicted[torch.randperm(n, generator=torch.Generator().manual_seed(0))]
+    assert int((shuffled == predicted).sum()) <= n // 2  # about chance (3 classes: 1/3)
+    held, alarm = run(shuffled)
+    assert not held.warns and isinstance(alarm.held_back[0], ColourFinding)
+    # the scalars are the same either way: only the verdict waits for a model that learned
+    assert held.scalars == agreed.scalars

@@ -291,3 +291,19 @@ def test_hf_batches_through_a_real_vit_for_image_classification(tmp_path: Path) 
     trainer, _ = _fit(HFBatchModule(), cb, HFSquares(32, 1), HFSquares(16, 2), tmp_path, epochs=1)
     assert trainer.current_epoch == 1 and len(cb.history) == 1
     assert cb.explainer.task.name == "multiclass" and cb.probes.labels.shape == (4,)
+
+
+def test_right_says_which_predictions_agree_with_the_labels_and_the_best_constant_guess() -> None:
+    from lightning_vitrcam.tasks import TASKS
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]])
+    rows = torch.arange(4)
+    right, chance = TASKS["multiclass"].right(logits, torch.tensor([0, 1, 1, 1]), rows, rows)
+    assert right.tolist() == [True, True, True, False] and chance == 0.75
+    one = torch.tensor([[3.0], [-1.0], [2.0], [-2.0]])  # predicted sides 1, 0, 1, 0
+    right, chance = TASKS["binary"].right(one, torch.tensor([1, 1, 0, 0]), rows, rows)
+    assert right.tolist() == [True, False, False, True] and chance == 0.5
+    hot = torch.tensor([[1, 0, 1], [0, 1, 0], [0, 0, 1], [0, 0, 1]]).bool()
+    pairs, labels = torch.tensor([0, 0, 1, 3]), torch.tensor([0, 2, 0, 2])
+    right, chance = TASKS["multilabel"].right(logits, hot, pairs, labels)
+    assert right.tolist() == [True, True, False, True] and chance == 0.75

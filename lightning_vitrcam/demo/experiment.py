@@ -46,6 +46,9 @@ class EpochSignals:
     #: whether the alarm ran its occlusion search at this evaluation (it does not when a map's
     #: or remembered place is already confirmed)
     alarm_searched: bool | None = None
+    #: what the alarm found but held back because the predictions did not yet agree with the
+    #: probes' labels (each finding's description)
+    held_back: list[str] | None = None
 
 
 class _SignalRecorder(Callback):
@@ -83,6 +86,7 @@ class _SignalRecorder(Callback):
                 message=str(new[-1].message) if new else None,
                 alarm_tests=[asdict(t) for t in alarm.last_tests] if alarm else None,
                 alarm_searched=alarm.searched if alarm else None,
+                held_back=[f.describe() for f in alarm.held_back] if alarm else None,
             )
         )
         self._seen = len(shortcut)

@@ -23,7 +23,7 @@ from lightning_vitrcam.shortcut.evidence import EVIDENCE, Evidence, PairTest, Pr
 from lightning_vitrcam.shortcut.interventions import CopyCache, argmax_predicts
 from lightning_vitrcam.shortcut.proposals import probe_groups
 from lightning_vitrcam.shortcut.report import Finding
-from lightning_vitrcam.shortcut.rule import PlaceTest, Rule
+from lightning_vitrcam.shortcut.rule import PlaceTest, Rule, learned
 
 #: the kinds of evidence run by default ("place", the fixed-place test with its border and
 #: sufficiency conditions, is opt-in: "region" tests fixed places too, by transplant)
@@ -125,6 +125,9 @@ class ShortcutAlarm:
         self.kinds: dict[str, Evidence] = {name: EVIDENCE[name](self) for name in names}
         #: whether the last :meth:`check` ran the occlusion search
         self.searched = False
+        #: the last check's findings on a model whose predictions did not yet agree with the
+        #: probes' labels (see ``right`` in :meth:`check`)
+        self.held_back: list[Finding] = []
         #: the records of every test the last :meth:`check` ran, of every kind (a fixed
         #: place's :class:`PlaceTest`, a probe's :class:`RegionTest`, an intervention's
         #: :class:`PairTest`), for study and replay
@@ -142,6 +145,7 @@ class ShortcutAlarm:
         logits: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
         predicts: Callable[[torch.Tensor], torch.Tensor] = argmax_predicts,
+        right: tuple[torch.Tensor, float] | None = None,
     ) -> Verdict:
         """Run every kind of evidence on ``images`` (the probes).
 
@@ -154,6 +158,11 @@ class ShortcutAlarm:
         :meth:`~lightning_vitrcam.ViTReciproCAM.predict`), saving the probes' own forward.
         ``masks`` ``[N, H, W]``: the probes' object masks, when known; ``predicts`` maps scores
         ``[B, C]`` to the predicted classes ``[B, C]`` bool (default: the arg-max).
+        ``right``, where the probes have labels: ``([N] bool, chance)``, whether each probe's
+        prediction agrees with its label and the share the best constant guess gets right; a
+        model that is not at least ``min_margin`` of the way from that guess to all right
+        has learned nothing a shortcut could be (its findings are kept in ``held_back``,
+        not warned about).
         """
         grid: tuple[int, int] = tuple(maps[0].shape[-2:])  # type: ignore[assignment]
         cache = CopyCache(forward, score, images, targets, grid, predicts)
@@ -177,6 +186,11 @@ class ShortcutAlarm:
         scalars = {k: v for f in findings for k, v in f.scalars.items()}
         # strongest first (each kind orders its own; the sort is stable)
         suspects = sorted((s for f in findings for s in f.suspects), key=lambda s: -s.strength)
+        self.held_back = []
+        if right is not None and not learned(
+            int(right[0].sum()), right[0].numel(), right[1], self.min_margin
+        ):
+            self.held_back, suspects = suspects, []
         return Verdict(suspects, scalars)
 
     def state_dict(self) -> dict[str, Any]:

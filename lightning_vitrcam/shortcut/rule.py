@@ -26,7 +26,7 @@ import torch
 
 from lightning_vitrcam.shortcut.places import Box, is_token, on_border
 
-__all__ = ["PlaceTest", "Rule", "margin", "needs_sufficiency", "sign_test"]
+__all__ = ["PlaceTest", "Rule", "learned", "margin", "needs_sufficiency", "sign_test"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,22 @@ def sign_test(moved: torch.Tensor, control: torch.Tensor) -> float:
     b = int((moved & ~control).sum())
     n = b + int((control & ~moved).sum())
     return sum(math.comb(n, k) for k in range(b, n + 1)) / 2**n
+
+
+def learned(right: int, total: int, chance: float, min_margin: float) -> bool:
+    """Whether predictions that are ``right`` on ``total`` labelled probes show a model that
+    learned something from its data: at least ``min_margin`` of the way from ``chance`` (the
+    share the best constant guess gets right) to all right. An untrained model's predictions
+    follow whatever varies most between images (colour first), so every intervention moves
+    them; but what it follows names no class of the data, so it is not a shortcut.
+
+    Example:
+        >>> learned(4, 16, 0.25, 0.5), learned(12, 16, 0.25, 0.5)
+        (False, True)
+    """
+    if total <= 0:
+        return True
+    return right / total - chance >= min_margin * (1.0 - chance)
 
 
 def needs_sufficiency(box: Sequence[int], grid: Sequence[int]) -> bool:
