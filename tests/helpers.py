@@ -241,7 +241,8 @@ def rigged_corner_vit(head: torch.Tensor) -> nn.Module:
 class CuedSquares(Squares):
     """Squares of a random grey (the object names no class) with a class cue that is not at
     one place: ``cue="moving"`` a class-coloured 8x8 tag at a random place of each image,
-    ``cue="tint"`` a cast of the class colour over the whole image."""
+    ``cue="tint"`` a cast of the class colour over the whole image, ``cue="background"`` the
+    cast on the background only (the masks say where the object is)."""
 
     def __init__(self, n: int, seed: int = 0, cue: str = "moving") -> None:
         super().__init__(n, seed, corner=True)
@@ -252,6 +253,8 @@ class CuedSquares(Squares):
         self.x = torch.where(self.m[:, None], grey.expand(n, 3, 1, 1), self.x)
         if cue == "tint":
             self.x += 0.4 * colour
+        elif cue == "background":
+            self.x = torch.where(self.m[:, None], self.x, self.x + 0.4 * colour)
         else:
             r = torch.randint(0, 25, (n,), generator=g)
             c = torch.randint(0, 25, (n,), generator=g)

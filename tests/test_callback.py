@@ -757,12 +757,13 @@ def test_short_training_on_clean_squares_does_not_warn(tmp_path: Path) -> None:
     assert messages == []
 
 
-@pytest.mark.parametrize("cue", ["moving", "tint"])
+@pytest.mark.parametrize("cue", ["moving", "tint", "background"])
 def test_short_training_on_a_cue_that_is_not_at_one_place_warns_with_its_kind(
     tmp_path: Path, cue: str
 ) -> None:
-    """A tag at a random place of each image, or a colour cast: no fixed place carries the
-    class, and the warning says what does (a small region; the image's colour)."""
+    """A tag at a random place of each image, a colour cast, or a cast of the background
+    only: no fixed place carries the class, and the warning says what does (a small region;
+    the image's colour; the background)."""
     L.seed_everything(0)
     module = Module(lr=3e-3, depth=2, drop_rate=0.0)
     cb = ViTReciproCAMCallback(log_images=False, report=False)
@@ -776,6 +777,8 @@ def test_short_training_on_a_cue_that_is_not_at_one_place_warns_with_its_kind(
     assert found and "epoch 3" in found[-1]  # still warned at the last evaluation
     if cue == "tint":
         assert "the prediction follows the image's colour" in found[-1]
+    elif cue == "background":
+        assert "the prediction follows the background" in found[-1], found[-1]
     else:
         region = ("the prediction follows a small region that moves", "the prediction hangs on")
         assert any(text in found[-1] for text in region), found[-1]
