@@ -283,7 +283,7 @@ class ViTReciproCAM:
         model cannot take that size."""
         if self._fixed_grid is not None:
             return self._fixed_grid
-        return self.adapter.grid_size(image_size)
+        return self.adapter.block_grid(image_size, self.target_block_index)
 
     def __call__(self, images: torch.Tensor, targets: TargetsLike = None) -> ReciproCAMResult:
         """Explain ``images`` (``[B, C, H, W]``, on the model's device) for ``targets``
@@ -303,7 +303,7 @@ class ViTReciproCAM:
         with self._route(images):
             if self._fast is not None:
                 shared, logits = self._fast.prepare(images, self.num_prefix_tokens)
-                self._check_tokens(shared.x.shape[1], h, w)
+                self._check_tokens(shared.x, h, w)
                 tgt = self._targets(targets, self._check_logits(logits))
                 evidence = self._fast.scores(shared, tgt, h, w, self.kernel, self._evidence)
             else:
@@ -373,7 +373,8 @@ class ViTReciproCAM:
             )
         return logits
 
-    def _check_tokens(self, tokens: int, h: int, w: int) -> None:
+    def _check_tokens(self, x: torch.Tensor, h: int, w: int) -> None:
+        tokens = self.adapter.block_tokens(x)
         if tokens != self.num_prefix_tokens + h * w:
             raise ValueError(
                 f"the block input has {tokens} tokens but {self.num_prefix_tokens} prefix +"
@@ -397,7 +398,7 @@ class ViTReciproCAM:
         if "x" not in captured:
             raise RuntimeError(f"{self.block_name} was not called by the model's forward")
         x = captured["x"]
-        self._check_tokens(x.shape[1], h, w)
+        self._check_tokens(x, h, w)
         tgt = self._targets(targets, logits)
         n, P, B = h * w, self.num_prefix_tokens, images.shape[0]
         device = images.device
@@ -408,13 +409,14 @@ class ViTReciproCAM:
         )
         chunk: dict[str, torch.Tensor] = {}
 
+        site = self.mask_site
+
         def mask(t: torch.Tensor) -> torch.Tensor:
-            return t * chunk["weight"].to(t.dtype).unsqueeze(-1)
+            return site.weigh(t, chunk["weight"], (h, w))
 
         def mask_output(_m: nn.Module, _args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
             return mask(out)
 
-        site = self.mask_site
         # a post-norm block's attention input (on_input) or a pre-norm block's first norm output
         masking = (
             on_input(site.module, mask) if site.on_input else hooked(site.module, post=mask_output)

@@ -260,3 +260,73 @@ class CuedSquares(Squares):
             c = torch.randint(0, 25, (n,), generator=g)
             for i in range(n):
                 self.x[i, :, r[i] : r[i] + 8, c[i] : c[i] + 8] = colour[i]
+
+
+# --------------------------------------------------------------------------- hierarchical
+SWIN_KINDS = ("timm", "timm_v2", "timm_v2_cr", "torchvision", "torchvision_v2", "hf", "hf_v2")
+
+
+def make_swin(
+    kind: str = "timm",
+    seed: int = 0,
+    img_size: int = 32,
+    num_classes: int = 5,
+    sensitive: bool = True,
+    **overrides: Any,
+) -> nn.Module:
+    """A tiny Swin of one of :data:`SWIN_KINDS`: 4-pixel patches, windows of 2, two stages of
+    two blocks (the second of each shifted), widths 16 and 32; at 32 px the stages' grids are
+    8x8 (16 windows) and 4x4 (4 windows). ``sensitive`` re-draws the weights with
+    :func:`sensitize` (for reference tests), else the library's init (for training)."""
+    import transformers as tf
+    from torchvision.models import SwinTransformer
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
+
+    cfg: dict[str, Any] = dict(embed_dim=16, depths=(2, 2), num_heads=(2, 2), window_size=2)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    if kind in ("timm", "timm_v2", "timm_v2_cr"):
+        name = {
+            "timm": "swin_tiny_patch4_window7_224",
+            "timm_v2": "swinv2_tiny_window8_256",
+            "timm_v2_cr": "swinv2_cr_tiny_224",
+        }[kind]
+        model = timm.create_model(name, img_size=img_size, num_classes=num_classes, **cfg)
+        heads = [model.head.fc]
+    elif kind in ("torchvision", "torchvision_v2"):
+        v2 = kind == "torchvision_v2"
+        model = SwinTransformer(
+            [4, 4], cfg["embed_dim"], list(cfg["depths"]), list(cfg["num_heads"]),
+            [cfg["window_size"]] * 2, num_classes=num_classes,
+            **(dict(block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2) if v2 else {}),
+        )  # fmt: skip
+        heads = [model.head]
+    elif kind in ("hf", "hf_v2"):
+        config = (tf.SwinConfig if kind == "hf" else tf.Swinv2Config)(
+            image_size=img_size, patch_size=4, num_labels=num_classes,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+        )  # fmt: skip
+        klass = tf.SwinForImageClassification if kind == "hf" else tf.Swinv2ForImageClassification
+        model = klass(config)
+        heads = [model.classifier]
+    else:
+        raise ValueError(kind)
+    return sensitize(model, seed, heads) if sensitive else model.eval()
+
+
+class SwinModule(TrainOnly):
+    """:class:`TrainOnly` around a tiny timm Swin of :func:`make_swin` (library init, no
+    stochastic depth), with its hyperparameters saved so that a checkpoint rebuilds it
+    (``--model-class tests.helpers.SwinModule``)."""
+
+    def __init__(self, lr: float = 1e-3, num_classes: int = 4, embed_dim: int = 32) -> None:
+        swin = make_swin(
+            "timm", sensitive=False, num_classes=num_classes, embed_dim=embed_dim,
+            drop_path_rate=0.0,
+        )  # fmt: skip
+        super().__init__(model=swin, lr=lr)
+        self.save_hyperparameters()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = self._xy(batch)
+        self.log("val_loss", F.cross_entropy(self(x), y))

@@ -15,7 +15,7 @@ from torch import nn
 from lightning_vitrcam import ViTReciproCAM
 from lightning_vitrcam.adapters import build_adapter, find_vit, is_explainable
 from lightning_vitrcam.explainer import eval_mode
-from tests.helpers import make_hf, make_torchvision_vit, make_vit, sensitize
+from tests.helpers import make_hf, make_swin, make_torchvision_vit, make_vit, sensitize
 
 GAUSS = [[1, 2, 1], [2, 4, 2], [1, 2, 1]]
 TINY = dict(img_size=32, patch_size=8, num_classes=5, depth=2, embed_dim=32, num_heads=2)
@@ -299,34 +299,38 @@ def test_hidden_states_passed_by_keyword() -> None:
     torch.testing.assert_close(out.scores.double(), ref, atol=2e-6, rtol=0)
 
 
-def _hierarchical() -> list[nn.Module]:
+def _refused() -> list[tuple[nn.Module, str]]:
+    """Families still refused, with what their reason says (the hierarchical families that are
+    explained are tested in test_swin.py and test_hierarchical.py)."""
     import transformers as tf
-    from torchvision.models import SwinTransformer
+    from torchvision.models.video.swin_transformer import SwinTransformer3d
 
-    swin = dict(depths=(1, 1), num_heads=(1, 1))
+    hiera = dict(embed_dim=8, depths=[1, 1], num_heads=[1, 1], num_query_pool=1, num_labels=3)
     return [
-        timm.create_model(
-            "swin_tiny_patch4_window7_224", img_size=32, window_size=2, embed_dim=8, **swin
-        ),
-        timm.create_model("hiera_tiny_224", img_size=64, embed_dim=8, num_heads=1, stages=(1,) * 4),
-        SwinTransformer([4, 4], 8, [1, 1], [1, 1], [2, 2], num_classes=3),
-        tf.SwinForImageClassification(
-            tf.SwinConfig(image_size=32, embed_dim=8, window_size=2, num_labels=3, **swin)
-        ),
+        (timm.create_model("pit_ti_224", img_size=32, num_classes=3), "hierarchical vision"),
+        (tf.HieraForImageClassification(tf.HieraConfig(**hiera)), "hierarchical vision"),
+        (SwinTransformer3d([2, 4, 4], 8, [1, 1], [1, 1], [2, 2, 2]), "video model"),
+        (tf.SwinModel(tf.SwinConfig(image_size=32, embed_dim=8, window_size=2)), "backbone"),
     ]
 
 
-def test_hierarchical_models_are_refused_with_the_reason() -> None:
-    for model in _hierarchical():
+def test_refused_models_say_why() -> None:
+    for model, reason in _refused():
         assert not is_explainable(model)
-        with pytest.raises(ValueError, match="hierarchical vision transformer.*resolution"):
+        with pytest.raises(ValueError, match=reason):
             ViTReciproCAM(model)
         first_norm = next(m for m in model.modules() if isinstance(m, nn.LayerNorm))
-        with pytest.raises(ValueError, match="hierarchical"):
+        with pytest.raises(ValueError, match=reason):
             ViTReciproCAM(model, target_layer=first_norm, num_prefix_tokens=0)
         holder = nn.ModuleDict({"backbone": model, "extra": nn.Linear(2, 2)})
-        with pytest.raises(ValueError, match="cannot explain ModuleDict.backbone: .*hierarch"):
+        with pytest.raises(ValueError, match=f"cannot explain ModuleDict.backbone: .*{reason}"):
             find_vit(holder)
+
+
+def test_explained_hierarchical_models_choose_their_block_by_target_block() -> None:
+    swin = make_swin("timm")
+    with pytest.raises(ValueError, match="choose the block with target_block="):
+        ViTReciproCAM(swin, target_layer=swin.layers[-1].blocks[-1].norm1, num_prefix_tokens=0)
 
 
 def test_parallel_blocks_are_refused() -> None:

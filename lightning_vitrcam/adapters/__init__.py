@@ -25,11 +25,19 @@ from torch import nn
 
 # each family module registers its adapter(s) by class path when imported
 from lightning_vitrcam.adapters import hf as _hf  # noqa: F401
+from lightning_vitrcam.adapters import hf_swin as _hf_swin  # noqa: F401
 from lightning_vitrcam.adapters import refusals as _refusals  # noqa: F401
 from lightning_vitrcam.adapters import timm_cait as _timm_cait  # noqa: F401
 from lightning_vitrcam.adapters import timm_eva as _timm_eva  # noqa: F401
+from lightning_vitrcam.adapters import timm_hiera as _timm_hiera  # noqa: F401
+from lightning_vitrcam.adapters import timm_maxvit as _timm_maxvit  # noqa: F401
+from lightning_vitrcam.adapters import timm_mvit as _timm_mvit  # noqa: F401
 from lightning_vitrcam.adapters import timm_naflex as _timm_naflex  # noqa: F401
+from lightning_vitrcam.adapters import timm_pvt_v2 as _timm_pvt_v2  # noqa: F401
+from lightning_vitrcam.adapters import timm_swin as _timm_swin  # noqa: F401
+from lightning_vitrcam.adapters import timm_twins as _timm_twins  # noqa: F401
 from lightning_vitrcam.adapters import timm_vit as _timm_vit  # noqa: F401
+from lightning_vitrcam.adapters import torchvision_swin as _torchvision_swin  # noqa: F401
 from lightning_vitrcam.adapters import torchvision_vit as _torchvision_vit  # noqa: F401
 from lightning_vitrcam.adapters.base import (
     Copies,
@@ -41,9 +49,11 @@ from lightning_vitrcam.adapters.base import (
     unwrap_model,
 )
 from lightning_vitrcam.adapters.generic import TargetLayerAdapter, TimmStyleAdapter
+from lightning_vitrcam.adapters.hierarchical import HierarchicalAdapter
 
 __all__ = [
     "Copies",
+    "HierarchicalAdapter",
     "MaskSite",
     "ModelAdapter",
     "RefusedModel",
@@ -96,16 +106,23 @@ def build_adapter(
     reason = refusal(model)
     if reason is not None:
         raise ValueError(reason)
+    cls = _adapter_class(model)
+    if target_layer is not None and cls is not None and issubclass(cls, HierarchicalAdapter):
+        raise ValueError(
+            f"{type(model).__name__} is explained without target_layer= (its blocks see NHWC"
+            " maps or attention windows, which its adapter lays the mask out for); choose the"
+            " block with target_block= instead, counted over all stages (-1: the last block of"
+            " the last stage)"
+        )
     if target_layer is not None:
         return TargetLayerAdapter(model, target_layer, num_prefix_tokens, patch_size)
-    cls = _adapter_class(model)
     if cls is None:
         raise ValueError(
             f"cannot find transformer blocks with a 'norm1' in {type(model).__name__}"
             " (supported without configuration: timm VisionTransformer/DeiT/Eva/BEiT/CaiT/"
-            "NaFlexVit, HF ViT/DeiT/DINOv2 image classifiers, torchvision's"
-            " VisionTransformer; see docs/models.md). For any other pre-norm transformer pass"
-            " target_layer=<the first norm of the block to explain> and"
+            "NaFlexVit/Swin, HF ViT/DeiT/DINOv2/Swin image classifiers, torchvision's"
+            " VisionTransformer and Swin; see docs/models.md). For any other pre-norm"
+            " transformer pass target_layer=<the first norm of the block to explain> and"
             " num_prefix_tokens=..., e.g. ViTReciproCAM(model,"
             " target_layer=model.encoder.layers[-1].ln_1, num_prefix_tokens=1)"
         )

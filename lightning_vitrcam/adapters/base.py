@@ -22,6 +22,7 @@ from lightning_vitrcam.adapters.fast_spec import FamilySpec
 __all__ = [
     "Copies",
     "MaskSite",
+    "Weigh",
     "ModelAdapter",
     "RefusedModel",
     "adapter_class_for",
@@ -32,6 +33,7 @@ __all__ = [
     "register_adapter",
     "registered_adapter",
     "unwrap_model",
+    "weigh_tokens",
 ]
 
 # keyword names under which libraries pass a block's hidden states (HF layers may be called
@@ -150,15 +152,37 @@ class Copies:
     stop: int
 
 
+#: ``weigh(t, weight, grid)``: the site's tensor ``t`` for a chunk of ``N`` copies with each
+#: copy's window weights ``weight`` ``[N, prefix + h*w]`` (prefix first, spatial row-major over
+#: the ``grid = (h, w)``) applied to its tokens; the one place a token layout is spelled out
+Weigh = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], torch.Tensor]
+
+
+def weigh_tokens(t: torch.Tensor, weight: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Weights on a ``[N, T, C]`` sequence (tokens on dim 1): the isotropic ViTs' layout, and
+    HF Swin's unrolled ``[N, h*w, C]``.
+
+    Example:
+        >>> t = torch.ones(2, 3, 4)
+        >>> weigh_tokens(t, torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 1.0]]), (1, 2))[:, :, 0]
+        tensor([[1.0000, 0.5000, 0.0000],
+                [0.0000, 1.0000, 1.0000]])
+    """
+    return t * weight.to(t.dtype).unsqueeze(-1)
+
+
 @dataclass(frozen=True)
 class MaskSite:
     """Where ViT-ReciproCAM applies a copy's window weights: the output of ``module`` (a
     pre-norm block's first norm, the paper's definition) or, with ``on_input=True``, the first
     input of ``module`` (a post-norm block's attention: its input is what the paper masks, and
-    the residual stream stays unmasked)."""
+    the residual stream stays unmasked). ``weigh`` applies the weights to the site's tensor in
+    its layout (a token sequence by default; NHWC maps and attention windows for hierarchical
+    models, see :mod:`~lightning_vitrcam.adapters.hierarchical`)."""
 
     module: nn.Module
     on_input: bool = False
+    weigh: Weigh = weigh_tokens
 
 
 @contextlib.contextmanager
@@ -233,6 +257,16 @@ class ModelAdapter:
         if isinstance(getattr(self.model, "patch_size", None), int | tuple | list):
             return _pair(self.model.patch_size)
         return None
+
+    def block_grid(self, image_size: tuple[int, int], block_index: int) -> tuple[int, int]:
+        """The ``(h, w)`` grid of block ``block_index``'s spatial tokens for ``(H, W)`` images:
+        the patch grid in an isotropic model; a hierarchical one's stage grid."""
+        return self.grid_size(image_size)
+
+    def block_tokens(self, x: torch.Tensor) -> int:
+        """How many tokens (prefix + spatial) a block input ``x`` holds: dim 1 of
+        ``[B, T, C]``."""
+        return int(x.shape[1])
 
     def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """The ``(h, w)`` token grid for ``(H, W)`` images; raises when the model cannot take

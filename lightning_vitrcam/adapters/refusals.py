@@ -1,22 +1,27 @@
-"""Vision transformers ViT-ReciproCAM is not defined for: hierarchical models.
+"""Model families ViT-ReciproCAM is not carried over to here, each with its reason.
 
-Swin, MViT, Hiera, PiT, PVT and Twins change the token grid between stages (patch merging,
-pooling attention) and attend within windows or over pooled keys. ViT-ReciproCAM makes one
-masked copy per token of one block's sequence and reads the prediction of each copy through the
-rest of an isotropic transformer; in a hierarchical model a block's tokens are NHWC maps or
-unrolled windows at one stage's resolution, later stages merge them, and the paper's
-prefix/spatial split does not exist. Rather than explain them with other semantics (or fail
-on a token count), they are refused with this reason.
+Hierarchical vision transformers are explained at one block of one stage (the library's
+extension beyond the paper, :mod:`~lightning_vitrcam.adapters.hierarchical`): Swin (timm,
+torchvision, HF), PVT v2, Twins, MViT v2, Hiera and MaxViT (timm). What remains refused:
+
+* video models (torchvision's ``MViT`` and ``SwinTransformer3d``): their tokens are a
+  space-time grid and the explainer takes ``[B, C, H, W]`` images;
+* HF backbones without a classification head (``SwinModel``, ``Swinv2Model``,
+  ``HieraModel``): they return hidden states, not logits; their ``...ForImageClassification``
+  classes are the ones to explain;
+* hierarchical families whose blocks no adapter has been written for and checked against a
+  literal one-copy-per-forward reference (timm ``PoolingVisionTransformer`` (PiT) and
+  ``HieraDet`` (SAM2's Hiera); HF ``HieraForImageClassification``): rather than explain them
+  with another masking site, or fail on a token count, they are refused.
 
 Example:
-    >>> import timm
+    >>> from torchvision.models.video.swin_transformer import SwinTransformer3d
     >>> from lightning_vitrcam.adapters import build_adapter
-    >>> swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=32, window_size=2,
-    ...                          embed_dim=8, depths=(1, 1), num_heads=(1, 1))
-    >>> build_adapter(swin)  # doctest: +ELLIPSIS
+    >>> video = SwinTransformer3d([2, 4, 4], 8, [1, 1], [1, 1], [2, 2, 2], num_classes=3)
+    >>> build_adapter(video)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: SwinTransformer is a hierarchical vision transformer...
+    ValueError: SwinTransformer3d is a video model...
 """
 
 from __future__ import annotations
@@ -25,41 +30,65 @@ from torch import nn
 
 from lightning_vitrcam.adapters.base import RefusedModel, register_adapter
 
-__all__ = ["HierarchicalRefusal"]
+__all__ = ["BackboneRefusal", "HierarchicalRefusal", "VideoRefusal"]
+
+_EXPLAINED = (
+    "explained without configuration: plain ViTs (timm VisionTransformer/DeiT/Eva/BEiT/CaiT/"
+    "NaFlexVit, HF ViT/DeiT/DINOv2, torchvision ViT) and hierarchical ones (Swin in timm,"
+    " torchvision and HF; timm PVT v2, Twins, MViT v2, Hiera, MaxViT); see docs/models.md"
+)
 
 
 @register_adapter(
-    "timm.models.swin_transformer.SwinTransformer",
-    "timm.models.swin_transformer_v2.SwinTransformerV2",
-    "timm.models.swin_transformer_v2_cr.SwinTransformerV2Cr",
-    "timm.models.mvitv2.MultiScaleVit",
-    "timm.models.hiera.Hiera",
-    "timm.models.hieradet_sam2.HieraDet",
-    "timm.models.pit.PoolingVisionTransformer",
-    "timm.models.pvt_v2.PyramidVisionTransformerV2",
-    "timm.models.twins.Twins",
-    "torchvision.models.swin_transformer.SwinTransformer",
     "torchvision.models.video.mvit.MViT",
     "torchvision.models.video.swin_transformer.SwinTransformer3d",
-    "transformers.models.swin.modeling_swin.SwinModel",
-    "transformers.models.swin.modeling_swin.SwinForImageClassification",
-    "transformers.models.swinv2.modeling_swinv2.Swinv2Model",
-    "transformers.models.swinv2.modeling_swinv2.Swinv2ForImageClassification",
-    "transformers.models.hiera.modeling_hiera.HieraModel",
-    "transformers.models.hiera.modeling_hiera.HieraForImageClassification",
 )
-class HierarchicalRefusal(RefusedModel):
-    """Swin / MViT / Hiera / PiT / PVT / Twins: the token grid changes between stages."""
+class VideoRefusal(RefusedModel):
+    """Video transformers: a space-time token grid; the explainer takes images."""
 
     @classmethod
     def reason(cls, model: nn.Module) -> str:
         return (
-            f"{type(model).__name__} is a hierarchical vision transformer: its token grid"
-            " changes resolution between stages (patch merging or pooling) and its blocks"
-            " attend within windows or over pooled tokens, so ViT-ReciproCAM's one masked copy"
-            " per token of one block's sequence (prefix tokens kept, the rest read by the later"
-            " blocks of an isotropic ViT) is not defined the same way. ViT-ReciproCAM explains"
-            " plain ViTs (timm VisionTransformer/DeiT/Eva/BEiT/CaiT/NaFlexVit, HF ViT/DeiT/"
-            "DINOv2, torchvision ViT); for a hierarchical model use a CAM method on its last"
-            " stage's feature map (e.g. ReciproCAM or Grad-CAM)"
+            f"{type(model).__name__} is a video model: its tokens lie on a space-time grid and"
+            " it takes [B, C, T, H, W] clips, while ViT-ReciproCAM here explains images"
+            f" ([B, C, H, W]) with one masked copy per place of a 2-d grid ({_EXPLAINED})"
+        )
+
+
+@register_adapter(
+    "transformers.models.swin.modeling_swin.SwinModel",
+    "transformers.models.swinv2.modeling_swinv2.Swinv2Model",
+    "transformers.models.hiera.modeling_hiera.HieraModel",
+)
+class BackboneRefusal(RefusedModel):
+    """HF backbones: hidden states out, no logits to explain."""
+
+    @classmethod
+    def reason(cls, model: nn.Module) -> str:
+        head = type(model).__name__.replace("Model", "ForImageClassification")
+        return (
+            f"{type(model).__name__} is a backbone without a classification head: it returns"
+            " hidden states, not logits, so there is no class score to explain; explain the"
+            f" classifier that holds it (e.g. {head}, which is supported) or pass model_attr="
+            " pointing at your classifier"
+        )
+
+
+@register_adapter(
+    "timm.models.hieradet_sam2.HieraDet",
+    "timm.models.pit.PoolingVisionTransformer",
+    "transformers.models.hiera.modeling_hiera.HieraForImageClassification",
+)
+class HierarchicalRefusal(RefusedModel):
+    """Hierarchical families without an adapter checked against a literal reference."""
+
+    @classmethod
+    def reason(cls, model: nn.Module) -> str:
+        return (
+            f"{type(model).__name__} is a hierarchical vision transformer whose blocks no"
+            " adapter has been written for and checked against a literal one-copy-per-forward"
+            " reference (where its attention input is, in which token order and on which"
+            " grid), so it is refused rather than explained with another masking site. "
+            f"{_EXPLAINED[0].upper()}{_EXPLAINED[1:]}; for this model use a CAM method on its"
+            " last stage's feature map (e.g. ReciproCAM or Grad-CAM)"
         )
