@@ -6,6 +6,7 @@ the tail in one batch).
     python benchmarks/bench_cam.py --families timm hf --device cuda --batch 32 --amp bf16
     python benchmarks/bench_cam.py --quick             # tiny models (a smoke run, seconds)
     python benchmarks/bench_cam.py --no-general --no-literal --repeats 7   # fast path vs forward
+    python benchmarks/bench_cam.py --swin              # Swin-T: 16 probes, per target stage
 
 The ViT-B/16-sized configurations are timm ``vit_base_patch16_224``, torchvision ``vit_b_16``
 and HF ``ViTConfig()`` defaults (1000 classes each), 224x224 images. Prints one table with
@@ -13,6 +14,11 @@ ms/image and the ratio to the plain forward for every family (and, for timm, how
 faster than the literal implementation each row is), the general path's peak extra memory for
 the first family and the largest fast/general score difference per family.
 Random weights: speed does not depend on them (no pretrained weights can be downloaded here).
+
+``--swin``: timm ``swin_tiny_patch4_window7_224`` (1000 classes), 16 images of 224x224: the plain
+forward, the explanation at the last block (7x7 grid, the default), at the first block of the
+last stage (7x7) and at the last block of stage 3 (14x14), and one evaluation of the callback at
+its defaults (explanation, ADCC, the alarm, pictures) in a real one-step fit.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import contextlib
 import platform
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -219,6 +226,87 @@ def _rows(
     return rows
 
 
+# (label, target_block) of Swin-T (depths 2, 2, 6, 2): the last block, the first of the last
+# stage, the last of stage 3
+SWIN_TARGETS = (
+    ("last block (default)", -1),
+    ("block -2 (stage 4)", -2),
+    ("block -3 (stage 3)", -3),
+)
+
+
+def swin_cost(args: argparse.Namespace) -> None:
+    """Swin-T at 224 px, 16 probes: the plain forward, the explanation per target block and one
+    evaluation of the callback, each against the plain forward."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_vitrcam import ViTReciproCAMCallback
+
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()
+    images = torch.randn(16, 3, 224, 224)
+
+    def plain() -> None:
+        with torch.no_grad():
+            model(images)
+
+    forward = timed(plain, torch.device("cpu"), args.repeats)
+    print(
+        f"# timm swin_tiny_patch4_window7_224, 16 images of 224x224, 1000 classes, CPU float32"
+        f" ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads),"
+        f" torch {torch.__version__}"
+    )
+    print("| computation | grid | seconds | x plain forward |")
+    print("|---|---|---|---|")
+
+    def row(name: str, grid: str, sec: float) -> None:
+        print(f"| {name} | {grid} | {sec:.2f} | {sec / forward:.1f} |", flush=True)
+
+    row("plain forward", "-", forward)
+    for label, target in SWIN_TARGETS:
+        cam = ViTReciproCAM(model, target_block=target)
+        h, w = cam.grid_size((224, 224))
+        seconds = timed(lambda cam=cam: cam(images), torch.device("cpu"), args.slow_repeats)
+        row(f"explanation, {label}", f"{h}x{w}", seconds)
+
+    class Timed(ViTReciproCAMCallback):
+        evaluation = 0.0
+
+        def on_validation_epoch_end(self, *a: Any) -> None:
+            start = time.perf_counter()
+            super().on_validation_epoch_end(*a)
+            self.evaluation = time.perf_counter() - start
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return torch.nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            pass
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    data = DataLoader(TensorDataset(images, torch.randint(0, 1000, (16,))), batch_size=2)
+    callback = Timed()
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=1,
+        callbacks=[callback], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        default_root_dir=tempfile.mkdtemp(),
+    )  # fmt: skip
+    trainer.fit(Module(), data, data)
+    row("one callback evaluation (defaults)", "7x7", callback.evaluation)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
@@ -237,7 +325,15 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (0: default; --quick: 1)"
     )
+    parser.add_argument(
+        "--swin", action="store_true", help="Swin-T at 224 px: 16 probes per target stage"
+    )
     args = parser.parse_args()
+    if args.swin:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        swin_cost(args)
+        return
     # tiny models are dominated by thread synchronisation on a busy machine: one thread
     threads = args.threads or (1 if args.quick else 0)
     if threads:

@@ -6,6 +6,9 @@ of a transformer block is copied once per spatial token; copy ``k`` keeps the pr
 Every copy runs through the rest of the network (the residual stream into the block is not
 masked) and its target-class score becomes the saliency of token ``k``.
 
+Hierarchical models (Swin and its kin) get the same treatment at one block of one stage, on
+that stage's grid (:mod:`lightning_vitrcam.adapters.hierarchical`).
+
 This module is the family-independent core: targets, the score function, the chunked masked
 copies and the normalisation. What a model family looks like inside lives in
 :mod:`lightning_vitrcam.adapters`; the exact fast path for token-pooled timm ViTs (about the cost
@@ -145,12 +148,16 @@ class ViTReciproCAM:
             ``Cait``, ``NaFlexVit``, an HF ``ViT``/``DeiT``/``Dinov2`` image classifier,
             torchvision's ``VisionTransformer`` (the table in ``docs/models.md``), any model
             laid out like timm's (``.blocks`` with ``norm1``, ``.patch_embed``), or any
-            pre-norm transformer classifier when ``target_layer`` is given. Hierarchical
-            models (Swin, MViT, Hiera) are refused with the reason. ``torch.compile``d modules
+            pre-norm transformer classifier when ``target_layer`` is given; hierarchical
+            models (Swin in timm, torchvision and HF; Hiera in timm and HF; timm PVT v2,
+            Twins, MViT v2, MaxViT, PiT) at one block of one stage, the library's extension
+            beyond the paper
+            (:mod:`~lightning_vitrcam.adapters.hierarchical`). ``torch.compile``d modules
             are unwrapped. The model is used as it is: no copy, no parameter touched.
         target_block: index into the model's blocks of the block whose first norm output is
             masked (the attention input for post-norm blocks; default the last block as in the
-            paper's figure, ``-2`` is the authors' code default).
+            paper's figure, ``-2`` is the authors' code default). Hierarchical models count
+            their blocks over all stages, and the map has the target block's stage grid.
         kernel: ``"gaussian"`` (3x3, the paper's default) or ``"point"`` (1x1).
         keep_prefix_tokens: keep the prefix tokens (CLS, ...) unmasked in every copy (paper).
         score: ``"softmax"`` (paper), ``"logit"`` or ``"sigmoid"`` (multi-label models): the

@@ -303,12 +303,13 @@ def _refused() -> list[tuple[nn.Module, str]]:
     """Families still refused, with what their reason says (the hierarchical families that are
     explained are tested in test_swin.py and test_hierarchical.py)."""
     import transformers as tf
+    from timm.models.hieradet_sam2 import HieraDet
     from torchvision.models.video.swin_transformer import SwinTransformer3d
 
-    hiera = dict(embed_dim=8, depths=[1, 1], num_heads=[1, 1], num_query_pool=1, num_labels=3)
+    hieradet = HieraDet(embed_dim=8, stages=(1, 1), q_pool=1, window_spec=(2, 2),
+                        global_att_blocks=(), num_classes=3)  # fmt: skip
     return [
-        (timm.create_model("pit_ti_224", img_size=32, num_classes=3), "hierarchical vision"),
-        (tf.HieraForImageClassification(tf.HieraConfig(**hiera)), "hierarchical vision"),
+        (hieradet, "hierarchical vision"),
         (SwinTransformer3d([2, 4, 4], 8, [1, 1], [1, 1], [2, 2, 2]), "video model"),
         (tf.SwinModel(tf.SwinConfig(image_size=32, embed_dim=8, window_size=2)), "backbone"),
     ]

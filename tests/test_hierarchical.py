@@ -1,5 +1,5 @@
-"""Hierarchical families beyond Swin (PVT v2, Twins, MViT v2, Hiera, MaxViT) against a literal
-one-copy-per-forward reference; the families still refused say why."""
+"""Hierarchical families beyond Swin (PVT v2, Twins, MViT v2, Hiera in timm and HF, MaxViT,
+PiT) against a literal one-copy-per-forward reference."""
 
 from __future__ import annotations
 
@@ -71,6 +71,28 @@ def _maxvit(nchw: bool) -> nn.Module:
     return sensitize(m, heads=[m.head.fc])
 
 
+def _hf_hiera() -> nn.Module:
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.HieraConfig(
+        image_size=[64, 64], embed_dim=8, depths=[1, 2], num_heads=[1, 1], num_query_pool=1,
+        masked_unit_size=[4, 4], num_labels=5,
+    )  # fmt: skip
+    m = tf.HieraForImageClassification(cfg)
+    return sensitize(m, heads=[m.classifier])
+
+
+def _pit(distilled: bool) -> nn.Module:
+    torch.manual_seed(0)
+    name = "pit_ti_distilled_224" if distilled else "pit_ti_224"
+    m = timm.create_model(
+        name, img_size=64, depth=(1, 2), heads=(1, 2), base_dims=(8, 8), num_classes=5
+    )
+    heads = [h for h in (m.head, getattr(m, "head_dist", None)) if isinstance(h, nn.Linear)]
+    return sensitize(m, heads=heads)
+
+
 @contextlib.contextmanager
 def _scaled(
     module: nn.Module, weight: torch.Tensor, prefix: int, on_input: bool, layout: str = "tokens"
@@ -102,15 +124,27 @@ def hiera_positions(model: nn.Module, poolings: int) -> torch.Tensor:
     """``[n, 2]``: the grid (row, column) of each position of a Hiera block's input sequence,
     worked out literally: the model's unroll applied to every token's coordinates, then each
     query pooling's max over ``q_stride`` contiguous chunks (whose members share their
-    pooled position)."""
-    h, w = model.tokens_spatial_shape
+    pooled position). timm's Hiera or HF's."""
+    config = getattr(model, "config", None)
+    if config is not None:  # HF: a module-level unroll with the model's schedule
+        from transformers.models.hiera.modeling_hiera import unroll
+
+        q_stride = tuple(config.query_stride)
+        h, w = (i // s for i, s in zip(config.image_size, config.patch_stride, strict=True))
+        schedule = model.hiera.unroll_schedule
+
+        def unrolled(c: torch.Tensor) -> torch.Tensor:
+            return unroll(c, tuple(config.image_size), config.patch_stride, schedule)
+    else:
+        q_stride = tuple(model.q_stride)
+        h, w = model.tokens_spatial_shape
+        unrolled = model.unroll
     rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    coords = torch.stack([rows, cols], -1).reshape(1, h * w, 2).double()
-    coords = model.unroll(coords)
-    stride = int(torch.tensor(model.q_stride).prod())
+    coords = unrolled(torch.stack([rows, cols], -1).reshape(1, h * w, 2).double())
+    stride = int(torch.tensor(q_stride).prod())
     for _ in range(poolings):
         chunks = coords.view(1, stride, -1, 2)
-        pooled = torch.div(chunks, torch.tensor(model.q_stride), rounding_mode="floor")
+        pooled = torch.div(chunks, torch.tensor(q_stride), rounding_mode="floor")
         assert torch.equal(pooled.amax(1), pooled.amin(1))
         coords = pooled[:, 0]
     return coords[0].long()
@@ -124,13 +158,16 @@ CASES: dict[str, Case] = {
     "mvit": (lambda: _mvit(False), "TimmMViTAdapter", 0, [(-1, (8, 8)), (1, (16, 16))]),
     "mvit_cls": (lambda: _mvit(True), "TimmMViTAdapter", 1, [(-1, (8, 8)), (1, (16, 16))]),
     "hiera": (_hiera, "TimmHieraAdapter", 0, [(-1, (8, 8)), (1, (16, 16)), (0, (16, 16))]),
+    "hf_hiera": (_hf_hiera, "HFHieraAdapter", 0, [(-1, (8, 8)), (1, (16, 16)), (0, (16, 16))]),
     "maxvit": (
         lambda: _maxvit(False), "TimmMaxViTAdapter", 0, [(-1, (8, 8)), (-2, (8, 8)), (0, (16, 16))],
     ),
     "maxvit_nchw": (lambda: _maxvit(True), "TimmMaxViTAdapter", 0, [(-1, (8, 8)), (1, (16, 16))]),
+    "pit": (lambda: _pit(False), "TimmPiTAdapter", 1, [(-1, (4, 4)), (0, (7, 7))]),
+    "pit_distilled": (lambda: _pit(True), "TimmPiTAdapter", 2, [(-1, (4, 4)), (1, (4, 4))]),
 }  # fmt: skip
 IMAGE = {"pvt_v2": 64, "twins": 32, "mvit": 64, "mvit_cls": 64, "hiera": 64}
-IMAGE |= {"maxvit": 64, "maxvit_nchw": 64}
+IMAGE |= {"maxvit": 64, "maxvit_nchw": 64, "pit": 64, "pit_distilled": 64, "hf_hiera": 64}
 AGREEMENT: dict[str, float] = {}
 
 
@@ -145,10 +182,20 @@ def _site(name: str, model: nn.Module, target: int) -> tuple[nn.Module, nn.Modul
     if name.startswith("mvit"):
         blocks = [b for s in model.stages for b in s.blocks]
         return blocks[target], blocks[target].attn, True
+    if name.startswith("pit"):
+        blocks = [b for t in model.transformers for b in t.blocks]
+        return blocks[target], blocks[target].norm1, False
     if name.startswith("maxvit"):
         blocks = [a for s in model.stages for b in s.blocks for a in (b.attn_block, b.attn_grid)]
         return blocks[target], blocks[target].norm1, False
+    if name == "hf_hiera":
+        blocks = [layer for stage in model.hiera.encoder.stages for layer in stage.layers]
+        return blocks[target], blocks[target].attn, True
     return model.blocks[target], model.blocks[target].attn, True
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return getattr(out, "logits", out)
 
 
 def reference(name: str, model: nn.Module, images: torch.Tensor, target: int, grid: Any) -> Any:
@@ -156,16 +203,21 @@ def reference(name: str, model: nn.Module, images: torch.Tensor, target: int, gr
     prefix = CASES[name][2]
     h, w = grid
     order = None
-    if name == "hiera":
-        index = target % len(model.blocks)
+    if name in ("hiera", "hf_hiera"):
         # the block's input has been through the query poolings of the blocks before it (the
         # first block after a stage end pools)
-        pooled = sum(1 for end in model.stage_ends[: model.q_pool] if end + 1 < index)
+        if name == "hiera":
+            index, ends = target % len(model.blocks), model.stage_ends[: model.q_pool]
+        else:
+            depths = model.config.depths
+            index = target % sum(depths)
+            ends = [sum(depths[: i + 1]) - 1 for i in range(model.config.num_query_pool)]
+        pooled = sum(1 for end in ends if end + 1 < index)
         positions = hiera_positions(model, pooled)
         order = positions[:, 0] * w + positions[:, 1]
     scores = torch.zeros(images.shape[0], h * w, dtype=torch.float64)
     with torch.no_grad():
-        targets = model(images).argmax(1)
+        targets = _logits(model(images)).argmax(1)
         for b in range(images.shape[0]):
             for k in range(h * w):
                 weight = literal_weights(h, w, k // w, k % w)
@@ -173,7 +225,7 @@ def reference(name: str, model: nn.Module, images: torch.Tensor, target: int, gr
                     weight = weight[order]
                 layout = {"maxvit": "nhwc", "maxvit_nchw": "nchw"}.get(name, "tokens")
                 with _scaled(site, weight, prefix, on_input, layout):
-                    logits = model(images[b : b + 1])
+                    logits = _logits(model(images[b : b + 1]))
                 scores[b, k] = logits.double().softmax(-1)[0, targets[b]]
     return scores
 
@@ -193,7 +245,7 @@ def test_family_matches_literal_reference(name: str) -> None:
         out = cam(images)
         assert out.grid_size == grid
         torch.testing.assert_close(out.scores.double(), ref, atol=2e-6, rtol=0)
-        torch.testing.assert_close(cam.predict(images), model(images), atol=1e-5, rtol=0)
+        torch.testing.assert_close(cam.predict(images), _logits(model(images)), atol=1e-5, rtol=0)
         model64, images64 = model.double(), images.double()
         ref64 = reference(name, model64, images64, target, grid)
         out64 = ViTReciproCAM(model64, target_block=target, max_batch=7)(images64)

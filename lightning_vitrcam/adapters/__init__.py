@@ -1,10 +1,11 @@
 """Model adapters: one small class per model family, chosen by a registry lookup.
 
-:func:`build_adapter` picks the adapter for a model: a family registered as refused
-(hierarchical models, see :mod:`~lightning_vitrcam.adapters.refusals`) raises its reason;
-``target_layer=`` means :class:`TargetLayerAdapter`; otherwise the adapter registered for the
-nearest class of the model (:func:`register_adapter`), else :class:`TimmStyleAdapter` for
-models laid out like timm's. :func:`find_vit` finds the one model inside a LightningModule that
+:func:`build_adapter` picks the adapter for a model: a family registered as refused (video
+models, backbones without a head, see :mod:`~lightning_vitrcam.adapters.refusals`) raises its
+reason; ``target_layer=`` means :class:`TargetLayerAdapter` (hierarchical families choose their
+block with ``target_block=`` instead); otherwise the adapter registered for the nearest class
+of the model (:func:`register_adapter`), else :class:`TimmStyleAdapter` for models laid out
+like timm's. :func:`find_vit` finds the one model inside a LightningModule that
 an adapter can explain. The supported families and their masking sites are listed in
 ``docs/models.md``.
 
@@ -25,6 +26,7 @@ from torch import nn
 
 # each family module registers its adapter(s) by class path when imported
 from lightning_vitrcam.adapters import hf as _hf  # noqa: F401
+from lightning_vitrcam.adapters import hf_hiera as _hf_hiera  # noqa: F401
 from lightning_vitrcam.adapters import hf_swin as _hf_swin  # noqa: F401
 from lightning_vitrcam.adapters import refusals as _refusals  # noqa: F401
 from lightning_vitrcam.adapters import timm_cait as _timm_cait  # noqa: F401
@@ -33,6 +35,7 @@ from lightning_vitrcam.adapters import timm_hiera as _timm_hiera  # noqa: F401
 from lightning_vitrcam.adapters import timm_maxvit as _timm_maxvit  # noqa: F401
 from lightning_vitrcam.adapters import timm_mvit as _timm_mvit  # noqa: F401
 from lightning_vitrcam.adapters import timm_naflex as _timm_naflex  # noqa: F401
+from lightning_vitrcam.adapters import timm_pit as _timm_pit  # noqa: F401
 from lightning_vitrcam.adapters import timm_pvt_v2 as _timm_pvt_v2  # noqa: F401
 from lightning_vitrcam.adapters import timm_swin as _timm_swin  # noqa: F401
 from lightning_vitrcam.adapters import timm_twins as _timm_twins  # noqa: F401
@@ -120,8 +123,9 @@ def build_adapter(
         raise ValueError(
             f"cannot find transformer blocks with a 'norm1' in {type(model).__name__}"
             " (supported without configuration: timm VisionTransformer/DeiT/Eva/BEiT/CaiT/"
-            "NaFlexVit/Swin, HF ViT/DeiT/DINOv2/Swin image classifiers, torchvision's"
-            " VisionTransformer and Swin; see docs/models.md). For any other pre-norm"
+            "NaFlexVit and hierarchical Swin/PVT v2/Twins/MViT v2/Hiera/MaxViT/PiT, HF ViT/"
+            "DeiT/DINOv2/Swin/Hiera image classifiers, torchvision's VisionTransformer and"
+            " Swin; see docs/models.md). For any other pre-norm"
             " transformer pass target_layer=<the first norm of the block to explain> and"
             " num_prefix_tokens=..., e.g. ViTReciproCAM(model,"
             " target_layer=model.encoder.layers[-1].ln_1, num_prefix_tokens=1)"

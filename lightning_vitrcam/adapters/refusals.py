@@ -10,9 +10,8 @@ torchvision, HF), PVT v2, Twins, MViT v2, Hiera and MaxViT (timm). What remains 
   ``HieraModel``): they return hidden states, not logits; their ``...ForImageClassification``
   classes are the ones to explain;
 * hierarchical families whose blocks no adapter has been written for and checked against a
-  literal one-copy-per-forward reference (timm ``PoolingVisionTransformer`` (PiT) and
-  ``HieraDet`` (SAM2's Hiera); HF ``HieraForImageClassification``): rather than explain them
-  with another masking site, or fail on a token count, they are refused.
+  literal one-copy-per-forward reference (timm ``HieraDet``, SAM2's Hiera): rather than
+  explain it with another masking site, or fail on a token count, it is refused.
 
 Example:
     >>> from torchvision.models.video.swin_transformer import SwinTransformer3d
@@ -35,7 +34,8 @@ __all__ = ["BackboneRefusal", "HierarchicalRefusal", "VideoRefusal"]
 _EXPLAINED = (
     "explained without configuration: plain ViTs (timm VisionTransformer/DeiT/Eva/BEiT/CaiT/"
     "NaFlexVit, HF ViT/DeiT/DINOv2, torchvision ViT) and hierarchical ones (Swin in timm,"
-    " torchvision and HF; timm PVT v2, Twins, MViT v2, Hiera, MaxViT); see docs/models.md"
+    " torchvision and HF; Hiera in timm and HF; timm PVT v2, Twins, MViT v2, MaxViT, PiT);"
+    " see docs/models.md"
 )
 
 
@@ -76,8 +76,6 @@ class BackboneRefusal(RefusedModel):
 
 @register_adapter(
     "timm.models.hieradet_sam2.HieraDet",
-    "timm.models.pit.PoolingVisionTransformer",
-    "transformers.models.hiera.modeling_hiera.HieraForImageClassification",
 )
 class HierarchicalRefusal(RefusedModel):
     """Hierarchical families without an adapter checked against a literal reference."""
