@@ -242,6 +242,7 @@ def test_family_matches_literal_reference(name: str) -> None:
         cam = ViTReciproCAM(model, target_block=target, max_batch=7)
         assert type(cam.adapter).__name__ == adapter and cam.num_prefix_tokens == prefix
         assert cam.block is _site(name, model, target)[0]
+        assert {c.out_features for c in cam.adapter.classifiers()} == {5}
         out = cam(images)
         assert out.grid_size == grid
         torch.testing.assert_close(out.scores.double(), ref, atol=2e-6, rtol=0)

@@ -146,6 +146,8 @@ def test_swin_matches_literal_reference(kind: str) -> None:
         assert type(cam.adapter).__name__ == ADAPTERS[kind] and not cam.fast_path
         assert cam.num_prefix_tokens == 0
         assert cam.block is LAST[kind](model, *place)
+        # the classifier (recomputed in float32 under autocast) is found
+        assert [c.out_features for c in cam.adapter.classifiers()] == [5]
         out = cam(images)
         assert out.grid_size == grid and out.maps.shape == (2, *grid)
         torch.testing.assert_close(out.scores.double(), ref, atol=2e-6, rtol=0)
@@ -162,6 +164,18 @@ def test_swin_matches_literal_reference(kind: str) -> None:
         diff = float((out64.scores - ref64).abs().max())
         AGREEMENT[f"{kind} {size}px block {target}"] = diff
         assert diff < 1e-12, diff
+
+
+def test_swin_under_bf16_autocast() -> None:
+    """Under autocast the copies' logits come from a float32 head: maps stay finite and
+    follow the float32 ones."""
+    model = make_swin("timm")
+    images = _images(32)
+    exact = ViTReciproCAM(model)(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = ViTReciproCAM(model)(images)
+    assert low.logits.dtype == torch.float32 and bool(torch.isfinite(low.maps).all())
+    assert float(torch.corrcoef(torch.stack([low.scores[0], exact.scores[0]]))[0, 1]) > 0.9
 
 
 def test_the_test_tells_the_masking_sites_apart() -> None:

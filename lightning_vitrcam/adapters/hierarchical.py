@@ -272,6 +272,14 @@ class HierarchicalAdapter(ModelAdapter):
             " own blocks"
         )
 
+    def classifiers(self) -> list[nn.Module]:
+        """The last linear layer of ``model.head`` (a bare ``Linear``, timm's
+        ``ClassifierHead`` or a ``Sequential`` ending in one)."""
+        head = getattr(self.model, "head", None)
+        if not isinstance(head, nn.Module):
+            return []
+        return [m for m in head.modules() if isinstance(m, nn.Linear)][-1:]
+
     def block_name(self, index: int) -> str:
         return module_name(self.model, self.blocks[index], f"blocks.{index % len(self.blocks)}")
 

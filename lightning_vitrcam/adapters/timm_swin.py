@@ -101,10 +101,6 @@ class TimmSwinAdapter(HierarchicalAdapter):
             if isinstance(model, klass)
         )
 
-    def classifiers(self) -> list[nn.Module]:
-        fc = getattr(self.model.head, "fc", None)
-        return [fc] if isinstance(fc, nn.Linear) else []
-
     def tail(
         self,
         block_index: int,

@@ -94,9 +94,6 @@ class TorchvisionSwinAdapter(HierarchicalAdapter):
     def input_size(self) -> tuple[int, int] | None:
         return None  # any size
 
-    def classifiers(self) -> list[nn.Module]:
-        return [self.model.head] if isinstance(self.model.head, nn.Linear) else []
-
     def tail(
         self,
         block_index: int,
