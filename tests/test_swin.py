@@ -23,7 +23,7 @@ from lightning_vitrcam import (
 from lightning_vitrcam.adapters import build_adapter, find_vit, is_explainable
 from lightning_vitrcam.adapters.hierarchical import window_layout
 from lightning_vitrcam.explainer import eval_mode
-from tests.helpers import SWIN_KINDS, CuedSquares, Squares, SwinModule, make_swin
+from tests.helpers import SWIN_KINDS, CuedSquares, Module, Squares, SwinModule, make_swin
 from tests.test_adapters import literal_weights
 from tests.test_callback import NOT_COLOUR, fit
 
@@ -291,6 +291,28 @@ def test_short_swin_training_warns_on_a_planted_shortcut(planted: Any) -> None:
     for kind in ("saliency_grid", "mean_saliency", "timeline", "shortcut_evidence"):
         assert any((root / "vitrcam" / kind).glob("*.png")), kind
     assert 0.0 < float(trainer.callback_metrics["vitrcam/adcc"]) <= 1.0
+
+
+class _LogitsModule(Module):
+    """:class:`~tests.helpers.Module` whose forward unwraps an HF output's ``.logits``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return getattr(out, "logits", out)
+
+
+@pytest.mark.parametrize("kind", ["torchvision", "torchvision_v2", "hf", "hf_v2", "timm_v2"])
+def test_every_swin_family_through_the_callback(tmp_path: Path, kind: str) -> None:
+    """A short fit per family: the callback finds the Swin inside the LightningModule and
+    logs maps on the last stage's grid, the pictures and ADCC, without a keyword."""
+    model = make_swin(kind, sensitive=False, num_classes=4)
+    cb = ViTReciproCAMCallback(num_images=4, report=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PossibleShortcutWarning)
+        trainer = fit(_LogitsModule(model), [cb], tmp_path, max_epochs=1, limit_train_batches=2)
+    assert len(cb.history) == 1 and tuple(cb.history[0]["maps"].shape) == (4, 4, 4)
+    assert any((tmp_path / "vitrcam" / "saliency_grid").glob("*.png"))
+    assert "vitrcam/adcc" in trainer.callback_metrics
 
 
 def test_short_swin_training_on_clean_data_does_not_warn(tmp_path: Path) -> None:
