@@ -60,8 +60,16 @@ class HFHieraAdapter(HierarchicalAdapter):
         self.encoder = model.hiera.encoder
         stages = [list(stage.layers) for stage in self.encoder.stages]
         self._set_stages([(layers, None) for layers in stages])
+        self._orders: dict[int, tuple[torch.Tensor, tuple[int, int]]] = {}
 
     def _order(self, index: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The grid index of every position of block ``index``'s input and its grid, worked
+        out once per block (:meth:`_reroll_order`)."""
+        if index not in self._orders:
+            self._orders[index] = self._reroll_order(index)
+        return self._orders[index]
+
+    def _reroll_order(self, index: int) -> tuple[torch.Tensor, tuple[int, int]]:
         """The grid index of every position of layer ``index``'s input, and its grid: the
         encoder's reroll of the stage whose output it is (a stage's first layer reads the
         previous stage's output)."""

@@ -56,9 +56,16 @@ class TimmHieraAdapter(HierarchicalAdapter):
         if len(model.tokens_spatial_shape) != 2:
             raise ValueError("only 2-d (image) Hiera models are explained, not video ones")
         self._set_stages([([b], None) for b in model.blocks])
-        self._orders: dict[int, torch.Tensor] = {}
+        self._orders: dict[int, tuple[torch.Tensor, tuple[int, int]]] = {}
 
     def _order(self, index: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The grid index of every position of block ``index``'s input and its grid, worked
+        out once per block (:meth:`_reroll_order`)."""
+        if index not in self._orders:
+            self._orders[index] = self._reroll_order(index)
+        return self._orders[index]
+
+    def _reroll_order(self, index: int) -> tuple[torch.Tensor, tuple[int, int]]:
         """The grid index of every position of block ``index``'s input, and its grid: the
         model's reroll of the previous block's output (the unroll's order for the first)."""
         _, size = self.model.reroll.schedule[max(index - 1, 0)]
