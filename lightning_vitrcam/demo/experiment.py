@@ -49,13 +49,17 @@ class EpochSignals:
     #: what the alarm found but held back because the predictions did not yet agree with the
     #: probes' labels (each finding's description)
     held_back: list[str] | None = None
+    #: accuracy on the data module's swap split (cue-free images given another class's cue,
+    #: labelled with that class: the share the cue moves), where it has one
+    swap_acc: float | None = None
 
 
 class _SignalRecorder(Callback):
     """Collects the per-epoch signals once validation and the ReciproCAM callback are done."""
 
-    def __init__(self, datamodule: Any) -> None:
+    def __init__(self, datamodule: Any, checkpoints: str | None = None) -> None:
         self.datamodule = datamodule
+        self.checkpoints = checkpoints
         self.rows: list[EpochSignals] = []
         self.caught: list[warnings.WarningMessage] = []
         self._seen = 0
@@ -68,6 +72,15 @@ class _SignalRecorder(Callback):
         def value(key: str) -> float | None:
             return float(metrics[key]) if key in metrics else None
 
+        swap = getattr(self.datamodule, "swap_dataloader", None)
+        if self.checkpoints is not None:
+            import os
+
+            import torch
+
+            os.makedirs(self.checkpoints, exist_ok=True)
+            state = {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
+            torch.save(state, os.path.join(self.checkpoints, f"epoch{trainer.current_epoch}.pt"))
         monitor = next(c for c in trainer.callbacks if isinstance(c, ViTReciproCAMCallback))
         alarm = monitor.alarm
         shortcut = [w for w in self.caught if issubclass(w.category, PossibleShortcutWarning)]
@@ -87,6 +100,7 @@ class _SignalRecorder(Callback):
                 alarm_tests=[asdict(t) for t in alarm.last_tests] if alarm else None,
                 alarm_searched=alarm.searched if alarm else None,
                 held_back=[f.describe() for f in alarm.held_back] if alarm else None,
+                swap_acc=None if swap is None else pl_module.evaluate_accuracy(swap()),
             )
         )
         self._seen = len(shortcut)
@@ -110,6 +124,7 @@ def shortcut_experiment(
     datamodule: Any = None,
     logger: bool = True,
     task: str = "multiclass",
+    checkpoints: str | None = None,
 ) -> list[EpochSignals]:
     """Train the demo ViT with the callback and record, per epoch, validation accuracy,
     accuracy on patch-free images, the callback's signals and whether it warned "possible
@@ -117,6 +132,8 @@ def shortcut_experiment(
     none). ``datamodule`` replaces the demo's shapes data (it must offer
     ``patch_free_dataloader()``; ``shortcut_p``, ``shortcut_corner`` and the sizes are then
     ignored). ``task="binary"`` trains a one-logit head (the data must have 2 classes).
+    ``checkpoints``: a folder where the module's weights are saved after each evaluation
+    (``epoch{n}.pt``), to study the alarm on them later.
     ``tests/test_demo.py`` runs it with tiny settings; real runs use the defaults.
     """
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -130,7 +147,7 @@ def shortcut_experiment(
         shortcut_corner=shortcut_corner,  # type: ignore[arg-type]
         seed=seed,
     )
-    recorder = _SignalRecorder(data)
+    recorder = _SignalRecorder(data, checkpoints)
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
