@@ -26,12 +26,13 @@ from typing_extensions import override
 
 from lightning_vitrcam._warnings import warn
 from lightning_vitrcam.adapters import find_vit
+from lightning_vitrcam.alarm_probes import AlarmProbes
 from lightning_vitrcam.evaluation import Evaluation, EvaluationSkipped
 from lightning_vitrcam.explainer import ViTReciproCAM
 from lightning_vitrcam.history import History
 from lightning_vitrcam.metrics import FLAT_LOG_ODDS
 from lightning_vitrcam.normalization import resolve_mean_std
-from lightning_vitrcam.probes import Probes, probes_for_fit
+from lightning_vitrcam.probes import Probes, probes_for_fit, validation_loader
 from lightning_vitrcam.render import Style
 from lightning_vitrcam.reporting import ExplanationSkippedWarning, Reporter
 from lightning_vitrcam.sharding import check_strategy
@@ -193,6 +194,8 @@ class ViTReciproCAMCallback(Callback):
         )
         self._history = History()
         self._loaded_indices: list[int] | None = None
+        self._alarm_probes: AlarmProbes | None = None
+        self._loaded_alarm_probes: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ state
     @property
@@ -243,7 +246,13 @@ class ViTReciproCAMCallback(Callback):
         alarm's memory."""
         indices = None if self._probe is None else self._probe.indices
         alarm = None if self._alarm is None else self._alarm.state_dict()
-        return {"indices": indices, "history": self.history, "alarm": alarm}
+        rotation = None if self._alarm_probes is None else self._alarm_probes.state_dict()
+        return {
+            "indices": indices,
+            "history": self.history,
+            "alarm": alarm,
+            "alarm_probes": rotation,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -252,6 +261,7 @@ class ViTReciproCAMCallback(Callback):
         self._history.load_state_dict(state_dict.get("history", []))
         if self._alarm is not None and state_dict.get("alarm"):
             self._alarm.load_state_dict(state_dict["alarm"])
+        self._loaded_alarm_probes = state_dict.get("alarm_probes") or {}
 
     # ------------------------------------------------------------------ setup
     @override
@@ -287,6 +297,13 @@ class ViTReciproCAMCallback(Callback):
             trainer, pl_module, self.num_images, self.seed, self._loaded_indices,
             self.batch_reader, self.dataloader_idx, after_validation,
         )  # fmt: skip
+        if self._alarm is not None and self._alarm.probes:
+            # the alarm's own probes, stratified by label (seeded apart from the pictures')
+            self._alarm_probes = AlarmProbes(
+                validation_loader(trainer, self.dataloader_idx), self._alarm.probes,
+                self._alarm.per_class, self.seed + 1, reader=self.batch_reader,
+            )  # fmt: skip
+            self._alarm_probes.load_state_dict(self._loaded_alarm_probes)
         channels = self._probe.images.shape[1]
         mean, std = resolve_mean_std(vit, self.mean, self.std, channels=channels)
         self._reporter.style = self._reporter.style.but(mean=mean, std=std)
@@ -358,12 +375,17 @@ class ViTReciproCAMCallback(Callback):
         if probe is None or evaluation is None or self._history.done(step):
             return
         previous = self._history.last
+        draw = None
+        if self._alarm_probes is not None and self._alarm is not None:
+            rotation, alarm = self._alarm_probes, self._alarm
+            draw = lambda: rotation.draw(alarm.focus)
         try:
             outcome = evaluation.run(
                 trainer,
                 probe,
                 None if previous is None else previous.maps,
                 None if previous is None else previous.adcc,
+                draw,
             )
         except EvaluationSkipped as skip:  # every rank skips together
             warn(skip.message(epoch, step), category=ExplanationSkippedWarning)

@@ -213,6 +213,8 @@ class Evaluation:
         self._build()
         self._lowered: tuple[str, int] | None = None
         self._dry: ReciproCAMResult | None = None
+        #: the head's number of logits, once :meth:`resolve_task` read it
+        self.width: int | None = None
 
     def _build(self) -> None:
         """The explainer (and the ADCC metric that calls it) at the current ``max_batch``."""
@@ -233,6 +235,7 @@ class Evaluation:
         width = self.head_width(trainer, probe.images)
         task, why = infer_task(requested, width, probe.labels)
         self.set_task(task)
+        self.width = width
         if probe.labels is not None:
             probe.labels = task.labels(probe.labels, width)
         return task, why, width
@@ -275,8 +278,11 @@ class Evaluation:
         probe: Probes,
         previous_maps: torch.Tensor | None = None,
         previous_adcc: float | None = None,
+        alarm_probe: Callable[[], Probes] | None = None,
     ) -> Outcome:
-        """Evaluate the probes on every rank; raises :class:`EvaluationSkipped`."""
+        """Evaluate the probes on every rank; raises :class:`EvaluationSkipped`. The alarm
+        checks the probes ``alarm_probe()`` returns (its own, drawn inside the alarm's stage
+        so that a failure to read them skips like any other), else the pictures' probes."""
         self._lowered = None
         with explaining(trainer):
             images = trainer.precision_plugin.convert_input(probe.images)
@@ -295,8 +301,8 @@ class Evaluation:
                 verdict = self._stage(
                     "the shortcut alarm",
                     trainer,
-                    lambda: self._check(
-                        trainer, images, probe.masks, [primary, *ranks], probe.labels
+                    lambda: self._alarm_check(
+                        trainer, images, probe, [primary, *ranks], alarm_probe
                     ),
                 )
         # one host transfer for all scalars
@@ -350,14 +356,20 @@ class Evaluation:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _explain(self, images: torch.Tensor, labels: torch.Tensor | None) -> _Explained:
+    def _explain(
+        self, images: torch.Tensor, labels: torch.Tensor | None, predicted_only: bool = False
+    ) -> _Explained:
         """This rank's share explained: (result the signals use, predicted, true class,
-        further labels of a multi-label task)."""
+        further labels of a multi-label task); ``predicted_only``: the predicted classes
+        whatever ``explain`` says (the alarm tests what the model predicts)."""
         cam = self.cam
         if self.task.name == "multilabel":
             ranks = [cam(images, t) for t in self._label_ranks(images, labels)]
             primary, pred, true = ranks[0], ranks[0], None
             rest = ranks[1:]
+        elif predicted_only:
+            primary = pred = cam(images)
+            true, rest = None, []
         else:
             # in "label" mode the predicted maps are only drawn
             pred = cam(images) if self.explain != "label" or self.draw_predicted else None
@@ -413,6 +425,31 @@ class Evaluation:
             self.adcc.reset()
             stats.update({k: parts[k] for k in ADCC_KEYS})
         return primary, pred, true, ranks, stats, mean_map, flat
+
+    def _alarm_check(
+        self,
+        trainer: Any,
+        images: torch.Tensor,
+        probe: Probes,
+        results: list[ReciproCAMResult],
+        draw: Callable[[], Probes] | None,
+    ) -> Verdict:
+        """The alarm on its own probes (explained here, each rank its share) or, without
+        them, on the pictures' probes and their explanation."""
+        if draw is None:
+            return self._check(trainer, images, probe.masks, results, probe.labels)
+        alarm_probe = draw().to(images.device)
+        if alarm_probe.labels is not None and self.width is not None:
+            # the labels as the task reads them (0/1 floats of a binary head: class indices)
+            alarm_probe.labels = self.task.labels(alarm_probe.labels, self.width)
+        alarm_images = trainer.precision_plugin.convert_input(alarm_probe.images)
+        n = len(alarm_probe)
+        shard = probe_shard(n, trainer.global_rank, trainer.world_size, alarm_images.device)
+        labels = None if alarm_probe.labels is None else alarm_probe.labels[shard.rows]
+        own = self._explain(alarm_images[shard.rows], labels, predicted_only=True)
+        gathered = [gather_result(trainer.strategy, own[0], n)]
+        gathered += [gather_result(trainer.strategy, r, n) for r in own[3]]
+        return self._check(trainer, alarm_images, alarm_probe.masks, gathered, alarm_probe.labels)
 
     def _check(
         self,

@@ -100,16 +100,19 @@ class Reporter:
     def evidence_pictures(self, outcome: Outcome, probe: Probes, most: int = 1) -> list[Picture]:
         """The evidence pictures of the ``most`` strongest findings."""
         return [
-            evidence_picture(
-                finding,
-                outcome.images,
-                self.style,
-                self.class_names,
-                masks=probe.masks,
-                grid=outcome.primary.grid_size,
-            )
-            for finding in outcome.verdict.suspects[:most]
+            self._evidence(finding, outcome, probe) for finding in outcome.verdict.suspects[:most]
         ]
+
+    def _evidence(self, finding: Any, outcome: Outcome, probe: Probes) -> Picture:
+        """A finding's picture, on the probes it was found on (the alarm's own, where it has
+        them)."""
+        verdict = outcome.verdict
+        images = outcome.images if verdict.images is None else verdict.images
+        masks = probe.masks if verdict.images is None else verdict.masks
+        grid = outcome.primary.grid_size
+        return evidence_picture(
+            finding, images, self.style, self.class_names, masks=masks, grid=grid
+        )
 
     def explanation_pictures(self, outcome: Outcome, probe: Probes) -> list[Picture]:
         """The evaluation's grid and mean map."""
@@ -168,11 +171,7 @@ class Reporter:
         # them), and the evidence of every other finding
         found = outcome.verdict.suspects
         pictures = logged or self.pictures(outcome, probe)
-        pictures = pictures + [
-            evidence_picture(f, outcome.images, self.style, self.class_names, masks=probe.masks,
-                             grid=outcome.primary.grid_size)
-            for f in found[1:]
-        ]  # fmt: skip
+        pictures = pictures + [self._evidence(f, outcome, probe) for f in found[1:]]
         findings = [
             {**dataclasses.asdict(f), "text": f.describe(self.class_names), "remedy": f.remedy()}
             for f in outcome.verdict.suspects

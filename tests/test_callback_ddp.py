@@ -125,9 +125,11 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     assert ranks[0]["maps"] == pytest.approx(ranks[1]["maps"], rel=1e-5)
     assert ranks[0]["adcc"] == pytest.approx(ranks[1]["adcc"], rel=1e-5)
     # ... but each explained only its share: 5 probes over 2 ranks, 3 rows each (one padded),
-    # after the setup's one-image dry run
+    # after the setup's one-image dry run; the alarm's 16 probes (its own: the whole
+    # validation set here) 8 rows each
     for r in ranks:
-        assert r["sizes"][0] == 1 and max(r["sizes"][1:]) == 3, r["sizes"]
+        pictures = [x for x in r["sizes"][1:] if x != 8]
+        assert r["sizes"][0] == 1 and max(pictures) == 3 and 8 in r["sizes"], r["sizes"]
 
     # the gathered maps and ADCC equal one process explaining all probes with those weights
     from lightning_vitrcam import ViTReciproCAM
@@ -151,9 +153,15 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
         ), r["alarm_sizes"]
     assert ranks[0]["shortcut_drop"] == ranks[1]["shortcut_drop"]
     assert ranks[0]["alarm_tests"] and ranks[0]["alarm_tests"] == ranks[1]["alarm_tests"]
-    # ... and the gathered drops equal one process occluding the same places
+    # ... and the gathered drops equal one process occluding the same places of the same
+    # probes (the alarm's own: here every validation image, each check)
+    from torch.utils.data import DataLoader
+
+    from lightning_vitrcam.alarm_probes import AlarmProbes
     from lightning_vitrcam.shortcut import occlude_boxes
 
+    images = AlarmProbes(DataLoader(Squares(16, seed=2), batch_size=4), seed=1).draw().images
+    single = cam(images)
     targets = single.targets
     regions = [t for t in ranks[0]["alarm_tests"] if t["kind"] == "region"]
     assert len(regions) == len(targets)  # one decisive-region test per probe
