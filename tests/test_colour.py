@@ -77,7 +77,7 @@ def test_a_model_that_reads_the_colour_cast_is_flagged_with_what_to_do() -> None
     assert isinstance(finding, ColourFinding) and finding.group is None
     assert finding.pairs == 12 and finding.flips == 12 and finding.control_flips <= 4
     assert "the prediction follows the image's colour" in finding.describe()
-    assert "ShortcutAlarm(kinds=['region', 'background'])" in finding.remedy()
+    assert "ShortcutAlarm(kinds=['region', 'mark', 'background'])" in finding.remedy()
     assert verdict.scalars["shortcut_colour"] >= 0.5
 
 

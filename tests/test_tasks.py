@@ -245,7 +245,8 @@ def test_short_binary_training_on_a_one_sided_leak_warns(tmp_path: Path) -> None
     assert cb.explainer.task.name == "binary" and cb.probes.labels.dtype == torch.long
     assert found and "epoch 2" in found[-1]
     assert "token row 0, column 0 (on the top-left corner)" in found[-1]
-    assert "of 16 probes" in found[-1] and "pasted into" in found[-1]
+    (finding, *_) = cb.alarm.last_verdict.suspects
+    assert finding.kind == "region" and "pasted into" in finding.describe()
 
 
 def test_short_binary_training_on_clean_squares_does_not_warn(tmp_path: Path) -> None:

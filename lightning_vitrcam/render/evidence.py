@@ -8,6 +8,10 @@ One row per probe of the finding's examples; each kind of evidence has its own c
   class (its own decisive place occluded first) and what that predicts; the two control
   pastes of the same size (from elsewhere in the probe; another class's decisive region)
   and what they predict;
+* ``mark``: the probe with its mark (a region of any shape) outlined; the mark pasted into
+  a probe of another class (which keeps its own salient tokens) and what that predicts; the
+  same shape from elsewhere in the probe, and another class's pixels in the mark's shape,
+  pasted the same way, and what they predict;
 * ``place``: the probe with the place outlined; the place occluded (before -> after); the
   place kept alone;
 * ``colour``: the probe; the probe whose colours it gets; the probe in those colours and what
@@ -49,11 +53,13 @@ from lightning_vitrcam.shortcut.interventions import (
     keep_boxes,
     move_object,
     occlude_boxes,
+    paste_regions,
+    region_pixels,
     transplant,
 )
 from lightning_vitrcam.shortcut.report import Example, Finding
 
-__all__ = ["LAYOUTS", "Tile", "evidence_picture", "outline"]
+__all__ = ["LAYOUTS", "Tile", "evidence_picture", "outline", "outline_region"]
 
 #: a tile of a row: the picture (float [3, H, W] in [0, 1]) and its caption lines
 Tile = tuple[torch.Tensor, list[str]]
@@ -82,6 +88,36 @@ def outline(
     out[:, r0:r1, c0] = rgb
     out[:, r0:r1, c1 - 1] = rgb
     return out
+
+
+def _mask(
+    region: Sequence[int] | None, grid: tuple[int, int], device: torch.device
+) -> torch.Tensor:
+    """``[1, h, w]`` bool: a region given as flat token indices."""
+    mask = torch.zeros(grid[0] * grid[1], dtype=torch.bool, device=device)
+    if region:
+        mask[torch.tensor(list(region), device=device)] = True
+    return mask.view(1, *grid)
+
+
+def outline_region(
+    image: torch.Tensor, region: Sequence[int], grid: tuple[int, int], colour: tuple = RED
+) -> torch.Tensor:
+    """``image`` (float ``[3, H, W]``) with a one-pixel line along the edge of the token
+    region ``region`` (flat token indices) of any shape.
+
+    Example:
+        >>> framed = outline_region(torch.zeros(3, 8, 8), [0, 1], (2, 2))
+        >>> framed[0, 0].tolist(), framed[0, 3].tolist()
+        ([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    """
+    pixels = region_pixels(_mask(region, grid, image.device), tuple(image.shape[-2:]))[0]
+    # eroded by one pixel, the image's own edge counting as outside
+    padded = F.pad(pixels[None, None].float(), (1, 1, 1, 1))
+    inner = -F.max_pool2d(-padded, 3, stride=1)[0, 0] > 0
+    edge = pixels & ~inner
+    rgb = torch.tensor(colour, dtype=image.dtype, device=image.device).view(3, 1, 1) / 255.0
+    return torch.where(edge[None], rgb, image)
 
 
 def _name(c: int | None, names: Sequence[str] | None) -> str:
@@ -137,6 +173,30 @@ def _region(
         other = transplant(images, r, own, _one(images, e.other), _box(e.other_box, dev), grid)
         said = [f"probe {e.other}'s part", *_said(e, names, e.other_p, e.other_to)]
         tiles.append((outline(show(other)[0], e.other_box, grid, _GREY), said))
+    return tiles
+
+
+def _mark(
+    e: Example,
+    images: torch.Tensor,
+    grid: tuple[int, int],
+    show: Callable,
+    names: Sequence[str] | None,
+) -> list[Tile]:
+    dev = images.device
+    d, r = _one(images, e.probe), _one(images, int(e.partner or 0))
+    region, control = _mask(e.region, grid, dev), _mask(e.control_region, grid, dev)
+    tiles = [(outline_region(show(images[d])[0], e.region or (), grid), _is(e, names))]
+    pasted = paste_regions(images, r, d, region)
+    moved = [f"pasted into {e.partner}", *_said(e, names, e.moved_p, e.moved_to)]
+    tiles.append((outline_region(show(pasted)[0], e.region or (), grid), moved))
+    elsewhere = paste_regions(images, r, d, control)
+    said = ["same shape elsewhere", *_said(e, names, e.control_p, e.control_to)]
+    tiles.append((outline_region(show(elsewhere)[0], e.control_region or (), grid, _GREY), said))
+    if e.other is not None and e.other >= 0:
+        other = paste_regions(images, r, _one(images, e.other), region)
+        said = [f"probe {e.other}'s pixels", *_said(e, names, e.other_p, e.other_to)]
+        tiles.append((outline_region(show(other)[0], e.region or (), grid, _GREY), said))
     return tiles
 
 
@@ -204,6 +264,7 @@ def _background(
 #: each kind of evidence's columns, by the kind's name
 LAYOUTS: dict[str, Layout] = {
     "region": _region,
+    "mark": _mark,
     "place": _place,
     "colour": _colour,
     "background": _background,

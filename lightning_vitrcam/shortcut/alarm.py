@@ -18,6 +18,7 @@ import torch
 from lightning_vitrcam.shortcut import background as _background  # noqa: F401
 from lightning_vitrcam.shortcut import colour as _colour  # noqa: F401
 from lightning_vitrcam.shortcut import fixed_place as _fixed_place  # noqa: F401
+from lightning_vitrcam.shortcut import mark as _mark  # noqa: F401
 from lightning_vitrcam.shortcut import region as _region  # noqa: F401
 from lightning_vitrcam.shortcut.evidence import EVIDENCE, Evidence, PairTest, Probing, RegionTest
 from lightning_vitrcam.shortcut.interventions import CopyCache, argmax_predicts
@@ -27,18 +28,22 @@ from lightning_vitrcam.shortcut.rule import PlaceTest, Rule, learned
 
 #: the kinds of evidence run by default ("place", the fixed-place test with its border and
 #: sufficiency conditions, is opt-in: "region" tests fixed places too, by transplant)
-DEFAULT_KINDS: tuple[str, ...] = ("region", "colour", "background")
+DEFAULT_KINDS: tuple[str, ...] = ("region", "mark", "colour", "background")
 
 __all__ = ["DEFAULT_KINDS", "ShortcutAlarm", "Verdict"]
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """One check's result: the confirmed findings of every kind (strongest first) and each
-    kind's continuous scalars (e.g. ``shortcut_drop``), logged under ``vitrcam/``."""
+    """One check's result: the confirmed findings of every kind (strongest first), each
+    kind's scalars (e.g. ``shortcut_mark``), logged under ``vitrcam/``, and the probes the
+    findings' examples index (``images``, ``masks``: the alarm's own probes, which the
+    evidence picture is drawn on)."""
 
     suspects: list[Finding] = field(default_factory=list)
     scalars: dict[str, float] = field(default_factory=dict)
+    images: torch.Tensor | None = field(default=None, repr=False)
+    masks: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def warns(self) -> bool:
@@ -70,17 +75,24 @@ class ShortcutAlarm:
             where the explained block's maps are flat).
         search_always: search at every check, also where the maps' and the remembered
             places already confirm a finding (the default searches only when they do not).
+        search_probes: at most this many probes are searched per check, in turn (16
+            occluded copies a probe on 8x8 tokens).
         max_box: side, in tokens, of the largest place tested (a cue larger than a patch
             survives the occlusion of any one of its tokens); 1: tokens only.
         kinds: the kinds of evidence to run, by name (default ``DEFAULT_KINDS``: ``"region"``,
             ``"colour"``, ``"background"``; ``"place"`` is the fixed-place test).
+        probes: the alarm's own probes per check, drawn from the validation data by the
+            callback, stratified by label and rotated over the checks
+            (:class:`~lightning_vitrcam.alarm_probes.AlarmProbes`); 0: the pictures' probes.
+        per_class: fewest probes of each class a check tests (``probes // per_class``
+            classes per check).
 
     Why these defaults, and what the alarm cannot see: ``docs/shortcut_alarm.md``.
 
     Example:
         >>> alarm = ShortcutAlarm(min_drop=0.6, kinds=["region", "colour"])
         >>> alarm.rule.min_drop, alarm.state_dict()
-        (0.6, {'region': {'regions': []}, 'colour': {}})
+        (0.6, {'region': {'places': [], 'checks': 0}, 'colour': {}})
     """
 
     def __init__(
@@ -94,8 +106,11 @@ class ShortcutAlarm:
         transplants: int = 4,
         search: bool = True,
         search_always: bool = False,
+        search_probes: int = 8,
         max_box: int = 2,
         kinds: Sequence[str] | None = None,
+        probes: int = 32,
+        per_class: int = 4,
     ) -> None:
         self.rule = Rule(min_drop, min_share, min_hits)
         if max_box < 1:
@@ -108,6 +123,11 @@ class ShortcutAlarm:
             raise ValueError(f"max_p must be in (0, 1], got {max_p}")
         if transplants < 1:
             raise ValueError(f"transplants must be at least 1, got {transplants}")
+        if probes < 0 or per_class < 1:
+            raise ValueError(
+                f"probes must be >= 0 (0: the pictures' probes) and per_class >= 1, got"
+                f" {probes} and {per_class}"
+            )
         names = list(DEFAULT_KINDS) if kinds is None else list(kinds)
         unknown = [k for k in names if k not in EVIDENCE]
         if unknown or not names:
@@ -121,7 +141,13 @@ class ShortcutAlarm:
         self.transplants = transplants
         self.search = search
         self.search_always = search_always
+        if search_probes < 1:
+            raise ValueError(f"search_probes must be at least 1, got {search_probes}")
+        self.search_probes = search_probes
         self.max_box = max_box
+        self.probes, self.per_class = probes, per_class
+        #: the classes the last check found something on: tested again at the next check
+        self.focus: list[int] = []
         self.kinds: dict[str, Evidence] = {name: EVIDENCE[name](self) for name in names}
         #: whether the last :meth:`check` ran the occlusion search
         self.searched = False
@@ -132,6 +158,8 @@ class ShortcutAlarm:
         #: place's :class:`PlaceTest`, a probe's :class:`RegionTest`, an intervention's
         #: :class:`PairTest`), for study and replay
         self.last_tests: list[PlaceTest | RegionTest | PairTest] = []
+        #: the last check's verdict (every confirmed finding, strongest of each kind first)
+        self.last_verdict = Verdict()
 
     @torch.no_grad()
     def check(
@@ -184,14 +212,20 @@ class ShortcutAlarm:
         self.searched = probing.searched
         self.last_tests = [t for f in findings for t in f.tests]
         scalars = {k: v for f in findings for k, v in f.scalars.items()}
-        # strongest first (each kind orders its own; the sort is stable)
-        suspects = sorted((s for f in findings for s in f.suspects), key=lambda s: -s.strength)
+        # the kinds in the order they run (the most local first: a small region, a mark of
+        # any shape, the colour, the background), each kind's strongest first
+        order = {name: i for i, name in enumerate(self.kinds)}
+        suspects = sorted(
+            (s for f in findings for s in f.suspects),
+            key=lambda s: (order.get(s.kind, len(order)), -s.strength),
+        )
         self.held_back = []
         if right is not None and not learned(
             int(right[0].sum()), right[0].numel(), right[1], self.min_margin
         ):
             self.held_back, suspects = suspects, []
-        return Verdict(suspects, scalars)
+        self.last_verdict = Verdict(suspects, scalars, images, masks)
+        return self.last_verdict
 
     def state_dict(self) -> dict[str, Any]:
         """Each kind's state (e.g. the places remembered for the next evaluation)."""

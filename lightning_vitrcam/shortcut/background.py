@@ -11,7 +11,8 @@ class. A group of donors (all, or one predicted class) is confirmed when the mov
 backgrounds bring at least ``min_margin`` more of the objects to the donor's class than the
 controls change predictions at all (of the pairs the two tell apart, an exact sign test at
 ``max_p``), on at least ``min_hits`` objects. Without masks this kind
-does nothing. Scalar: ``shortcut_background``, the largest group margin.
+does nothing. Scalars: ``shortcut_background``, the margin of the strongest confirmed group (0
+without a finding), and ``shortcut_background_pairs``, the pairs tested.
 
 Example:
     >>> import torch
@@ -68,13 +69,16 @@ class BackgroundFinding(Finding):
     def strength(self) -> float:
         return (self.flips - self.control_flips) / max(1, self.pairs)
 
+    def summary(self, class_names: Sequence[str] | None = None) -> str:
+        return "the prediction follows the background"
+
     def describe(self, class_names: Sequence[str] | None = None) -> str:
         donors = "other probes" if self.group is None else group_name(self.group, class_names)
         return (
             f"the prediction follows the background: moved onto the backgrounds of {donors},"
             f" {self.flips} of {self.pairs} objects of other classes are predicted as the"
             f" background's class (moved onto a background of their own class:"
-            f" {self.control_flips} change)"
+            f" {self.control_flips} moved there)"
         )
 
     def remedy(self) -> str:
@@ -108,7 +112,7 @@ class Background(Evidence):
         partners = own_class_partners(picked, targets)[objects]
         valid = partners != objects  # a control needs another probe of the object's class
         if not len(donors):
-            return Findings(scalars={"shortcut_background": 0.0})
+            return Findings(scalars={"shortcut_background": 0.0, "shortcut_background_pairs": 0.0})
         moved = move_object(images, masks, objects, donors)
         # a control only where the object's class has another probe (else it is the probe)
         control = move_object(images, masks, objects[valid], partners[valid])
@@ -119,8 +123,9 @@ class Background(Evidence):
         control_scores[valid] = scores[p:]
         scores = torch.cat([scores[:p], control_scores])
         tested = scores.gather(1, targets[donors].repeat(2)[:, None])[:, 0]
+        # like for like: the control counts a move to the donor's class too
         changed = torch.zeros_like(valid)
-        changed[valid] = (predicted[p:] != picked[objects[valid]]).any(dim=1)
+        changed[valid] = predicted[p:].gather(1, targets[donors[valid]][:, None])[:, 0]
         self.last = {"donors": donors, "objects": objects, "partners": partners, "flips": flips,
                      "control_flips": changed}  # fmt: skip
         findings, best = [], 0.0
@@ -130,13 +135,13 @@ class Background(Evidence):
                 continue
             f, c = flips[mine & valid], changed[mine & valid]
             moved_more = margin(f, c)
-            best = max(best, moved_more)
             significant = sign_test(f, c) <= self.alarm.max_p
             if (
                 moved_more >= self.alarm.min_margin
                 and significant
                 and int(f.sum()) >= rule.min_hits
             ):
+                best = max(best, moved_more)
                 findings.append(
                     BackgroundFinding(
                         group=group,
@@ -167,4 +172,5 @@ class Background(Evidence):
                                      probing.targets[donors].tolist(), flips.tolist(),
                                      changed.tolist(), strict=True)
         ]  # fmt: skip
-        return Findings(everyone or findings, tests, {"shortcut_background": best})
+        scalars = {"shortcut_background": best, "shortcut_background_pairs": float(p)}
+        return Findings(everyone or findings, tests, scalars)

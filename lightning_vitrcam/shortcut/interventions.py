@@ -33,6 +33,8 @@ __all__ = [
     "keep_boxes",
     "move_object",
     "occlude_boxes",
+    "paste_regions",
+    "region_pixels",
     "transplant",
 ]
 
@@ -111,6 +113,40 @@ def transplant(
     """
     base = occlude_boxes(images, recipients, own, grid)
     return torch.where(inside(images, boxes, grid)[:, None], images[donors], base)
+
+
+def region_pixels(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[B, H, W]`` bool: the pixels of the token regions ``masks`` ``[B, h, w]`` (each pixel
+    belongs to the token cell it falls in, as in :func:`inside`)."""
+    h, w = masks.shape[-2:]
+    H, W = size
+    rows = (torch.arange(H, device=masks.device) * h) // H
+    cols = (torch.arange(W, device=masks.device) * w) // W
+    return masks[:, rows][:, :, cols]
+
+
+def paste_regions(
+    images: torch.Tensor,
+    recipients: torch.Tensor,
+    donors: torch.Tensor,
+    masks: torch.Tensor,
+    base: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Copies of ``images[recipients]`` with ``images[donors[i]]``'s pixels inside the token
+    region ``masks[i]`` (``[P, h, w]`` bool) pasted at the same place; nothing of the
+    recipient is occluded first (a mark added to an image that keeps its own object).
+    ``base``: the images the recipients are taken from, when ``images`` holds the donors'
+    pixels only (e.g. a blank fill).
+
+    Example:
+        >>> x = torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)])
+        >>> m = torch.tensor([[[True, False], [False, False]]])
+        >>> paste_regions(x, torch.tensor([0]), torch.tensor([1]), m)[0, 0, :, 0].tolist()
+        [1.0, 1.0, 0.0, 0.0]
+    """
+    pixels = region_pixels(masks, tuple(images.shape[-2:]))
+    base = images if base is None else base
+    return torch.where(pixels[:, None], images[donors], base[recipients])
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

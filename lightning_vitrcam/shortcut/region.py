@@ -73,7 +73,7 @@ from lightning_vitrcam.shortcut.evidence import (
 from lightning_vitrcam.shortcut.interventions import Copy, transplant
 from lightning_vitrcam.shortcut.likeness import carrier_likeness
 from lightning_vitrcam.shortcut.places import Box, place_name
-from lightning_vitrcam.shortcut.report import Example, Finding, group_name
+from lightning_vitrcam.shortcut.report import Example, Finding, group_name, prediction_of
 from lightning_vitrcam.shortcut.rule import Rule, margin, sign_test
 
 __all__ = ["RegionFinding", "SmallRegion", "control_boxes", "peak_boxes"]
@@ -219,6 +219,12 @@ class RegionFinding(Finding):
             f" probability by at least {half}, and {carried}"
         )
 
+    def summary(self, class_names: Sequence[str] | None = None) -> str:
+        who = prediction_of(self.group, class_names)
+        if not self.moves:
+            return f"{who} hangs on {place_name(self.place, self.grid)}"
+        return f"{who} follows a small region that moves"
+
     def remedy(self) -> str:
         return (
             "look at those places in the probes (vitrcam/shortcut_evidence): a tag, a"
@@ -238,10 +244,12 @@ class SmallRegion(Evidence):
 
     def __init__(self, alarm: Any) -> None:
         super().__init__(alarm)
-        #: each probe's decisive region at the last check (probe row -> box)
-        self.remembered: dict[int, Box] = {}
+        #: the places of the last check's confirmed regions, most frequent first: tried on
+        #: every probe of the next check (the alarm's probes change from check to check)
+        self.remembered: list[Box] = []
         #: the last check's per-probe regions, drops and transplants (for pictures and study)
         self.last: dict[str, Any] = {}
+        self._checks = 0
 
     def check(self, probing: Probing, rule: Rule) -> Findings:
         self.last = {}
@@ -255,10 +263,18 @@ class SmallRegion(Evidence):
         # the search only proposes places: where the maps' and remembered places already
         # confirm a finding, its copies cannot change whether this evaluation warns
         if alarm.search and not alarm.search_always and not findings.suspects and len(missing):
-            rows, boxes = self._searched(probing, rows, boxes, missing)
+            # at most search_probes probes a check, in turn: the search costs 16 copies a
+            # probe on 8x8 tokens, and a cue the model keeps using is on most probes
+            start = (self._checks * alarm.search_probes) % len(missing)
+            turn = missing.roll(-start)[: alarm.search_probes]
+            rows, boxes = self._searched(probing, rows, boxes, turn)
             findings, regions = self._verdict(probing, rule, rows, boxes)
-        found = regions[:, 0] >= 0
-        self.remembered = {i: tuple(regions[i].tolist()) for i in range(n) if bool(found[i])}  # type: ignore[misc]
+        self._checks += 1
+        places: dict[Box, int] = {}
+        for finding in findings.suspects:
+            for box in getattr(finding, "boxes", ()):
+                places[box] = places.get(box, 0) + 1
+        self.remembered = sorted(places, key=lambda b: -places[b])[:3]
         return findings
 
     def _verdict(
@@ -281,7 +297,11 @@ class SmallRegion(Evidence):
                     strict=True)
             )
         ]  # fmt: skip
-        scalars = {"shortcut_drop": self._worst(drops, probing), "shortcut_transplant": 0.0}
+        scalars = {
+            "shortcut_drop": self._worst(drops, probing),
+            "shortcut_transplant": 0.0,
+            "shortcut_transplant_pairs": 0.0,
+        }
         donors = torch.zeros(n, dtype=torch.bool, device=found.device)
         for _, members in groups:
             donors |= found & members
@@ -289,6 +309,7 @@ class SmallRegion(Evidence):
             return Findings(tests=tests, scalars=scalars), regions
         pairs = self._transplants(probing, regions, own, donors)
         self.last.update(pairs)
+        scalars["shortcut_transplant_pairs"] = float(len(pairs["donors"]))
         tests += [
             PairTest("transplant", d, r, t, m, c, tuple(b), o)  # type: ignore[arg-type]
             for d, r, t, m, c, b, o in zip(
@@ -300,11 +321,12 @@ class SmallRegion(Evidence):
         ]  # fmt: skip
         findings = []
         for group, members in groups:
-            finding, moved_more = self._judge(
-                probing, rule, group, members, found, drops, regions, pairs
-            )
-            scalars["shortcut_transplant"] = max(scalars["shortcut_transplant"], moved_more)
+            finding, _ = self._judge(probing, rule, group, members, found, drops, regions, pairs)
             if finding is not None:
+                # the scalar says what the verdict says: a margin only for a confirmed finding
+                scalars["shortcut_transplant"] = max(
+                    scalars["shortcut_transplant"], finding.strength
+                )
                 findings.append(finding)
         class_groups = sum(g is not None for g, _ in probing.groups)
         return Findings(_pruned(findings, class_groups), tests, scalars), regions
@@ -320,10 +342,11 @@ class SmallRegion(Evidence):
             tokens, windows = peak_boxes(batch[informative], self.alarm.max_box)
             rows += [informative, informative]
             boxes += [tokens, windows]
-        remembered = [(i, b) for i, b in self.remembered.items() if i < n and _fits(b, grid)]
+        remembered = [b for b in self.remembered if _fits(b, grid)]
         if remembered:
-            rows.append(torch.tensor([i for i, _ in remembered], device=device))
-            boxes.append(torch.tensor([b for _, b in remembered], device=device))
+            every = torch.arange(n, device=device)
+            rows.append(every.repeat(len(remembered)))
+            boxes.append(torch.tensor(remembered, device=device).repeat_interleave(n, 0))
         if not rows:
             return torch.empty(0, dtype=torch.long, device=device), torch.empty(
                 0, 4, dtype=torch.long, device=device
@@ -340,7 +363,22 @@ class SmallRegion(Evidence):
         sides = torch.maximum(path[..., 1] - path[..., 0], path[..., 3] - path[..., 2])
         small = (sides <= self.alarm.max_box).all(0)
         level_rows = which.repeat_interleave(int(small.sum()))
-        return torch.cat([rows, level_rows]), torch.cat([boxes, path[:, small].reshape(-1, 4)])
+        found = path[:, small].reshape(-1, 4)
+        # the searched probes' most frequent places, tried on every probe: a cue at one place
+        # is found on all of them by searching a few
+        n = len(probing.targets)
+        levels = small.nonzero().flatten().tolist()
+        # the finest level's most frequent places (a cue per class: one each), and each
+        # coarser small level's most frequent one
+        common = torch.cat(
+            [_frequent(path[:, levels[-1]], _COMMON)]
+            + [_frequent(path[:, k], 1) for k in levels[:-1]]
+        ).unique(dim=0)
+        every = torch.arange(n, device=path.device).repeat(len(common))
+        return (
+            torch.cat([rows, level_rows, every]),
+            torch.cat([boxes, found, common.repeat_interleave(n, 0)]),
+        )
 
     def _smallest(
         self, rows: torch.Tensor, boxes: torch.Tensor, probing: Probing, rule: Rule, n: int
@@ -502,13 +540,20 @@ class SmallRegion(Evidence):
         return (finding if confirmed else None), moved_more
 
     def state_dict(self) -> dict[str, Any]:
-        return {"regions": [[i, *b] for i, b in sorted(self.remembered.items())]}
+        return {"places": [list(b) for b in self.remembered], "checks": self._checks}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.remembered = {
-            int(i): tuple(int(v) for v in box)  # type: ignore[misc]
-            for i, *box in state.get("regions", [])
-        }
+        self.remembered = [tuple(int(v) for v in box) for box in state.get("places", [])]  # type: ignore[misc]
+        self._checks = int(state.get("checks", 0))
+
+
+_COMMON = 4  # the searched places tried on every probe
+
+
+def _frequent(boxes: torch.Tensor, most: int) -> torch.Tensor:
+    """The ``most`` most frequent rows of ``[k, 4]`` boxes (ties: the first in sort order)."""
+    values, counts = boxes.unique(dim=0, return_counts=True)
+    return values[counts.argsort(descending=True, stable=True)[:most]]
 
 
 def _fits(box: Sequence[int], grid: tuple[int, int]) -> bool:

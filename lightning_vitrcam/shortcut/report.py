@@ -25,6 +25,7 @@ __all__ = [
     "PossibleShortcutWarning",
     "Suspect",
     "group_name",
+    "prediction_of",
     "shortcut_message",
 ]
 
@@ -32,6 +33,19 @@ __all__ = [
 class PossibleShortcutWarning(UserWarning):
     """The model's prediction hangs on something other than the object (or the saliency left
     the object masks)."""
+
+
+def prediction_of(group: int | None, class_names: Sequence[str] | None = None) -> str:
+    """Whose prediction a finding is about: "the prediction", or "the prediction of 'cat'".
+
+    Example:
+        >>> prediction_of(None), prediction_of(1, ["dog", "cat"])
+        ('the prediction', "the prediction of 'cat'")
+    """
+    if group is None:
+        return "the prediction"
+    name = class_names[group] if class_names and group < len(class_names) else str(group)
+    return f"the prediction of {name!r}"
 
 
 def group_name(group: int | None, class_names: Sequence[str] | None = None) -> str:
@@ -54,7 +68,8 @@ class Example:
     ``moved_to`` and gave ``moved_p`` to the class it tests (``target`` of the donor); its
     control (``control_box``, ``control_partner``) predicted ``control_to`` and gave
     ``control_p``; a second control, the region ``other_box`` of the probe ``other``,
-    ``other_to`` and ``other_p``.
+    ``other_to`` and ``other_p``. A region of any shape is ``region`` (``control_region``
+    for its control), flat token indices.
     """
 
     probe: int
@@ -75,6 +90,10 @@ class Example:
     other_box: Box | None = None
     other_to: int | None = None
     other_p: float | None = None
+    #: a region of any shape (flat token indices on the grid), where ``box`` is not enough:
+    #: the pasted mark, its control's region
+    region: tuple[int, ...] | None = None
+    control_region: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,7 +114,12 @@ class Finding:
         return 0.0
 
     def describe(self, class_names: Sequence[str] | None = None) -> str:
+        """The finding with its numbers (the report, the logged finding)."""
         raise NotImplementedError
+
+    def summary(self, class_names: Sequence[str] | None = None) -> str:
+        """What the prediction hangs on, in a few words (the warning's one sentence)."""
+        return self.describe(class_names)
 
     def remedy(self) -> str:
         return ""
@@ -161,6 +185,11 @@ class Suspect(Finding):
             f" on {self.hits} of {self.probes} {self.who(class_names)}{self._kept()}"
         )
 
+    def summary(self, class_names: Sequence[str] | None = None) -> str:
+        return (
+            f"{prediction_of(self.group, class_names)} hangs on {place_name(self.box, self.grid)}"
+        )
+
     def _kept(self) -> str:
         if not needs_sufficiency(self.box, self.grid):
             return ""
@@ -196,20 +225,18 @@ def shortcut_message(
     class_names: Sequence[str] | None = None,
     where: str | None = None,
 ) -> str | None:
-    """The warning for one evaluation, or None: the confirmed findings of every kind (at
-    most three; the place kind's groups at one place share a sentence) and what to do about
-    them, ``hotspot_ratio`` above ``hotspot_threshold`` and, with masks, ``energy_in_mask``
-    below ``energy_threshold``. ``where`` replaces "at epoch E (step S)" (e.g. outside fit)."""
-    places: dict[object, list[Finding]] = {}
-    for s in suspects:
-        key = ("place", s.box) if isinstance(s, Suspect) else (s.kind, s.group, id(s))
-        places.setdefault(key, []).append(s)
+    """The warning for one evaluation, or None: what the first confirmed finding says the
+    prediction hangs on and what to do about it, in one line (how many more findings there
+    are; every finding's numbers go to the evidence picture, the report and the logged
+    findings),
+    ``hotspot_ratio`` above ``hotspot_threshold`` and, with masks, ``energy_in_mask`` below
+    ``energy_threshold``. ``where`` replaces "at epoch E (step S)" (e.g. outside fit)."""
     reasons = []
-    for group in list(places.values())[:3]:
-        if isinstance(group[0], Suspect):
-            reasons.append(describe_place(group, class_names))  # type: ignore[arg-type]
-        else:
-            reasons.append(group[0].describe(class_names))
+    if suspects:
+        first = suspects[0]
+        more = len(suspects) - 1
+        extra = f"; {more} more finding{'s' if more > 1 else ''}" if more else ""
+        reasons.append(f"{first.summary(class_names)} ({first.kind} evidence{extra})")
     ratio, energy = values.get("hotspot_ratio"), values.get("energy_in_mask")
     if hotspot_threshold is not None and ratio is not None and ratio > hotspot_threshold:
         reasons.append(f"hotspot ratio {ratio:.2f} > {hotspot_threshold}")
@@ -223,7 +250,8 @@ def shortcut_message(
         row, col, border = hotspot_location(mean_map)
         place = f"on the {border}" if border else "inside the image"
         text += f"; the mean saliency peaks at token row {row}, column {col} ({place})"
-    remedies = list(dict.fromkeys(r for s in suspects if (r := s.remedy())))
-    if remedies:
-        text += ". What to do: " + "; ".join(remedies)
+    else:
+        remedy = suspects[0].remedy()
+        text += f". What to do: {remedy}" if remedy else ""
+        text += " (the evidence: vitrcam/shortcut_evidence and the report)"
     return text

@@ -1,0 +1,493 @@
+"""Evidence of a mark of any shape that carries its class into other images (beyond the paper).
+
+Scanner text tags, rulers, bands along an edge, thin full-height stripes and stickers are not
+small necessary regions: occluding any small part leaves the rest to carry the class, and
+where the object says the same (a lesion with the ruler beside it) the mark is not necessary
+at all. What such a mark does is *carry its class when added*: paste it into an image of
+another class, and the prediction moves to the mark's class. So the test is sufficiency
+without necessity, each paste against controls of the same shape:
+
+1. **candidates** (regions of any shape on the token grid, :mod:`.shapes`): along the edges
+   of the image the same fixed shapes for every probe of a class (a band a quarter of the grid
+   deep, a box in each corner; :func:`~lightning_vitrcam.shortcut.shapes.edge_shapes`), and
+   each probe's own connected high-saliency parts of its map (any shape up to a third of the
+   grid; a thin part that runs over half the grid also as the whole rows or columns it lies
+   on);
+2. **carriers**: each candidate is pasted, at its own place, into one probe of another
+   predicted class per donor (the screening, at most ``_SCREEN`` donors); the donors whose
+   paste moved its recipient to their class carry it. A mark that names a class is on most
+   of the probes it was screened on: with half of them or fewer carrying it, it is what some
+   of a class's own objects have (the bar of a 7, pasted onto a 1, makes a 7) and is not
+   tested further;
+3. **confirmed on fresh pairs**: the carriers' candidates are pasted into other recipients
+   (at least ``_PAIRS`` pastes), each against controls of the same shape, all counted alike
+   (a move to the donor's class): the donor's pixels of the same shape *elsewhere* (the shape
+   reflected through the centre), *another class's* pixels in the same shape (a third
+   probe's), the shape *left blank* (the probes' mean colour: a paste that only removes the
+   recipient's own mark from its place carries nothing) and, for a candidate inside the image
+   (not on an edge, not spanning it), *another probe of the donor's class*'s pixels there.
+   Confirmed when the pastes move at least ``min_margin`` more recipients than each control
+   (of the pairs the two tell apart), at an exact sign test p <= ``max_p`` divided by the
+   number of candidates confirmed-tested in the check, from at least ``min_hits`` donors; a
+   candidate inside the image must also be the *same thing* in the donors that carry it: found
+   in another carrier, anywhere, closer than in the recipient
+   (:func:`~lightning_vitrcam.shortcut.likeness.region_distance`).
+
+On a grid under ``_MIN_SIDE`` (6) tokens a side the kind tests nothing: a band or a corner is
+then a large part of the image, where an object fits. Scalars: ``shortcut_mark`` (the
+strongest confirmed finding's margin over its strongest control, 0 without a finding) and
+``shortcut_mark_pairs`` (pastes run, screening included).
+
+Example:
+    >>> import torch
+    >>> from lightning_vitrcam.shortcut import ShortcutAlarm
+    >>> def model(x):  # class 1 when a dark band runs along the bottom edge
+    ...     dark = (x[:, :, -4:] < -0.5).float().mean(dim=(1, 2, 3))
+    ...     return torch.stack([torch.zeros_like(dark), 20 * (dark - 0.5)], 1)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> images = torch.rand(16, 3, 32, 32, generator=g) * 0.5
+    >>> images[8:, :, -4:] = -1.0  # the positives carry the band
+    >>> maps = torch.zeros(16, 8, 8)  # maps that light nothing: the fixed shapes find it
+    >>> verdict = ShortcutAlarm(kinds=["mark"]).check(
+    ...     model, lambda z: z.softmax(-1), images, [maps], model(images).argmax(1),
+    ...     torch.ones(16).bool())
+    >>> [(f.kind, f.group, f.shape) for f in verdict.suspects]
+    [('mark', 1, 'a band along the bottom edge')]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lightning_vitrcam.shortcut.evidence import (
+    Evidence,
+    Findings,
+    PairTest,
+    Probing,
+    register_evidence,
+)
+from lightning_vitrcam.shortcut.interventions import fill_colour, paste_regions
+from lightning_vitrcam.shortcut.likeness import region_distance
+from lightning_vitrcam.shortcut.report import Example, Finding, group_name, prediction_of
+from lightning_vitrcam.shortcut.rule import Rule, margin, sign_test
+from lightning_vitrcam.shortcut.shapes import describe, edge_shapes, elsewhere, salient_parts
+
+__all__ = ["Candidate", "Mark", "MarkFinding", "anchored"]
+
+_SCREEN = 8  # candidates (donors' regions) a candidate is screened on, one paste each
+_THRESHOLD = 0.5  # the map level of a salient token
+# on a smaller grid a band or a corner is a large part of the image, where objects sit
+_MIN_SIDE = 6
+_PAIRS = 24  # fewest pastes a confirmation rests on (recipients per carrier grow to reach it)
+
+
+def anchored(masks: torch.Tensor) -> torch.Tensor:
+    """``[B]``: whether each region (``[B, h, w]``) lies on the image's edge (at least half of
+    its tokens on the outermost ring) or spans the image from one edge to the opposite one;
+    the rest lie inside the image, where objects are.
+
+    Example:
+        >>> m = torch.zeros(2, 4, 4, dtype=torch.bool); m[0, 3, 1:3] = True; m[1, 1:3, 1] = True
+        >>> anchored(m).tolist()
+        [True, False]
+    """
+    h, w = masks.shape[-2:]
+    ring = torch.zeros(h, w, dtype=torch.bool, device=masks.device)
+    ring[0] = ring[-1] = True
+    ring[:, 0] = ring[:, -1] = True
+    on_ring = (masks & ring).flatten(1).sum(1) * 2 >= masks.flatten(1).sum(1)
+    spans = (masks[:, 0].any(1) & masks[:, -1].any(1)) | (
+        masks[:, :, 0].any(1) & masks[:, :, -1].any(1)
+    )
+    return on_ring | spans
+
+
+def _spanning(parts: torch.Tensor) -> torch.Tensor:
+    """A thin part that runs over half the grid, grown to the whole columns (or rows) it lies
+    on: a stripe or a ruler read anywhere along its length. Other parts unchanged."""
+    h, w = parts.shape[-2:]
+    cols, rows = parts.any(-2), parts.any(-1)  # [B, w], [B, h]
+    tall = (rows.sum(-1) >= h / 2) & (cols.sum(-1) <= max(1, w // 4))
+    wide = (cols.sum(-1) >= w / 2) & (rows.sum(-1) <= max(1, h // 4))
+    out = torch.where(tall[:, None, None], cols[:, None, :].expand_as(parts), parts)
+    return torch.where(wide[:, None, None], rows[:, :, None].expand_as(parts), out)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Regions of one class's probes to paste: ``masks[i]`` of donor ``donors[i]`` (all the
+    same for a fixed shape), named ``name``; ``anchored``: on the edge or spanning (no
+    own-class control)."""
+
+    group: int
+    name: str
+    donors: torch.Tensor
+    masks: torch.Tensor
+    anchored: bool
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.group, self.name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MarkFinding(Finding):
+    """Probes of one class whose marks carry their class: pasted into ``pairs`` probes of
+    other classes, their ``shape`` (``region``: the most frequent region, flat token indices
+    on the ``grid``) moved ``flips`` to the class; the same shape from elsewhere in the donor
+    ``control_flips``, another class's pixels there ``class_flips``, the shape left blank
+    (the probes' mean colour) ``blank_flips`` and, for a mark inside the image, another probe
+    of the class's pixels there ``own_flips``; ``carriers``
+    distinct donors moved a recipient."""
+
+    kind: str = "mark"
+    grid: tuple[int, int]
+    #: which candidate it was: a fixed shape's name ("bottom band") or "map parts ..."
+    candidate: str
+    shape: str
+    region: tuple[int, ...]
+    pairs: int
+    flips: int
+    control_flips: int
+    class_flips: int
+    blank_flips: int = 0
+    own_flips: int | None = None
+    carriers: int = 0
+    alike: int = 0
+    unlike: int = 0
+
+    @property
+    def strength(self) -> float:
+        worst = max(self.control_flips, self.class_flips, self.blank_flips, self.own_flips or 0)
+        return (self.flips - worst) / max(1, self.pairs)
+
+    def summary(self, class_names: Sequence[str] | None = None) -> str:
+        return f"{prediction_of(self.group, class_names)} follows {self.shape}"
+
+    def describe(self, class_names: Sequence[str] | None = None) -> str:
+        own = (
+            ""
+            if self.own_flips is None
+            else f", another {_class(self.group, class_names)} probe's pixels there"
+            f" {self.own_flips}"
+        )
+        return (
+            f"{self.shape} carries the class of the {group_name(self.group, class_names)}:"
+            f" pasted into {self.pairs} probes of other classes it moves {self.flips} of them"
+            f" to that class, from {self.carriers}"
+            f" probes (the same shape from elsewhere in the probe {self.control_flips},"
+            f" another class's pixels there {self.class_flips}, the shape left blank"
+            f" {self.blank_flips}{own})"
+        )
+
+    def remedy(self) -> str:
+        return (
+            f"look at {self.shape} in the probes (vitrcam/shortcut_evidence): a text tag, a"
+            " ruler, a band, stripes or a sticker there that names the class is a shortcut;"
+            " remove, mask or crop it, or make it appear in every class"
+        )
+
+
+def _class(group: int | None, class_names: Sequence[str] | None) -> str:
+    if group is None:
+        return "the prediction"
+    name = class_names[group] if class_names and group < len(class_names) else str(group)
+    return repr(name)
+
+
+@register_evidence("mark")
+class Mark(Evidence):
+    """See the module docstring. Reads ``min_margin``, ``max_p`` and ``transplants``
+    (recipients per donor) from the alarm."""
+
+    def __init__(self, alarm: Any) -> None:
+        super().__init__(alarm)
+        #: the candidates confirmed at the last check, by (class, name): tested first, on
+        #: fresh pairs, at the next one
+        self.remembered: list[tuple[int, str]] = []
+        #: the last check's pastes (for study)
+        self.last: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ candidates
+    def _candidates(self, probing: Probing) -> list[Candidate]:
+        maps, informative = probing.maps[0], probing.informative
+        h, w = probing.grid
+        if min(h, w) < _MIN_SIDE:
+            return []
+        parts, found = salient_parts(maps, _THRESHOLD)
+        parts = _spanning(parts.flatten(0, 1)).view_as(parts)
+        found &= informative[:, None]
+        fixed = edge_shapes(h, w)
+        out: list[Candidate] = []
+        for group, members in probing.groups:
+            if group is None:
+                continue  # a mark names one class
+            rows = members.nonzero().flatten()
+            # the donors whose maps light the shape most are screened first
+            for name, mask in fixed.items():
+                mask = mask.to(maps.device)
+                mass = (maps[rows] * mask).flatten(1).sum(1)
+                order = rows[mass.argsort(descending=True)]
+                out.append(Candidate(group, name, order, mask.expand(len(order), h, w), True))
+            mine = found & members[:, None]
+            donors = mine.nonzero()  # [k, 2]: (probe, part)
+            if len(donors):
+                masks = parts[donors[:, 0], donors[:, 1]]
+                edge = anchored(masks)
+                for on_edge, name in ((True, "map parts on the edge"), (False, "map parts inside")):
+                    keep = edge == on_edge
+                    if bool(keep.any()):
+                        out.append(Candidate(group, name, donors[keep, 0], masks[keep], on_edge))
+        remembered = {key: i for i, key in enumerate(self.remembered)}
+        return sorted(out, key=lambda c: remembered.get(c.key, len(remembered)))
+
+    # ------------------------------------------------------------------ pairs
+    def _pairs(
+        self, probing: Probing, cand: Candidate, per: int, offset: int, limit: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Donor, recipient, third probe, own-class probe and the pasted region of each pair:
+        ``per`` recipients per donor from the ``offset``-th on (other classes, in turn)."""
+        picked = probing.cache.predicts(probing.scores)
+        others = (~picked[:, cand.group]).nonzero().flatten().tolist()
+        same = picked[:, cand.group].nonzero().flatten().tolist()
+        targets = probing.targets.tolist()
+        rows: list[tuple[int, int, int, int, int]] = []
+        donors = cand.donors.tolist()[: limit or None]
+        for i, d in enumerate(donors):
+            for k in range(per):
+                if not others:
+                    break
+                r = others[(i * per + k + offset) % len(others)]
+                thirds = [e for e in others if e != r and targets[e] != targets[r]] or [
+                    e for e in others if e != r
+                ]
+                mates = [q for q in same if q != d]
+                e = thirds[(i + k + offset) % len(thirds)] if thirds else -1
+                q = mates[(i + k + offset) % len(mates)] if mates else -1
+                rows.append((i, d, r, e, q))
+        device = probing.targets.device
+        if not rows:
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            h, w = probing.grid
+            return {"index": empty, "donors": empty, "recipients": empty, "thirds": empty,
+                    "mates": empty, "masks": torch.zeros(0, h, w, dtype=torch.bool,
+                                                         device=device)}  # fmt: skip
+        idx, d, r, e, q = (torch.tensor(v, device=device) for v in zip(*rows, strict=True))
+        masks = cand.masks[idx]
+        keep = e >= 0
+        return {"index": idx[keep], "donors": d[keep], "recipients": r[keep], "thirds": e[keep],
+                "mates": q[keep], "masks": masks[keep]}  # fmt: skip
+
+    def _moved(
+        self, probing: Probing, images: torch.Tensor, group: int, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[len(images) // k, k]`` each: whether each copy is predicted as ``group``, its
+        score of ``group`` and its top class."""
+        predicted, scores = probing.predicted(images)
+        return (predicted[:, group].view(-1, k), scores[:, group].view(-1, k),
+                scores.argmax(1).view(-1, k))  # fmt: skip
+
+    # ------------------------------------------------------------------ check
+    def check(self, probing: Probing, rule: Rule) -> Findings:
+        alarm = self.alarm
+        tested = 0
+        carrying: list[Candidate] = []
+        for cand in self._candidates(probing):
+            carriers, n = self._screen(probing, cand)
+            tested += n
+            # a mark that names a class is on most of the probes it was screened on: on half
+            # or fewer, it is what some of a class's own objects have (the bar of a 7 read
+            # as "7" when it completes a 1)
+            count = int(carriers.donors.unique().numel())
+            screened = int(cand.donors[:_SCREEN].unique().numel())
+            if 2 * count > screened and count >= rule.min_hits:
+                carrying.append(carriers)
+        findings: list[MarkFinding] = []
+        tests: list[PairTest] = []
+        done: set[int] = set()
+        # each confirmation runs on recipients the screening did not use, so its test holds
+        # on its own; the level is shared among the candidates that reach it
+        alpha = alarm.max_p / max(1, len(carrying))
+        for cand in carrying:
+            if cand.group in done:
+                continue
+            finding, pair_tests, n = self._confirm(probing, rule, cand, alpha)
+            tested += n
+            tests += pair_tests
+            if finding is not None:
+                findings.append(finding)
+                done.add(cand.group)
+        self.remembered = [(int(f.group), f.candidate) for f in findings]  # type: ignore[arg-type]
+        best = max((f.strength for f in findings), default=0.0)
+        scalars = {"shortcut_mark": best, "shortcut_mark_pairs": float(tested)}
+        return Findings(sorted(findings, key=lambda f: -f.strength), tests, scalars)  # type: ignore[arg-type]
+
+    def _screen(self, probing: Probing, cand: Candidate) -> tuple[Candidate, int]:
+        """The candidate restricted to its *carriers*: the donors whose paste, alone, moved
+        one recipient to their class (a mark that only some probes of a class carry is then
+        tested on those); a fixed shape is tried on the ``_SCREEN`` donors whose maps light
+        it most, the map parts of every donor. Returns ``(carriers, pastes run)``."""
+        pairs = self._pairs(probing, cand, 1, 0, limit=_SCREEN)
+        if not len(pairs["donors"]):
+            return dataclasses.replace(cand, donors=cand.donors[:0], masks=cand.masks[:0]), 0
+        pasted = paste_regions(probing.images, pairs["recipients"], pairs["donors"], pairs["masks"])
+        moved = self._moved(probing, pasted, cand.group, 1)[0][:, 0]
+        keep = pairs["index"][moved]
+        return dataclasses.replace(cand, donors=cand.donors[keep], masks=cand.masks[keep]), len(
+            moved
+        )
+
+    def _confirm(
+        self, probing: Probing, rule: Rule, cand: Candidate, alpha: float
+    ) -> tuple[MarkFinding | None, list[PairTest], int]:
+        alarm, images = self.alarm, probing.images
+        # fresh recipients (the screening used each donor's first), enough of them that a
+        # mark that carries its class is far from the sign test's edge with few carriers
+        per = max(alarm.transplants, math.ceil(_PAIRS / max(1, len(cand.donors))))
+        pairs = self._pairs(probing, cand, per, 1)
+        n = len(pairs["donors"])
+        if n < rule.min_hits:
+            return None, [], 0
+        d, r, e, q, m = (pairs[k] for k in ("donors", "recipients", "thirds", "mates", "masks"))
+        moved_mask = elsewhere(m)
+        # the blank paste: the region filled with the probes' mean colour, so that a paste
+        # that only removes what the recipient had there (its own mark) does not count
+        batch = [
+            paste_regions(images, r, d, m),
+            paste_regions(images, r, d, moved_mask),
+            paste_regions(images, r, e, m),
+            paste_regions(fill_colour(images).expand_as(images), r, d, m, base=images),
+        ]
+        own = not cand.anchored and bool((q >= 0).all())
+        if own:
+            batch.append(paste_regions(images, r, q, m))
+        k = len(batch)
+        moved, score, top = self._moved(probing, torch.stack(batch, 1).flatten(0, 1), cand.group, k)
+        flips, controls = moved[:, 0], [moved[:, j] for j in range(1, k)]
+        moved_more = min(margin(flips, c) for c in controls)
+        p = max(sign_test(flips, c) for c in controls)
+        carriers = d[flips].unique()
+        tests = [
+            PairTest("mark", di, ri, cand.group, fi, ci, None, oi)
+            for di, ri, fi, ci, oi in zip(d.tolist(), r.tolist(), flips.tolist(),
+                                          controls[0].tolist(), controls[1].tolist(), strict=True)
+        ]  # fmt: skip
+        self.last[cand.key] = {"pairs": pairs, "moved": moved}
+        confirmed = moved_more >= alarm.min_margin and p <= alpha
+        confirmed &= len(carriers) >= rule.min_hits
+        alike = unlike = 0
+        if confirmed and not cand.anchored:
+            alike, unlike = self._likeness(probing, cand, carriers, r[flips], d[flips], m[flips])
+            told = alike + unlike
+            closer = torch.arange(told) < alike
+            confirmed = (
+                told > 0
+                and margin(closer, ~closer) >= alarm.min_margin
+                and sign_test(closer, ~closer) <= alarm.max_p
+            )
+        if not confirmed:
+            return None, tests, k * n
+        region = _typical(cand.masks[pairs["index"][flips]])
+        finding = MarkFinding(
+            group=cand.group,
+            probes=int((probing.targets == cand.group).sum()),
+            grid=probing.grid,
+            candidate=cand.name,
+            shape=describe(region),
+            region=tuple(region.flatten().nonzero().flatten().tolist()),
+            pairs=n,
+            flips=int(flips.sum()),
+            control_flips=int(controls[0].sum()),
+            class_flips=int(controls[1].sum()),
+            blank_flips=int(controls[2].sum()),
+            own_flips=int(controls[3].sum()) if own else None,
+            carriers=len(carriers),
+            alike=alike,
+            unlike=unlike,
+            examples=_examples(probing, pairs, moved, score, top, moved_mask),
+        )
+        return finding, tests, k * n
+
+    def _likeness(
+        self, probing: Probing, cand: Candidate, carriers: torch.Tensor,
+        recipients: torch.Tensor, donors: torch.Tensor, masks: torch.Tensor,
+    ) -> tuple[int, int]:  # fmt: skip
+        """For each paste that moved its recipient: the donor's region looked for anywhere in
+        another carrier and, as the control, anywhere in that recipient (a probe of another
+        class): ``(closer, further)`` over the comparisons that tell them apart."""
+        mates = carriers.tolist()
+        if len(mates) < 2:
+            return 0, 0
+        device = probing.targets.device
+        ys = masks.any(2)
+        xs = masks.any(1)
+        first = lambda t: t.float().argmax(1)
+        last = lambda t: t.shape[1] - t.flip(1).float().argmax(1)
+        boxes = torch.stack([first(ys), last(ys), first(xs), last(xs)], 1).long()
+        order = {c: i for i, c in enumerate(mates)}
+        partner = torch.tensor(
+            [mates[(order[int(d)] + 1 + k) % len(mates)] for k, d in enumerate(donors.tolist())],
+            device=device,
+        )
+        partner = torch.where(partner == donors, torch.tensor(mates[0], device=device), partner)
+        h, w = probing.grid
+        whole = torch.tensor([[0, h, 0, w]], device=device).expand(len(donors), 4)
+        own = region_distance(probing.images, donors, boxes, partner, whole, probing.grid,
+                              centre=True)  # fmt: skip
+        other = region_distance(probing.images, donors, boxes, recipients, whole, probing.grid,
+                                centre=True)  # fmt: skip
+        return int((own < other).sum()), int((own > other).sum())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"remembered": [[g, n] for g, n in self.remembered]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.remembered = [(int(g), str(n)) for g, n in state.get("remembered", [])]
+
+
+def _typical(masks: torch.Tensor) -> torch.Tensor:
+    """The most frequent of the regions ``[k, h, w]``."""
+    values, counts = masks.flatten(1).unique(dim=0, return_counts=True)
+    return values[counts.argmax()].view(masks.shape[1:])
+
+
+def _examples(
+    probing: Probing, pairs: dict[str, torch.Tensor], moved: torch.Tensor, score: torch.Tensor,
+    top: torch.Tensor, moved_mask: torch.Tensor, most: int = 4,
+) -> tuple[Example, ...]:  # fmt: skip
+    """Up to ``most`` pastes that moved their recipient (one per donor), with what the paste
+    and its two controls made the model say."""
+    flat = lambda m: tuple(m.flatten().nonzero().flatten().tolist())
+    out, seen = [], set()
+    for i in moved[:, 0].nonzero().flatten().tolist():
+        d = int(pairs["donors"][i])
+        if d in seen:
+            continue
+        seen.add(d)
+        out.append(
+            Example(
+                probe=d,
+                target=int(probing.targets[d]),
+                before=float(probing.p0[d]),
+                partner=int(pairs["recipients"][i]),
+                region=flat(pairs["masks"][i]),
+                moved_to=int(top[i, 0]),
+                moved_p=float(score[i, 0]),
+                control_region=flat(moved_mask[i]),
+                control_partner=int(pairs["recipients"][i]),
+                control_to=int(top[i, 1]),
+                control_p=float(score[i, 1]),
+                other=int(pairs["thirds"][i]),
+                other_to=int(top[i, 2]),
+                other_p=float(score[i, 2]),
+            )
+        )
+        if len(out) == most:
+            break
+    return tuple(out)
