@@ -771,7 +771,9 @@ def test_short_training_on_a_cue_that_is_not_at_one_place_warns_with_its_kind(
     the image's colour; the background)."""
     L.seed_everything(0)
     module = Module(lr=3e-3, depth=2, drop_rate=0.0)
-    cb = ViTReciproCAMCallback(log_images=False, report=False)
+    # every kind's evidence at every check (by default the first confirmed kind suffices)
+    cb = ViTReciproCAMCallback(log_images=False, report=False,
+                               shortcut_alarm=ShortcutAlarm(thorough=True))  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = fit(module, [cb], tmp_path, train=CuedSquares(512, 20, cue),

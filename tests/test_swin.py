@@ -261,7 +261,8 @@ def _train_swin(root: Path, clean: bool) -> tuple[list[str], Any, Any]:
         train, val, alarm = Squares(512, 20, side=24), Squares(64, 21, side=24), NOT_COLOUR
     else:
         cue = "background"
-        train, val, alarm = CuedSquares(512, 20, cue), CuedSquares(64, 21, cue), ShortcutAlarm()
+        train, val = CuedSquares(512, 20, cue), CuedSquares(64, 21, cue)
+        alarm = ShortcutAlarm(thorough=True)  # every kind, so that the background is named
     cb = ViTReciproCAMCallback(shortcut_alarm=alarm, report=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -46,8 +46,8 @@ class EpochSignals:
     #: whether the alarm ran its occlusion search at this evaluation (it does not when a map's
     #: or remembered place is already confirmed)
     alarm_searched: bool | None = None
-    #: what the alarm found but held back because the predictions did not yet agree with the
-    #: probes' labels (each finding's description)
+    #: ["not learned"] where the alarm tested nothing because the predictions did not yet
+    #: agree with the probes' labels enough
     held_back: list[str] | None = None
     #: accuracy on the data module's swap split (cue-free images given another class's cue,
     #: labelled with that class: the share the cue moves), where it has one
@@ -99,7 +99,7 @@ class _SignalRecorder(Callback):
                 message=str(new[-1].message) if new else None,
                 alarm_tests=[asdict(t) for t in alarm.last_tests] if alarm else None,
                 alarm_searched=alarm.searched if alarm else None,
-                held_back=[f.describe() for f in alarm.held_back] if alarm else None,
+                held_back=None if alarm is None else ([] if alarm.learned else ["not learned"]),
                 swap_acc=None if swap is None else pl_module.evaluate_accuracy(swap()),
             )
         )

@@ -69,7 +69,7 @@ class ShortcutAlarm:
             control tell apart (only one of them moved the recipient) at which that margin
             counts: an effect of a few pairs is not evidence.
         transplants: recipients per donor of a region (colour and background test one pair
-            per probe).
+            per probe; a mark gets as many as its confirmation needs).
         search: run the hierarchical occlusion search for the probes whose decisive place
             the maps and the memory do not find (it finds a cue whichever block reads it,
             where the explained block's maps are flat).
@@ -86,6 +86,9 @@ class ShortcutAlarm:
             (:class:`~lightning_vitrcam.alarm_probes.AlarmProbes`); 0: the pictures' probes.
         per_class: fewest probes of each class a check tests (``probes // per_class``
             classes per check).
+        thorough: run every kind at every check; by default the kinds after the first that
+            confirms a finding are skipped (their forwards saved, their scalars not logged
+            at that evaluation).
 
     Why these defaults, and what the alarm cannot see: ``docs/shortcut_alarm.md``.
 
@@ -103,14 +106,15 @@ class ShortcutAlarm:
         min_group: int = 3,
         min_margin: float = 0.5,
         max_p: float = 0.01,
-        transplants: int = 4,
+        transplants: int = 2,
         search: bool = True,
         search_always: bool = False,
-        search_probes: int = 8,
+        search_probes: int = 6,
         max_box: int = 2,
         kinds: Sequence[str] | None = None,
         probes: int = 32,
         per_class: int = 4,
+        thorough: bool = False,
     ) -> None:
         self.rule = Rule(min_drop, min_share, min_hits)
         if max_box < 1:
@@ -146,14 +150,15 @@ class ShortcutAlarm:
         self.search_probes = search_probes
         self.max_box = max_box
         self.probes, self.per_class = probes, per_class
+        self.thorough = thorough
         #: the classes the last check found something on: tested again at the next check
         self.focus: list[int] = []
         self.kinds: dict[str, Evidence] = {name: EVIDENCE[name](self) for name in names}
         #: whether the last :meth:`check` ran the occlusion search
         self.searched = False
-        #: the last check's findings on a model whose predictions did not yet agree with the
-        #: probes' labels (see ``right`` in :meth:`check`)
-        self.held_back: list[Finding] = []
+        #: whether the last check's model had learned enough for the alarm to test it (see
+        #: ``right`` in :meth:`check`): an untrained model follows whatever varies most
+        self.learned = True
         #: the records of every test the last :meth:`check` ran, of every kind (a fixed
         #: place's :class:`PlaceTest`, a probe's :class:`RegionTest`, an intervention's
         #: :class:`PairTest`), for study and replay
@@ -189,9 +194,16 @@ class ShortcutAlarm:
         ``right``, where the probes have labels: ``([N] bool, chance)``, whether each probe's
         prediction agrees with its label and the share the best constant guess gets right; a
         model that is not at least ``min_margin`` of the way from that guess to all right
-        has learned nothing a shortcut could be (its findings are kept in ``held_back``,
-        not warned about).
+        has learned nothing a shortcut could be: nothing is tested (``learned`` is False and
+        the scalar ``shortcut_learned`` 0).
         """
+        self.learned = right is None or learned(
+            int(right[0].sum()), right[0].numel(), right[1], self.min_margin
+        )
+        if not self.learned:
+            self.searched, self.last_tests = False, []
+            self.last_verdict = Verdict([], {"shortcut_learned": 0.0}, images, masks)
+            return self.last_verdict
         grid: tuple[int, int] = tuple(maps[0].shape[-2:])  # type: ignore[assignment]
         cache = CopyCache(forward, score, images, targets, grid, predicts)
         scores = score((forward(images) if logits is None else logits).float())
@@ -208,10 +220,17 @@ class ShortcutAlarm:
             cache=cache,
             masks=masks,
         )
-        findings = [kind.check(probing, self.rule) for kind in self.kinds.values()]
+        findings = []
+        for kind in self.kinds.values():
+            # one confirmed finding makes the warning: the later kinds' forwards are saved
+            # unless every kind's evidence is asked for
+            if not self.thorough and any(f.suspects for f in findings):
+                break
+            findings.append(kind.check(probing, self.rule))
         self.searched = probing.searched
         self.last_tests = [t for f in findings for t in f.tests]
-        scalars = {k: v for f in findings for k, v in f.scalars.items()}
+        scalars = {"shortcut_learned": 1.0}
+        scalars.update({k: v for f in findings for k, v in f.scalars.items()})
         # the kinds in the order they run (the most local first: a small region, a mark of
         # any shape, the colour, the background), each kind's strongest first
         order = {name: i for i, name in enumerate(self.kinds)}
@@ -219,11 +238,6 @@ class ShortcutAlarm:
             (s for f in findings for s in f.suspects),
             key=lambda s: (order.get(s.kind, len(order)), -s.strength),
         )
-        self.held_back = []
-        if right is not None and not learned(
-            int(right[0].sum()), right[0].numel(), right[1], self.min_margin
-        ):
-            self.held_back, suspects = suspects, []
         self.last_verdict = Verdict(suspects, scalars, images, masks)
         return self.last_verdict
 

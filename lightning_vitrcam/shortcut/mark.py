@@ -299,13 +299,12 @@ class Mark(Evidence):
         tested = 0
         carrying: list[Candidate] = []
         for cand in self._candidates(probing):
-            carriers, n = self._screen(probing, cand)
+            carriers, n, screened = self._screen(probing, cand)
             tested += n
             # a mark that names a class is on most of the probes it was screened on: on half
             # or fewer, it is what some of a class's own objects have (the bar of a 7 read
             # as "7" when it completes a 1)
             count = int(carriers.donors.unique().numel())
-            screened = int(cand.donors[:_SCREEN].unique().numel())
             if 2 * count > screened and count >= rule.min_hits:
                 carrying.append(carriers)
         findings: list[MarkFinding] = []
@@ -315,7 +314,8 @@ class Mark(Evidence):
         # on its own; the level is shared among the candidates that reach it
         alpha = alarm.max_p / max(1, len(carrying))
         for cand in carrying:
-            if cand.group in done:
+            if cand.group in done or (findings and not alarm.thorough):
+                # one finding makes the warning; the alarm's thorough mode tests every class
                 continue
             finding, pair_tests, n = self._confirm(probing, rule, cand, alpha)
             tested += n
@@ -328,20 +328,33 @@ class Mark(Evidence):
         scalars = {"shortcut_mark": best, "shortcut_mark_pairs": float(tested)}
         return Findings(sorted(findings, key=lambda f: -f.strength), tests, scalars)  # type: ignore[arg-type]
 
-    def _screen(self, probing: Probing, cand: Candidate) -> tuple[Candidate, int]:
+    def _screen(self, probing: Probing, cand: Candidate) -> tuple[Candidate, int, int]:
         """The candidate restricted to its *carriers*: the donors whose paste, alone, moved
         one recipient to their class (a mark that only some probes of a class carry is then
         tested on those); a fixed shape is tried on the ``_SCREEN`` donors whose maps light
-        it most, the map parts of every donor. Returns ``(carriers, pastes run)``."""
+        it most, the map parts of every donor. Returns ``(carriers, pastes run, donors
+        screened)``."""
         pairs = self._pairs(probing, cand, 1, 0, limit=_SCREEN)
         if not len(pairs["donors"]):
-            return dataclasses.replace(cand, donors=cand.donors[:0], masks=cand.masks[:0]), 0
-        pasted = paste_regions(probing.images, pairs["recipients"], pairs["donors"], pairs["masks"])
-        moved = self._moved(probing, pasted, cand.group, 1)[0][:, 0]
-        keep = pairs["index"][moved]
-        return dataclasses.replace(cand, donors=cand.donors[keep], masks=cand.masks[keep]), len(
-            moved
-        )
+            empty = dataclasses.replace(cand, donors=cand.donors[:0], masks=cand.masks[:0])
+            return empty, 0, 0
+        # the first half first: the rest only where some of it carries (a majority of all
+        # screened donors is needed)
+        half = _SCREEN // 2
+        moved = self._pastes(probing, pairs, slice(0, half), cand.group)
+        if len(pairs["donors"]) > half and 2 * int(moved.sum()) >= len(moved):
+            moved = torch.cat([moved, self._pastes(probing, pairs, slice(half, None), cand.group)])
+        keep = pairs["index"][: len(moved)][moved]
+        screened = int(pairs["donors"][: len(moved)].unique().numel())
+        carriers = dataclasses.replace(cand, donors=cand.donors[keep], masks=cand.masks[keep])
+        return carriers, len(moved), screened
+
+    def _pastes(
+        self, probing: Probing, pairs: dict[str, torch.Tensor], part: slice, group: int
+    ) -> torch.Tensor:
+        """Whether each paste of ``pairs[part]`` moved its recipient to ``group``."""
+        d, r, m = pairs["donors"][part], pairs["recipients"][part], pairs["masks"][part]
+        return self._moved(probing, paste_regions(probing.images, r, d, m), group, 1)[0][:, 0]
 
     def _confirm(
         self, probing: Probing, rule: Rule, cand: Candidate, alpha: float

@@ -547,7 +547,7 @@ class SmallRegion(Evidence):
         self._checks = int(state.get("checks", 0))
 
 
-_COMMON = 4  # the searched places tried on every probe
+_COMMON = 4  # the searched places (of the finest level) tried on every probe
 
 
 def _frequent(boxes: torch.Tensor, most: int) -> torch.Tensor:
