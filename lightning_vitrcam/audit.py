@@ -128,13 +128,9 @@ def audit(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from lightning_vitrcam.evaluation import Evaluation
+    from lightning_vitrcam.hosts import ProcessHost
     from lightning_vitrcam.normalization import resolve_mean_std
-    from lightning_vitrcam.offline import (
-        BadInput,
-        OfflineTrainer,
-        checkpoint_class_names,
-        load_module,
-    )
+    from lightning_vitrcam.offline import BadInput, checkpoint_class_names, load_module
     from lightning_vitrcam.render import Style, save_png
     from lightning_vitrcam.report import write_report
     from lightning_vitrcam.reporting import Reporter
@@ -165,20 +161,20 @@ def audit(args: argparse.Namespace) -> int:
         alarm = ShortcutAlarm(kinds=args.kinds)
     except ValueError as err:
         raise BadInput(f"--kinds: {err}") from err
-    trainer = OfflineTrainer()
+    host = ProcessHost()  # one process, full precision
     explain = "both" if probe.labels is not None else "predicted"
     try:
         evaluation = Evaluation(vit, target_block=args.target_block, kernel=args.kernel,
                                 explain=explain, max_batch=args.max_batch, alarm=alarm,
                                 device=args.device)  # fmt: skip
-        task, why, width = evaluation.resolve_task(trainer, probe, args.task)
+        task, why, width = evaluation.resolve_task(host, probe, args.task)
         names = explained_names(task, class_names, width)
-        evaluation.check_setup(trainer, probe, names)
+        evaluation.check_setup(host, probe, names)
     except ValueError as err:
         raise BadInput(str(err)) from err
     steps.update()
     steps.set_description("explaining and testing")
-    outcome = evaluation.run(trainer, probe)
+    outcome = evaluation.run(host, probe)
     steps.update()
     steps.set_description("pictures")
     reporter = Reporter(class_names=names, style=Style(mean=mean, std=std, cmap=args.cmap),

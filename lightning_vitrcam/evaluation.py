@@ -85,10 +85,12 @@ class EvaluationSkipped(Exception):
             " the warning (run the callback's evaluation outside fit to see it)",
         )
 
-    def message(self, epoch: int, step: int) -> str:
+    def message(self, epoch: int | None, step: int, name: str = "ViTReciproCAMCallback") -> str:
+        """The warning ``name`` (the entry point) issues; without an epoch it names the step."""
+        when = f"at epoch {epoch} (step {step})" if epoch is not None else f"at step {step}"
         return (
-            f"ViTReciproCAMCallback: the evaluation at epoch {epoch} (step {step}) was skipped:"
-            f" {self.cause}. {self.remedy[0].upper()}{self.remedy[1:]}. Training continues."
+            f"{name}: the evaluation {when} was skipped: {self.cause}."
+            f" {self.remedy[0].upper()}{self.remedy[1:]}. Training continues."
         )
 
 
@@ -112,10 +114,10 @@ class Outcome:
 
 
 @contextmanager
-def explaining(trainer: Any) -> Iterator[None]:
+def explaining(host: Any) -> Iterator[None]:
     """No gradients, the global RNGs restored (a custom model may draw random numbers even in
-    eval mode), and the trainer's precision (autocast for ``*-mixed``)."""
-    with torch.no_grad(), isolate_rng(), trainer.precision_plugin.forward_context():
+    eval mode), and the host's precision (autocast for ``*-mixed``)."""
+    with torch.no_grad(), isolate_rng(), host.precision_plugin.forward_context():
         yield
 
 
@@ -228,11 +230,11 @@ class Evaluation:
         self.task = task
         self._build()
 
-    def resolve_task(self, trainer: Any, probe: Probes, requested: str) -> tuple[Task, str, int]:
+    def resolve_task(self, host: Any, probe: Probes, requested: str) -> tuple[Task, str, int]:
         """``(task, why, width)``: the task ``requested`` (or, for ``"auto"``, the one the
         head and the probe labels say), explained from now on; the probe labels converted to
         it (a ``ValueError`` where they do not fit); ``width`` the head's number of logits."""
-        width = self.head_width(trainer, probe.images)
+        width = self.head_width(host, probe.images)
         task, why = infer_task(requested, width, probe.labels)
         self.set_task(task)
         self.width = width
@@ -240,22 +242,22 @@ class Evaluation:
             probe.labels = task.labels(probe.labels, width)
         return task, why, width
 
-    def head_width(self, trainer: Any, images: torch.Tensor) -> int:
+    def head_width(self, host: Any, images: torch.Tensor) -> int:
         """One probe explained as an evaluation would (every model/image mismatch surfaces
         here, at setup); returns the number of logits the model returns."""
-        with explaining(trainer):
-            self._dry = self.cam(trainer.precision_plugin.convert_input(images[:1]))
+        with explaining(host):
+            self._dry = self.cam(host.precision_plugin.convert_input(images[:1]))
         return int(self._dry.logits.shape[1])
 
     def check_setup(
-        self, trainer: Any, probe: Probes, class_names: Sequence[str] | None
+        self, host: Any, probe: Probes, class_names: Sequence[str] | None
     ) -> tuple[int, int]:
         """The probes and the class names checked against the model (after
         :meth:`head_width`'s dry run): every mismatch surfaces at setup, before the first
         epoch. Returns the token grid."""
         dry = self._dry if self._dry is not None else None
         if dry is None:
-            self.head_width(trainer, probe.images)
+            self.head_width(host, probe.images)
             dry = self._dry
         assert dry is not None
         num_classes = self.task.num_classes(dry.logits.shape[1])
@@ -274,36 +276,36 @@ class Evaluation:
     # ------------------------------------------------------------------ the stages
     def run(
         self,
-        trainer: Any,
+        host: Any,
         probe: Probes,
         previous_maps: torch.Tensor | None = None,
         previous_adcc: float | None = None,
         alarm_probe: Callable[[], Probes] | None = None,
     ) -> Outcome:
-        """Evaluate the probes on every rank; raises :class:`EvaluationSkipped`. The alarm
-        checks the probes ``alarm_probe()`` returns (its own, drawn inside the alarm's stage
-        so that a failure to read them skips like any other), else the pictures' probes."""
+        """Evaluate the probes on every rank of ``host`` (a Lightning ``Trainer`` or a
+        :class:`~lightning_vitrcam.hosts.ProcessHost`); raises :class:`EvaluationSkipped`.
+        The alarm checks the probes ``alarm_probe()`` returns (its own, drawn inside the
+        alarm's stage so that a failure to read them skips like any other), else the
+        pictures' probes."""
         self._lowered = None
-        with explaining(trainer):
-            images = trainer.precision_plugin.convert_input(probe.images)
-            shard = probe_shard(len(probe), trainer.global_rank, trainer.world_size, images.device)
+        with explaining(host):
+            images = host.precision_plugin.convert_input(probe.images)
+            shard = probe_shard(len(probe), host.global_rank, host.world_size, images.device)
             labels = None if probe.labels is None else probe.labels[shard.rows]
             own = self._stage(
-                "the explanation", trainer, lambda: self._explain(images[shard.rows], labels)
+                "the explanation", host, lambda: self._explain(images[shard.rows], labels)
             )
             if self.compute_adcc:
-                self._stage("ADCC", trainer, lambda: self._score_adcc(images, own[0], shard))
+                self._stage("ADCC", host, lambda: self._score_adcc(images, own[0], shard))
             primary, pred, true, ranks, stats, mean_map, flat = self._stage(
-                "gathering", trainer, lambda: self._combine(trainer, probe, own, previous_maps)
+                "gathering", host, lambda: self._combine(host, probe, own, previous_maps)
             )
             verdict = Verdict()
             if self.alarm is not None:
                 verdict = self._stage(
                     "the shortcut alarm",
-                    trainer,
-                    lambda: self._alarm_check(
-                        trainer, images, probe, [primary, *ranks], alarm_probe
-                    ),
+                    host,
+                    lambda: self._alarm_check(host, images, probe, [primary, *ranks], alarm_probe),
                 )
         # one host transfer for all scalars
         values = dict(zip(stats, torch.stack(list(stats.values())).float().tolist(), strict=True))
@@ -312,10 +314,10 @@ class Evaluation:
             values["adcc_delta"] = values["adcc"] - previous_adcc
         return Outcome(images, primary, pred, true, values, mean_map, flat, verdict, ranks)
 
-    def _stage(self, name: str, trainer: Any, work: Callable[[], T]) -> T:
+    def _stage(self, name: str, host: Any, work: Callable[[], T]) -> T:
         """``work()`` on every rank, its failures agreed on by all; out of memory on any rank
         halves ``max_batch`` everywhere and runs it again, once per evaluation."""
-        strategy = trainer.strategy
+        strategy = host.strategy
         while True:
             error: BaseException | None = None
             try:
@@ -407,14 +409,14 @@ class Evaluation:
             self.adcc.update(images[shard.rows[mine]], result=take(own, mine))
 
     def _combine(
-        self, trainer: Any, probe: Probes, own: _Explained, previous: torch.Tensor | None
+        self, host: Any, probe: Probes, own: _Explained, previous: torch.Tensor | None
     ) -> tuple[Any, ...]:
         """All ranks' shares gathered, then the map signals and ADCC, the same everywhere."""
         n = len(probe)
         primary, pred, true = (
-            None if r is None else gather_result(trainer.strategy, r, n) for r in own[:3]
+            None if r is None else gather_result(host.strategy, r, n) for r in own[:3]
         )
-        ranks = [gather_result(trainer.strategy, r, n) for r in own[3]]
+        ranks = [gather_result(host.strategy, r, n) for r in own[3]]
         assert primary is not None
         flat = flat_maps(primary.log_odds_range, self.flat_threshold)
         stats, mean_map = probe_signals(primary.maps, probe.masks, previous, ~flat)
@@ -428,7 +430,7 @@ class Evaluation:
 
     def _alarm_check(
         self,
-        trainer: Any,
+        host: Any,
         images: torch.Tensor,
         probe: Probes,
         results: list[ReciproCAMResult],
@@ -437,23 +439,23 @@ class Evaluation:
         """The alarm on its own probes (explained here, each rank its share) or, without
         them, on the pictures' probes and their explanation."""
         if draw is None:
-            return self._check(trainer, images, probe.masks, results, probe.labels)
+            return self._check(host, images, probe.masks, results, probe.labels)
         alarm_probe = draw().to(images.device)
         if alarm_probe.labels is not None and self.width is not None:
             # the labels as the task reads them (0/1 floats of a binary head: class indices)
             alarm_probe.labels = self.task.labels(alarm_probe.labels, self.width)
-        alarm_images = trainer.precision_plugin.convert_input(alarm_probe.images)
+        alarm_images = host.precision_plugin.convert_input(alarm_probe.images)
         n = len(alarm_probe)
-        shard = probe_shard(n, trainer.global_rank, trainer.world_size, alarm_images.device)
+        shard = probe_shard(n, host.global_rank, host.world_size, alarm_images.device)
         labels = None if alarm_probe.labels is None else alarm_probe.labels[shard.rows]
         own = self._explain(alarm_images[shard.rows], labels, predicted_only=True)
-        gathered = [gather_result(trainer.strategy, own[0], n)]
-        gathered += [gather_result(trainer.strategy, r, n) for r in own[3]]
-        return self._check(trainer, alarm_images, alarm_probe.masks, gathered, alarm_probe.labels)
+        gathered = [gather_result(host.strategy, own[0], n)]
+        gathered += [gather_result(host.strategy, r, n) for r in own[3]]
+        return self._check(host, alarm_images, alarm_probe.masks, gathered, alarm_probe.labels)
 
     def _check(
         self,
-        trainer: Any,
+        host: Any,
         images: torch.Tensor,
         masks: torch.Tensor | None,
         results: list[ReciproCAMResult],
@@ -477,7 +479,7 @@ class Evaluation:
             flat = torch.cat([self._flat(r)[k] for r, k in zip(results, keep, strict=True)])
         # the copies take the explanation's route (cam.predict), so its unmasked logits are
         # the probes' own scores and save one forward; each rank runs its share of a batch
-        forward = chunked(sharded_forward(trainer.strategy, cam.predict), lambda: self.max_batch)
+        forward = chunked(sharded_forward(host.strategy, cam.predict), lambda: self.max_batch)
         return self.alarm.check(
             forward,
             cam.score_fn,

@@ -1,4 +1,4 @@
-"""The callback's record of its evaluations: what drift, the timeline and the end-of-fit report
+"""The monitor's record of its evaluations: what drift, the timeline and the end-of-fit report
 read, and what a checkpoint keeps.
 
 Example:
@@ -22,9 +22,9 @@ __all__ = ["History", "Record"]
 
 @dataclass
 class Record:
-    """One evaluation: when it ran, its maps and its scalars."""
+    """One evaluation: when it ran (a plain loop may give no epoch), its maps and scalars."""
 
-    epoch: int
+    epoch: int | None
     step: int
     maps: torch.Tensor  # [N, h, w] float16 on CPU: compact, enough for drift and pictures
     adcc: float | None
@@ -44,7 +44,9 @@ class History:
     def last(self) -> Record | None:
         return self.records[-1] if self.records else None
 
-    def add(self, epoch: int, step: int, maps: torch.Tensor, values: dict[str, float]) -> None:
+    def add(
+        self, epoch: int | None, step: int, maps: torch.Tensor, values: dict[str, float]
+    ) -> None:
         """Record an evaluation (its maps kept as float16 on the CPU)."""
         compact = maps.detach().to("cpu", torch.float16)
         self.records.append(Record(epoch, step, compact, values.get("adcc"), dict(values)))
@@ -65,8 +67,12 @@ class History:
         return [{"step": r.step, **r.values} for r in self.records]
 
     def frames(self, per_step: bool) -> tuple[list[torch.Tensor], list[str]]:
-        """Each evaluation's maps and its label (``step 40`` or ``ep 3``)."""
-        labels = [f"step {r.step}" if per_step else f"ep {r.epoch}" for r in self.records]
+        """Each evaluation's maps and its label (``step 40`` or ``ep 3``; ``step`` where the
+        evaluation has no epoch)."""
+        labels = [
+            f"step {r.step}" if per_step or r.epoch is None else f"ep {r.epoch}"
+            for r in self.records
+        ]
         return [r.maps for r in self.records], labels
 
     def state_dict(self) -> list[dict[str, Any]]:

@@ -15,8 +15,17 @@ subclasses share their base's writer and both ``lightning.pytorch`` and the stan
 * every other logger, or none at all: PNG files ``vitrcam/<name>/step_<step>.png`` in the
   logger's log directory (or ``trainer.default_root_dir``).
 
-``wandb`` and ``mlflow`` are never imported here: their Lightning loggers import them when
-they log. All functions write only on global rank zero and are no-ops elsewhere.
+Files (the end-of-training report) go to MLflow as run artifacts and everywhere else into the
+logger's directory (:func:`register_file_writer`).
+
+Outside Lightning the same writers serve three loggers with Lightning's logger API:
+:class:`SummaryWriterLogger` (a ``torch.utils.tensorboard.SummaryWriter``),
+:class:`WandbRunLogger` (the active W&B run) and :class:`MlflowRunLogger` (an MLflow run), which
+the Hugging Face callback and :class:`~lightning_vitrcam.ViTMonitor` use.
+
+``wandb`` and ``mlflow`` are never imported here: their loggers import them when they log. All
+functions take a host (a Lightning ``Trainer`` or a :class:`~lightning_vitrcam.hosts.
+ProcessHost`), write only on global rank zero and are no-ops elsewhere.
 
 Example:
     >>> import tempfile, torch, lightning as L
@@ -40,15 +49,22 @@ import torch
 from lightning_vitrcam.render import Picture, save_png, to_png
 
 __all__ = [
+    "FileWriter",
+    "MlflowRunLogger",
     "PictureWriter",
+    "SummaryWriterLogger",
+    "WandbRunLogger",
     "artifact_folder",
     "file_pictures",
+    "file_writer_for",
+    "flush",
     "log_files",
     "log_pictures",
     "log_scalars",
     "mlflow_pictures",
     "output_dir",
     "picture_writer_for",
+    "register_file_writer",
     "register_picture_writer",
     "tensorboard_pictures",
     "wandb_pictures",
@@ -56,6 +72,8 @@ __all__ = [
 
 PictureWriter = Callable[[Any, Sequence[Picture], int], None]
 """``writer(logger, pictures, step)``: sends ``pictures`` to ``logger`` at ``step``."""
+FileWriter = Callable[[Any, Sequence[Path], str], None]
+"""``writer(logger, files, folder)``: gives ``logger`` the ``files`` under ``folder``."""
 
 
 def _is_global_zero(trainer: Any) -> bool:
@@ -137,6 +155,15 @@ def file_pictures(directory: str | Path, pictures: Sequence[Picture], step: int)
 
 # ----------------------------------------------------------------------------- registry
 _WRITERS: dict[str, PictureWriter] = {}
+_FILE_WRITERS: dict[str, FileWriter] = {}
+
+
+def _nearest(table: Mapping[str, Any], logger: Any) -> Any:
+    for klass in type(logger).__mro__:
+        found = table.get(f"{klass.__module__}.{klass.__qualname__}")
+        if found is not None:
+            return found
+    return None
 
 
 def register_picture_writer(*class_paths: str) -> Callable[[PictureWriter], PictureWriter]:
@@ -170,11 +197,37 @@ def picture_writer_for(logger: Any) -> PictureWriter | None:
         >>> picture_writer_for(CSVLogger("csv")) is None
         True
     """
-    for klass in type(logger).__mro__:
-        found = _WRITERS.get(f"{klass.__module__}.{klass.__qualname__}")
-        if found is not None:
-            return found
-    return None
+    return _nearest(_WRITERS, logger)
+
+
+def register_file_writer(*class_paths: str) -> Callable[[FileWriter], FileWriter]:
+    """Register how logger classes (by ``module.QualName`` path) take files such as the
+    report; loggers with none get copies in their log directory.
+
+    Example:
+        >>> @register_file_writer("my_lib.loggers.MyLogger")
+        ... def my_files(logger, files, folder):
+        ...     for f in files:
+        ...         logger.upload(f, folder)
+    """
+
+    def add(writer: FileWriter) -> FileWriter:
+        for path in class_paths:
+            _FILE_WRITERS[path] = writer
+        return writer
+
+    return add
+
+
+def file_writer_for(logger: Any) -> FileWriter | None:
+    """The file writer registered for the nearest class of ``logger``, or None (copies).
+
+    Example:
+        >>> from lightning.pytorch.loggers import CSVLogger
+        >>> file_writer_for(MlflowRunLogger(run_id="r")).__name__, file_writer_for(CSVLogger("c"))
+        ('_files_to_mlflow', None)
+    """
+    return _nearest(_FILE_WRITERS, logger)
 
 
 # The registered writers call the public functions through the module namespace at call time,
@@ -183,6 +236,7 @@ def picture_writer_for(logger: Any) -> PictureWriter | None:
     # lightning.pytorch's and pytorch_lightning's TensorBoardLogger subclass these
     "lightning.fabric.loggers.tensorboard.TensorBoardLogger",
     "lightning_fabric.loggers.tensorboard.TensorBoardLogger",
+    "lightning_vitrcam.loggers.SummaryWriterLogger",
 )
 def _to_tensorboard(logger: Any, pictures: Sequence[Picture], step: int) -> None:
     tensorboard_pictures(logger, pictures, step)
@@ -191,24 +245,184 @@ def _to_tensorboard(logger: Any, pictures: Sequence[Picture], step: int) -> None
 @register_picture_writer(
     "lightning.pytorch.loggers.wandb.WandbLogger",
     "pytorch_lightning.loggers.wandb.WandbLogger",
+    "lightning_vitrcam.loggers.WandbRunLogger",
 )
 def _to_wandb(logger: Any, pictures: Sequence[Picture], step: int) -> None:
     wandb_pictures(logger, pictures, step)
 
 
-@register_picture_writer(
+_MLFLOW = (
     "lightning.pytorch.loggers.mlflow.MLFlowLogger",
     "pytorch_lightning.loggers.mlflow.MLFlowLogger",
+    "lightning_vitrcam.loggers.MlflowRunLogger",
 )
+
+
+@register_picture_writer(*_MLFLOW)
 def _to_mlflow(logger: Any, pictures: Sequence[Picture], step: int) -> None:
     mlflow_pictures(logger, pictures, step)
 
 
+@register_file_writer(*_MLFLOW)
+def _files_to_mlflow(logger: Any, files: Sequence[Path], folder: str) -> None:
+    for f in files:
+        logger.experiment.log_artifact(logger.run_id, str(f), folder)
+
+
+# ----------------------------------------------------------------------------- loggers
+class SummaryWriterLogger:
+    """Lightning's logger API over a ``torch.utils.tensorboard.SummaryWriter``: the one given,
+    or one created at ``log_dir`` on first use (so that only the process that logs writes an
+    event file). ``files_dir``: where files such as the report go (default ``log_dir``).
+
+    Example:
+        >>> import tempfile
+        >>> logger = SummaryWriterLogger(tempfile.mkdtemp())
+        >>> logger.log_metrics({"vitrcam/adcc": 0.5}, step=3); logger.close()
+    """
+
+    def __init__(
+        self,
+        log_dir: str | Path | None = None,
+        writer: Any = None,
+        files_dir: str | Path | None = None,
+    ) -> None:
+        if writer is None and log_dir is None:
+            raise ValueError("SummaryWriterLogger needs a log_dir or a SummaryWriter")
+        self._writer, self._own = writer, writer is None
+        self.log_dir = str(log_dir if log_dir is not None else writer.get_logdir())
+        self.files_dir = str(files_dir) if files_dir is not None else self.log_dir
+
+    @property
+    def experiment(self) -> Any:
+        """The SummaryWriter."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=self.log_dir)
+        return self._writer
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        for key, value in metrics.items():
+            self.experiment.add_scalar(key, value, step)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Flush; close the writer when this logger created it (one given stays open)."""
+        if self._writer is None:
+            return
+        if self._own:
+            self._writer.close()
+            self._writer = None
+        else:
+            self._writer.flush()
+
+
+class WandbRunLogger:
+    """Lightning's logger API over a W&B run: ``run``, else the active run (``wandb.run``,
+    looked up at each call). Every record carries ``step_key`` (the Hugging Face Trainer's
+    ``train/global_step``, Lightning's ``trainer/global_step``) and the ``vitrcam/`` charts
+    use it as their x-axis.
+
+    Example:
+        >>> WandbRunLogger(step_key="train/global_step").step_key
+        'train/global_step'
+    """
+
+    def __init__(self, run: Any = None, step_key: str = "trainer/global_step") -> None:
+        self._run, self.step_key = run, step_key
+        self._defined: set[int] = set()
+
+    @property
+    def experiment(self) -> Any:
+        """The W&B run."""
+        run = self._run
+        if run is None:
+            import wandb
+
+            run = wandb.run
+        if run is None:
+            raise RuntimeError("no active W&B run: call wandb.init() first (or pass run=)")
+        if id(run) not in self._defined:
+            self._defined.add(id(run))
+            run.define_metric(self.step_key)
+            run.define_metric("vitrcam/*", step_metric=self.step_key)
+        return run
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        record = dict(metrics)
+        if step is not None:
+            record[self.step_key] = step
+        self.experiment.log(record)
+
+    def log_image(
+        self, key: str, images: list[Any], step: int | None = None, **kwargs: Any
+    ) -> None:
+        """``wandb.Image`` of each image (HWC arrays), with per-image ``caption``."""
+        import wandb
+
+        each = [{k: v[i] for k, v in kwargs.items()} for i in range(len(images))]
+        shown = [wandb.Image(x, **kw) for x, kw in zip(images, each, strict=True)]
+        self.log_metrics({key: shown}, step)
+
+
+class MlflowRunLogger:
+    """Lightning's logger API over an MLflow run: ``run_id``, else the run active when the
+    logger is first used (remembered, so that it is still written to after the integration
+    that started it has ended it), at ``tracking_uri`` (default: MLflow's).
+
+    Example:
+        >>> MlflowRunLogger(run_id="0123").run_id
+        '0123'
+    """
+
+    def __init__(self, run_id: str | None = None, tracking_uri: str | None = None) -> None:
+        self._run_id, self.tracking_uri = run_id, tracking_uri
+        self._client: Any = None
+
+    @property
+    def run_id(self) -> str:
+        if self._run_id is None:
+            import mlflow
+
+            active = mlflow.active_run()
+            if active is None:
+                raise RuntimeError("no active MLflow run: call mlflow.start_run() or pass run_id=")
+            self._run_id = active.info.run_id
+            self.tracking_uri = self.tracking_uri or mlflow.get_tracking_uri()
+        return self._run_id
+
+    @property
+    def experiment(self) -> Any:
+        """An ``MlflowClient`` of the run's tracking server."""
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            if self._run_id is None:
+                self.run_id  # noqa: B018 - the active run also says which tracking server
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        run_id = self.run_id
+        stamp = int(time.time() * 1000)
+        batch = [Metric(k, float(v), stamp, step or 0) for k, v in metrics.items()]
+        self.experiment.log_batch(run_id, metrics=batch)
+
+
 # ----------------------------------------------------------------------------- entry points
 def output_dir(trainer: Any, logger: Any | None = None) -> Path:
-    """Where files for ``logger`` go: its ``log_dir``, else its ``save_dir``, else the trainer's
-    ``default_root_dir``."""
-    for attr in ("log_dir", "save_dir"):
+    """Where files for ``logger`` go: its ``files_dir``, ``log_dir`` or ``save_dir``, else the
+    host's ``default_root_dir``."""
+    for attr in ("files_dir", "log_dir", "save_dir"):
         value = getattr(logger, attr, None) if logger is not None else None
         if value:
             return Path(value)
@@ -239,21 +453,10 @@ def log_pictures(trainer: Any, pictures: Sequence[Picture], step: int) -> list[P
     return written
 
 
-def _is_mlflow(logger: Any) -> bool:
-    return any(
-        f"{k.__module__}.{k.__qualname__}"
-        in (
-            "lightning.pytorch.loggers.mlflow.MLFlowLogger",
-            "pytorch_lightning.loggers.mlflow.MLFlowLogger",
-        )
-        for k in type(logger).__mro__
-    )
-
-
 def log_files(trainer: Any, files: Sequence[Path], folder: str = "vitrcam") -> list[Path]:
-    """Files (e.g. the report) for every logger: MLflow gets them as run artifacts under
-    ``folder``, every other logger (or none) copies in ``<its log dir>/<folder>``; returns the
-    local copies."""
+    """Files (e.g. the report) for every logger: a logger with a file writer (MLflow: run
+    artifacts under ``folder``) gets them through it, every other logger (or none) copies in
+    ``<its log dir>/<folder>``; returns the local copies."""
     if not _is_global_zero(trainer) or not files:
         return []
     import shutil
@@ -261,9 +464,9 @@ def log_files(trainer: Any, files: Sequence[Path], folder: str = "vitrcam") -> l
     loggers = list(getattr(trainer, "loggers", []) or [])
     directories: list[Path] = []
     for logger in loggers:
-        if _is_mlflow(logger):
-            for f in files:
-                logger.experiment.log_artifact(logger.run_id, str(f), folder)
+        writer = file_writer_for(logger)
+        if writer is not None:
+            writer(logger, files, folder)
         else:
             directories.append(output_dir(trainer, logger))
     if not loggers:
@@ -275,6 +478,16 @@ def log_files(trainer: Any, files: Sequence[Path], folder: str = "vitrcam") -> l
         for f in files:
             written.append(Path(shutil.copy2(f, target / Path(f).name)))
     return written
+
+
+def flush(trainer: Any) -> None:
+    """Flush the loggers that buffer (a SummaryWriter's event file), so that what an
+    evaluation wrote can be read at once."""
+    if not _is_global_zero(trainer):
+        return
+    for logger in list(getattr(trainer, "loggers", []) or []):
+        if callable(getattr(logger, "flush", None)):
+            logger.flush()
 
 
 def log_scalars(trainer: Any, scalars: Mapping[str, float], step: int, epoch: int) -> None:

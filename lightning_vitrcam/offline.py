@@ -8,8 +8,9 @@ and a problem raises :class:`BadInput` (exit status 2) saying what is wrong and 
 * :func:`image_files`: files and folders, the ImageFolder layout included (a folder whose
   sub-folders hold the images of one class each, named after it);
 * :func:`load_images`: the files as a normalised ``[N, C, H, W]`` tensor;
-* :func:`probes_from_config`: the probes of a LightningCLI config's validation data;
-* :class:`OfflineTrainer`: the few trainer parts an evaluation reads, for one process.
+* :func:`probes_from_config`: the probes of a LightningCLI config's validation data.
+
+An evaluation outside fit runs on a one-process :class:`~lightning_vitrcam.hosts.ProcessHost`.
 
 Example:
     >>> import tempfile, torch
@@ -26,19 +27,16 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.precision import Precision
 from torch import nn
 
 __all__ = [
     "BadInput",
     "DEFAULT_MODEL_CLASS",
     "IMAGE_SUFFIXES",
-    "OfflineTrainer",
     "checkpoint_class_names",
     "folder_labels",
     "image_files",
@@ -65,30 +63,6 @@ class BadInput(SystemExit):
 
     def __str__(self) -> str:
         return self.message
-
-
-class _OneProcess:
-    """The strategy parts an evaluation reads, for a single process."""
-
-    world_size = 1
-    global_rank = 0
-
-    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:  # noqa: A002
-        return decision
-
-    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor[None]
-
-
-@dataclass
-class OfflineTrainer:
-    """What :meth:`~lightning_vitrcam.evaluation.Evaluation.run` reads of a trainer, for one
-    process outside fit (full precision)."""
-
-    precision_plugin: Precision = field(default_factory=Precision)
-    strategy: Any = field(default_factory=_OneProcess)
-    global_rank: int = 0
-    world_size: int = 1
 
 
 def _import(path: str) -> Any:

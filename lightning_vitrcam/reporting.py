@@ -1,9 +1,10 @@
 """What rank zero does with an evaluation: warnings, scalars, pictures, the timeline.
 
-:class:`Reporter` is the last stage of the callback's flow: it turns an
+:class:`Reporter` is the last stage of the monitor's flow: it turns an
 :class:`~lightning_vitrcam.evaluation.Outcome` into the ``possible shortcut`` warning, the
-logged scalars and the pictures, and writes them through :mod:`~lightning_vitrcam.loggers`. A
-logger that fails costs one warning, never the run.
+logged scalars and the pictures, and writes them through :mod:`~lightning_vitrcam.loggers` to
+the host's loggers (a Lightning ``Trainer``'s or a :class:`~lightning_vitrcam.hosts.
+ProcessHost`'s). A logger that fails costs one warning, never the run.
 
 Example:
     >>> reporter = Reporter(class_names=["cat", "dog"])
@@ -18,13 +19,13 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from lightning_vitrcam._warnings import warn
 from lightning_vitrcam.evaluation import Outcome
-from lightning_vitrcam.loggers import log_files, log_pictures, log_scalars
+from lightning_vitrcam.loggers import flush, log_files, log_pictures, log_scalars
 from lightning_vitrcam.metrics import FLAT_LOG_ODDS
 from lightning_vitrcam.probes import Probes
 from lightning_vitrcam.render import (
@@ -42,14 +43,21 @@ from lightning_vitrcam.tasks import TASKS, Task
 
 __all__ = ["ExplanationSkippedWarning", "Reporter"]
 
+T = TypeVar("T")
+
 
 class ExplanationSkippedWarning(UserWarning):
     """An evaluation failed after setup and was skipped; training went on."""
 
 
+#: who the messages of the Lightning callback come from
+CALLBACK = "ViTReciproCAMCallback"
+
+
 @dataclass
 class Reporter:
-    """Rank zero's output for one callback (see the callback's arguments of the same names)."""
+    """Rank zero's output for one monitor (see the callback's arguments of the same names);
+    ``name``: the entry point the messages name."""
 
     class_names: list[str] | None = None
     style: Style = field(default_factory=Style)
@@ -59,36 +67,47 @@ class Reporter:
     flat_threshold: float = FLAT_LOG_ODDS
     target_block: int = -1
     task: Task = field(default_factory=lambda: TASKS["multiclass"])
+    name: str = CALLBACK
     _flat_hinted: bool = field(default=False, repr=False)
     _said: set[str] = field(default_factory=set, repr=False)
     #: the last evaluation's outcome, probes and warning (for the report)
     last: tuple[Outcome, Probes, str | None, list[Picture]] | None = field(default=None, repr=False)
 
+    def message(self, outcome: Outcome, epoch: int | None, step: int) -> str | None:
+        """The ``possible shortcut`` warning of an evaluation, or None (the same on every
+        rank; nothing is issued here). Without an epoch (a plain loop) it says the step only."""
+        message = shortcut_message(
+            outcome.values, outcome.mean_map, epoch or 0, step, self.hotspot_threshold,
+            self.energy_threshold, outcome.verdict.suspects, self.class_names,
+            where=None if epoch is not None else f"at step {step}",
+        )  # fmt: skip
+        if message is not None and self.name != CALLBACK and message.startswith(CALLBACK):
+            message = self.name + message[len(CALLBACK) :]
+        return message
+
     def evaluation(
         self,
-        trainer: Any,
+        host: Any,
         outcome: Outcome,
         probe: Probes,
         scalars: dict[str, float],
-        epoch: int,
+        epoch: int | None,
         step: int,
+        message: str | None,
     ) -> None:
         """The warnings, the scalars and the pictures of one evaluation (each distinct
-        warning once)."""
+        warning once); ``message``: :meth:`message`'s."""
         self._said.clear()
         self._hint_flat(outcome.flat)
-        message = shortcut_message(
-            outcome.values, outcome.mean_map, epoch, step, self.hotspot_threshold,
-            self.energy_threshold, outcome.verdict.suspects, self.class_names,
-        )  # fmt: skip
         self.last = (outcome, probe, message, [])
         if message is not None:
             self._warn(message, PossibleShortcutWarning)
-        self.write(trainer, lambda: log_scalars(trainer, scalars, step, epoch))
+        self.write(host, lambda: log_scalars(host, scalars, step, epoch))
         if self.log_images:
             pictures = self.pictures(outcome, probe)
             self.last[3].extend(pictures)  # the report reuses them
-            self.write(trainer, lambda: log_pictures(trainer, pictures, step))
+            self.write(host, lambda: log_pictures(host, pictures, step))
+        self.write(host, lambda: flush(host))
 
     def pictures(self, outcome: Outcome, probe: Probes) -> list[Picture]:
         """The evaluation's grid and mean map and, when the alarm found something, the
@@ -145,7 +164,7 @@ class Reporter:
         kept_frames, kept_labels = [frames[i] for i in keep], [labels[i] for i in keep]
         return probe_timelines(probe.images, kept_frames, kept_labels, self.style, columns)
 
-    def timeline(self, trainer: Any, probe: Probes, rows: Sequence[torch.Tensor]) -> None:
+    def timeline(self, host: Any, probe: Probes, rows: Sequence[torch.Tensor], step: int) -> None:
         """``vitrcam/timeline``: the rows stacked, each captioned with its probe and class."""
         if not rows:
             return
@@ -158,12 +177,13 @@ class Reporter:
                 for c, (_, t, _) in zip(captions, truth, strict=True)
             ]
         picture = Picture("vitrcam/timeline", torch.cat(list(rows), dim=1), list(rows), captions)
-        self.write(trainer, lambda: log_pictures(trainer, [picture], trainer.global_step))
+        self.write(host, lambda: log_pictures(host, [picture], step))
 
-    def report(self, trainer: Any, history: Sequence[dict[str, Any]]) -> list[Path]:
+    def report(self, host: Any, history: Sequence[dict[str, Any]]) -> list[Path]:
         """``vitrcam/report.html`` (and ``report.json``) of the last evaluation, with every
         evaluation's scalars plotted over the steps, for every logger (MLflow: run
-        artifacts; the others: their log directory); the local copies."""
+        artifacts; the others: their log directory, or the host's ``default_root_dir``);
+        returns the local copies."""
         if self.last is None:
             return []
         outcome, probe, message, logged = self.last
@@ -187,20 +207,22 @@ class Reporter:
                 findings=findings,
                 facts={"task": self.task.name, "probes": len(probe), "evaluations": len(history)},
             )
-            return log_files(trainer, [html, html.with_name("report.json")])
+            return log_files(host, [html, html.with_name("report.json")])
 
-    def write(self, trainer: Any, write: Callable[[], Any]) -> None:
-        """Run a logger call; a logger that fails costs one warning, never the run."""
+    def write(self, host: Any, write: Callable[[], T]) -> T | None:
+        """Run a logger call and return what it returns; a logger that fails costs one
+        warning (and returns None), never the run."""
         try:
-            write()
+            return write()
         except Exception as err:  # noqa: BLE001 - a monitor never ends a run
-            names = ", ".join(type(lg).__name__ for lg in trainer.loggers) or "no logger"
+            names = ", ".join(type(lg).__name__ for lg in host.loggers) or "no logger"
             self._warn(
-                f"ViTReciproCAMCallback: writing to the loggers ({names}) failed:"
+                f"{self.name}: writing to the loggers ({names}) failed:"
                 f" {type(err).__name__}: {err}; check the logger's configuration (its"
                 " directory, credentials, connection). Training continues.",
                 ExplanationSkippedWarning,
             )
+            return None
 
     def _warn(self, message: str, category: type[Warning] = UserWarning) -> None:
         if message not in self._said:
@@ -214,7 +236,7 @@ class Reporter:
             return
         self._flat_hinted = True
         warn(
-            f"ViTReciproCAMCallback: {share:.0%} of the probe maps are flat: masking any window"
+            f"{self.name}: {share:.0%} of the probe maps are flat: masking any window"
             f" of block {self.target_block} moves the predicted class's log-odds by less than"
             f" {self.flat_threshold:g}, so those maps are marked 'flat' and left out of the"
             " mean-map signals. This is normal for an untrained model; if it persists, explain"

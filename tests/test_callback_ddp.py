@@ -77,7 +77,7 @@ SCRIPT = textwrap.dedent(
         "adcc": float(trainer.callback_metrics["vitrcam/adcc"]),
         "writes": writes,
         "sizes": sizes,
-        "indices": cb._probe.indices,
+        "indices": cb.probes.indices,
         "alarm_sizes": alarm_sizes,
         "alarm_tests": [dataclasses.asdict(t) for t in cb.alarm.last_tests],
         "shortcut_drop": float(trainer.callback_metrics["vitrcam/shortcut_drop"]),
