@@ -789,5 +789,8 @@ def test_short_training_on_a_cue_that_is_not_at_one_place_warns_with_its_kind(
         kinds = {f.kind for f in cb.alarm.last_verdict.suspects}
         assert "background" in kinds, found[-1]
     else:
-        region = ("follows a small region that moves", "hangs on")
-        assert any(text in found[-1] for text in region), found[-1]
+        # a tag at a random place of a 4x4 grid fills a quarter of the 2x2 box that holds it:
+        # the region's look is not found alike at its median pixel, and the tag lies in the
+        # background (the masks say so): one of the two names it
+        kinds = {f.kind for f in cb.alarm.last_verdict.suspects}
+        assert kinds & {"region", "background"}, found[-1]
