@@ -50,6 +50,7 @@ from lightning_vitrcam.render import Picture, save_png, to_png
 
 __all__ = [
     "FileWriter",
+    "FilesOnlyLogger",
     "MlflowRunLogger",
     "PictureWriter",
     "SummaryWriterLogger",
@@ -72,8 +73,9 @@ __all__ = [
 
 PictureWriter = Callable[[Any, Sequence[Picture], int], None]
 """``writer(logger, pictures, step)``: sends ``pictures`` to ``logger`` at ``step``."""
-FileWriter = Callable[[Any, Sequence[Path], str], None]
-"""``writer(logger, files, folder)``: gives ``logger`` the ``files`` under ``folder``."""
+FileWriter = Callable[[Any, Sequence[Path], str], "list[Path] | None"]
+"""``writer(logger, files, folder)``: gives ``logger`` the ``files`` under ``folder``; returns
+the local copies it made, if any."""
 
 
 def _is_global_zero(trainer: Any) -> bool:
@@ -269,7 +271,40 @@ def _files_to_mlflow(logger: Any, files: Sequence[Path], folder: str) -> None:
         logger.experiment.log_artifact(logger.run_id, str(f), folder)
 
 
+def _copy(files: Sequence[Path], target: Path) -> list[Path]:
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(f, target / Path(f).name)) for f in files]
+
+
+@register_picture_writer("lightning_vitrcam.loggers.FilesOnlyLogger")
+def _no_pictures(logger: Any, pictures: Sequence[Picture], step: int) -> None:
+    pass
+
+
+@register_file_writer("lightning_vitrcam.loggers.FilesOnlyLogger")
+def _files_only(logger: Any, files: Sequence[Path], folder: str) -> list[Path]:
+    return [] if logger.files_dir is None else _copy(files, Path(logger.files_dir, folder))
+
+
 # ----------------------------------------------------------------------------- loggers
+class FilesOnlyLogger:
+    """A logger that takes files only (the report, copied into ``<files_dir>/vitrcam``;
+    ``files_dir=None``: nowhere) and keeps no scalars or pictures: it gives a host a place
+    for its report beside loggers that keep none, or stands for "write nothing".
+
+    Example:
+        >>> FilesOnlyLogger().log_metrics({"vitrcam/adcc": 0.5}, step=1)  # kept nowhere
+    """
+
+    def __init__(self, files_dir: str | Path | None = None) -> None:
+        self.files_dir = None if files_dir is None else str(files_dir)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+
 class SummaryWriterLogger:
     """Lightning's logger API over a ``torch.utils.tensorboard.SummaryWriter``: the one given,
     or one created at ``log_dir`` on first use (so that only the process that logs writes an
@@ -335,6 +370,11 @@ class WandbRunLogger:
     def __init__(self, run: Any = None, step_key: str = "trainer/global_step") -> None:
         self._run, self.step_key = run, step_key
         self._defined: set[int] = set()
+
+    @property
+    def files_dir(self) -> str:
+        """The run's files folder: files put there (the report) are uploaded with the run."""
+        return str(self.experiment.dir)
 
     @property
     def experiment(self) -> Any:
@@ -459,24 +499,20 @@ def log_files(trainer: Any, files: Sequence[Path], folder: str = "vitrcam") -> l
     ``<its log dir>/<folder>``; returns the local copies."""
     if not _is_global_zero(trainer) or not files:
         return []
-    import shutil
-
     loggers = list(getattr(trainer, "loggers", []) or [])
     directories: list[Path] = []
+    written: list[Path] = []
     for logger in loggers:
         writer = file_writer_for(logger)
         if writer is not None:
-            writer(logger, files, folder)
+            written.extend(writer(logger, files, folder) or [])
         else:
             directories.append(output_dir(trainer, logger))
     if not loggers:
         directories.append(output_dir(trainer))
-    written = []
     for directory in dict.fromkeys(directories):
-        target = Path(directory, folder)
-        target.mkdir(parents=True, exist_ok=True)
-        for f in files:
-            written.append(Path(shutil.copy2(f, target / Path(f).name)))
+        if Path(directory, folder) not in {w.parent for w in written}:
+            written.extend(_copy(files, Path(directory, folder)))
     return written
 
 

@@ -241,11 +241,13 @@ class Monitor:
         class_names: list[str] | None = None,
         mean: Any = None,
         std: Any = None,
+        labels: torch.Tensor | None = None,
     ) -> None:
         """The probes (and ``alarm_loader``, the loader the alarm draws its own probes from)
         checked against the model on ``host``: one probe explained as a dry run. ``class_names``,
-        ``mean`` and ``std`` are what the data says where the options say nothing. Every
-        mismatch raises a ``ValueError`` here, before the first evaluation."""
+        ``mean`` and ``std`` are what the data says where the options say nothing; ``labels``
+        every label of the data where they are known (the alarm's pool's are checked too).
+        Every mismatch raises a ``ValueError`` here, before the first evaluation."""
         evaluation, opts = self.evaluation, self.options
         if evaluation is None:
             raise RuntimeError("Monitor.build() must run before Monitor.attach()")
@@ -270,6 +272,10 @@ class Monitor:
             self.reporter.class_names = explained_names(task, opts.class_names, width)
             self.reporter.task = task
             grid = evaluation.check_setup(host, probes, self.reporter.class_names)
+            pool = None if self.alarm_probes is None else self.alarm_probes.labels
+            for known in (labels, pool):
+                if known is not None:  # a bad label outside the probes fails now, not later
+                    task.labels(torch.as_tensor(known), width)
         except ValueError as err:
             raise _owned(err, self.name) from err
         rank_zero_info(
