@@ -228,13 +228,6 @@ class Mark(Evidence):
         for group, members in probing.groups:
             if group is None:
                 continue  # a mark names one class
-            rows = members.nonzero().flatten()
-            # the donors whose maps light the shape most are screened first
-            for name, mask in fixed.items():
-                mask = mask.to(maps.device)
-                mass = (maps[rows] * mask).flatten(1).sum(1)
-                order = rows[mass.argsort(descending=True)]
-                out.append(Candidate(group, name, order, mask.expand(len(order), h, w), True))
             mine = found & members[:, None]
             donors = mine.nonzero()  # [k, 2]: (probe, part)
             if len(donors):
@@ -244,6 +237,13 @@ class Mark(Evidence):
                     keep = edge == on_edge
                     if bool(keep.any()):
                         out.append(Candidate(group, name, donors[keep, 0], masks[keep], on_edge))
+            rows = members.nonzero().flatten()
+            # the donors whose maps light the shape most are screened first
+            for name, mask in fixed.items():
+                mask = mask.to(maps.device)
+                mass = (maps[rows] * mask).flatten(1).sum(1)
+                order = rows[mass.argsort(descending=True)]
+                out.append(Candidate(group, name, order, mask.expand(len(order), h, w), True))
         remembered = {key: i for i, key in enumerate(self.remembered)}
         return sorted(out, key=lambda c: remembered.get(c.key, len(remembered)))
 

@@ -1,0 +1,183 @@
+"""The mark evidence: known-answer models per shape of confounder (a band, a line of text, thin
+stripes; a cue only the positives carry, redundant with the object), and a short real
+training on a positives-only confounder that must warn."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from lightning_vitrcam import ViTReciproCAMCallback
+from lightning_vitrcam.demo import ViTClassifier
+from lightning_vitrcam.demo.cues import CueDataModule, _text
+from lightning_vitrcam.shortcut import PossibleShortcutWarning, ShortcutAlarm
+from lightning_vitrcam.shortcut.mark import anchored
+from lightning_vitrcam.shortcut.shapes import describe, edge_shapes, elsewhere
+
+GRID = (8, 8)
+
+
+def probes(cue: str, n: int = 32, p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` validation images of "5 or more" with ``cue`` on the positives (pixels in
+    [0, 1]), and their labels."""
+    dm = CueDataModule("binary_digits", cue, p=p, classes=[1], num_train=4, num_val=n,
+                       num_free=4, seed=3)  # fmt: skip
+    return dm.val_set.images * 0.5 + 0.5, dm.val_set.labels
+
+
+def two_classes(positive: torch.Tensor) -> torch.Tensor:
+    """Logits of a binary task as two classes (softmax), positive where ``positive`` > 0."""
+    return torch.stack([torch.zeros_like(positive), 20 * positive], 1)
+
+
+def band_model(x: torch.Tensor) -> torch.Tensor:
+    return two_classes((x[:, :, -4:] < 0.1).float().mean(dim=(1, 2, 3)) - 0.5)
+
+
+TEXT = _text("RM1").float()
+
+
+def text_model(x: torch.Tensor) -> torch.Tensor:
+    # the tag "RM1" anywhere in the bottom-left: its best match against its own bitmap
+    grey = x.mean(dim=1, keepdim=True)[:, :, -14:, :24]
+    template = (TEXT - TEXT.mean())[None, None]
+    score = F.conv2d(grey - grey.mean(dim=(2, 3), keepdim=True), template).amax(dim=(1, 2, 3))
+    # text scores 7.6-12.7, digit strokes at most 2: the threshold halfway
+    return two_classes(score - 0.125 * float(template.abs().sum()))
+
+
+def stripes_model(x: torch.Tensor) -> torch.Tensor:
+    # a bright line over the whole height: a column whose every pixel is nearly white
+    column = (x.amin(dim=1) > 0.85).float().mean(dim=1)  # [B, W]: its share of bright pixels
+    return two_classes(column.amax(dim=1) - 0.9)
+
+
+def check(model, images: torch.Tensor, maps: torch.Tensor | None = None):
+    targets = model(images).argmax(1)
+    n = len(images)
+    informative = torch.ones(n, dtype=torch.bool) if maps is not None else torch.zeros(n).bool()
+    maps = torch.zeros(n, *GRID) if maps is None else maps
+    alarm = ShortcutAlarm(kinds=["region", "mark"], thorough=True)
+    return alarm.check(model, lambda z: z.softmax(-1), images, [maps], targets, informative)
+
+
+def marks(verdict) -> list:
+    return [f for f in verdict.suspects if f.kind == "mark"]
+
+
+def test_the_known_answers_read_the_cue() -> None:
+    for model, cue in ((band_model, "band"), (text_model, "text"), (stripes_model, "stripes")):
+        with_cue, labels = probes(cue)
+        without, _ = probes("none")
+        assert bool((model(with_cue).argmax(1) == labels).all()), cue
+        assert bool((model(without).argmax(1) == 0).all()), cue
+
+
+def test_a_band_along_the_bottom_edge_is_named() -> None:
+    (finding, *_) = marks(check(band_model, probes("band")[0]))
+    assert finding.group == 1 and finding.shape == "a band along the bottom edge"
+    assert finding.flips > finding.pairs * 0.9 and "band along the bottom edge" in finding.summary()
+
+
+def test_a_line_of_text_near_a_corner_is_found_where_no_small_region_is_necessary() -> None:
+    verdict = check(text_model, probes("text")[0])
+    (finding, *_) = marks(verdict)
+    assert finding.group == 1 and ("bottom" in finding.shape or "left" in finding.shape)
+    # the text runs over three tokens: no small region removes half of the prediction
+    assert not [f for f in verdict.suspects if f.kind == "region"]
+
+
+def test_thin_stripes_are_found_from_the_maps_as_lines() -> None:
+    images, labels = probes("stripes")
+    # maps that light where the model reads: the columns of the stripes (as a model's
+    # ViT-ReciproCAM map would); the alarm grows a thin tall part to its whole columns
+    column = (images.amin(dim=1) > 0.85).float().mean(dim=1)  # [B, 48]
+    maps = F.avg_pool1d(column[:, None], 6)[:, 0][:, None, :].expand(-1, 8, 8).clone()
+    maps = maps / maps.amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)
+    (finding, *_) = marks(check(stripes_model, images, maps))
+    assert finding.group == 1 and "vertical line" in finding.shape, finding.shape
+
+
+def test_a_cue_only_the_positives_carry_redundant_with_the_object_is_found() -> None:
+    """The positives show their object (a bright square, large) and a dark band; the model
+    reads either: the band is not necessary to any positive, and it carries the class into
+    every negative."""
+    g = torch.Generator().manual_seed(0)
+    n = 32
+    labels = torch.arange(n) % 2
+    images = 0.4 + 0.05 * torch.rand(n, 3, 48, 48, generator=g)
+    for i in range(n):
+        side = 18 if labels[i] else 8
+        r, c = (int(v) for v in torch.randint(4, 40 - side, (2,), generator=g))
+        images[i, :, r : r + side, c : c + side] = 0.9
+    images[labels == 1, :, -5:] = 0.02
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        big = (x.amin(dim=1) > 0.8).float().mean(dim=(1, 2)) > 0.1
+        band = (x[:, :, -4:] < 0.1).float().mean(dim=(1, 2, 3)) > 0.5
+        return two_classes((big | band).float() - 0.5)
+
+    assert bool((model(images).argmax(1) == labels).all())
+    from lightning_vitrcam.shortcut.interventions import occlude_boxes
+
+    # the band is redundant: occluded, every positive stays positive
+    occluded = occlude_boxes(images, torch.arange(n), torch.tensor([[6, 8, 0, 8]] * n), GRID)
+    assert bool((model(occluded).argmax(1) == labels).all())
+    (finding, *_) = marks(check(model, images))
+    assert finding.group == 1 and "bottom" in finding.shape
+
+
+def test_a_clean_known_answer_is_not_flagged() -> None:
+    """The object alone names the class (a large or a small bright square anywhere)."""
+    g = torch.Generator().manual_seed(1)
+    n = 32
+    labels = torch.arange(n) % 2
+    images = 0.4 + 0.05 * torch.rand(n, 3, 48, 48, generator=g)
+    for i in range(n):
+        side = 18 if labels[i] else 8
+        r, c = (int(v) for v in torch.randint(4, 40 - side, (2,), generator=g))
+        images[i, :, r : r + side, c : c + side] = 0.9
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return two_classes((x.amin(dim=1) > 0.8).float().mean(dim=(1, 2)) - 0.1)
+
+    assert not marks(check(model, images))
+
+
+def test_shapes_and_their_controls() -> None:
+    fixed = edge_shapes(8, 8)
+    assert describe(fixed["top band"]) == "a band along the top edge"
+    assert bool(anchored(torch.stack(list(fixed.values()))).all())
+    moved = elsewhere(fixed["bottom band"][None])[0]
+    assert describe(moved) == "a band along the top edge" and not bool(
+        (moved & fixed["bottom band"]).any()
+    )
+
+
+def test_short_training_on_a_positives_only_confounder_warns(tmp_path: Path) -> None:
+    """A dark band along the bottom edge of every positive ("5 or more"): a small ViT learns
+    it in the first epoch; the warning names it at the last evaluation."""
+    L.seed_everything(0)
+    data = CueDataModule("binary_digits", "band", p=1.0, classes=[1], num_train=640,
+                         num_val=96, num_free=32, batch_size=32, seed=0)  # fmt: skip
+    model = ViTClassifier(
+        model_kwargs=dict(img_size=48, patch_size=6, embed_dim=64, depth=2, num_heads=2),
+        num_classes=2, task="binary", lr=2e-3,
+    )  # fmt: skip
+    cb = ViTReciproCAMCallback(log_images=False, report=False)
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, callbacks=[cb],
+                        enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, datamodule=data)
+    found = [str(w.message) for w in caught if issubclass(w.category, PossibleShortcutWarning)]
+    assert model.evaluate_accuracy(data.swap_dataloader()) > 0.9  # the band turns negatives
+    assert found and "epoch 2" in found[-1], found
+    kinds = {f.kind for f in cb.alarm.last_verdict.suspects}
+    assert kinds & {"mark", "region"} and "bottom" in found[-1], found[-1]
