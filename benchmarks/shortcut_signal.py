@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
@@ -445,9 +446,14 @@ def _epochs(epochs: list[int]) -> str:
 
 
 def evidence(message: str | None) -> list[str]:
-    """The kinds of evidence a warning names, in the order it names them."""
+    """The kind of evidence a warning names (the one-line warning names its first finding's
+    kind; older, longer warnings named every kind by its wording)."""
     if not message:
         return []
+    first = re.search(r"\((\w+) evidence", message)
+    if first:
+        moves = first.group(1) == "region" and "region that moves" in message
+        return [first.group(1) + (" (moves)" if moves else "")]
     found = [(message.find(p), kind) for p, kind in EVIDENCE.items() if p in message]
     return [kind for _, kind in sorted(found)]
 

@@ -79,8 +79,9 @@ class ShortcutAlarm:
             occluded copies a probe on 8x8 tokens).
         max_box: side, in tokens, of the largest place tested (a cue larger than a patch
             survives the occlusion of any one of its tokens); 1: tokens only.
-        kinds: the kinds of evidence to run, by name (default ``DEFAULT_KINDS``: ``"region"``,
-            ``"colour"``, ``"background"``; ``"place"`` is the fixed-place test).
+        kinds: the kinds of evidence to run, by name, in this order (default
+            ``DEFAULT_KINDS``: ``"region"``, ``"mark"``, ``"colour"``, ``"background"``;
+            ``"place"`` is the fixed-place test).
         probes: the alarm's own probes per check, drawn from the validation data by the
             callback, stratified by label and rotated over the checks
             (:class:`~lightning_vitrcam.alarm_probes.AlarmProbes`); 0: the pictures' probes.
