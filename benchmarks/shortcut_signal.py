@@ -463,9 +463,10 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[str, dict[str, int]]:
     each run's first left out), warnings on runs without a shortcut (false alarms), and
     warnings at evaluations of shortcut runs that do not use it."""
     lines = [
-        "| data | kind | p | LS | seed | final val acc | final cue-free acc | shortcut-using epochs"
-        " | warned at epochs | held back at epochs | evidence named | missed (not a run's first) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| data | kind | p | LS | seed | final val acc | final cue-free acc | final swap |"
+        " shortcut-using epochs | warned at epochs | held back at epochs | evidence named |"
+        " missed (not a run's first) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     t = dict.fromkeys(
         ("using", "flagged", "using_after_first", "flagged_after_first", "clean_evaluations",
@@ -489,9 +490,10 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[str, dict[str, int]]:
             t["other_warnings"] += sum(e not in using for e in warned)
         named = sorted({k for r in rows for k in evidence(r.get("message"))})
         last = rows[-1]
+        swap = "-" if last.get("swap_acc") is None else f"{last['swap_acc']:.2f}"
         lines.append(
             f"| {run['data']} | {run['kind']} | {run.get('p', '-')} | {run['ls']} | {run['seed']} |"
-            f" {last['val_acc']:.2f} | {last['patch_free_acc']:.2f} | {_epochs(using)} |"
+            f" {last['val_acc']:.2f} | {last['patch_free_acc']:.2f} | {swap} | {_epochs(using)} |"
             f" {_epochs(warned)} | {_epochs(held)} | {', '.join(named) or '-'} |"
             f" {_epochs(missed)} |"
         )
