@@ -46,7 +46,42 @@ def test_custom_model(tmp_path, capsys):
     assert "fast path: True" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["minimal.py", "shortcut_detection.py", "custom_model.py"])
+def test_plain_loop(tmp_path, capsys):
+    out = tmp_path / "plain"
+    monitor = _main("plain_loop.py")(
+        ["--epochs", "2", "--num-train", "32", "--num-val", "16", "--size", "32", "--out", str(out)]
+    )
+    assert [r["step"] for r in monitor.history] == [1, 2]  # one evaluation per epoch
+    assert monitor.report_path == out / "vitrcam" / "report.html" and monitor.report_path.is_file()
+    assert list(out.glob("events.out.tfevents*"))
+    printed = capsys.readouterr().out
+    assert "report:" in printed and str(monitor.report_path) in printed
+
+
+def test_hf_trainer(tmp_path, capsys):
+    pytest.importorskip("accelerate")
+    pytest.importorskip("transformers")
+    out = tmp_path / "hf"
+    trainer = _main("hf_trainer.py")(
+        ["--steps", "2", "--eval-steps", "2", "--num-train", "16", "--num-eval", "8",
+         "--size", "32", "--out", str(out)]
+    )  # fmt: skip
+    assert trainer.state.global_step == 2
+    assert (out / "vitrcam" / "report.html").is_file()
+    assert list((out / "runs").rglob("events.out.tfevents*"))  # the Trainer's TensorBoard
+    from lightning_vitrcam.hf import ViTReciproCAMTrainerCallback
+
+    (callback,) = [
+        c for c in trainer.callback_handler.callbacks if isinstance(c, ViTReciproCAMTrainerCallback)
+    ]
+    assert [r["step"] for r in callback.history] == [2]
+    assert "'eval_vitrcam/adcc'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["minimal.py", "shortcut_detection.py", "custom_model.py", "plain_loop.py", "hf_trainer.py"],
+)
 def test_examples_have_docstring_usage(name):
     text = (EXAMPLES / name).read_text()
     assert text.startswith('"""') and f"python examples/{name}" in text
