@@ -156,6 +156,26 @@ def _trainer_callbacks() -> list[Any]:
     return []
 
 
+def _resumed_from() -> str | None:
+    """The checkpoint folder ``trainer.train(resume_from_checkpoint=...)`` resumes from (the
+    Trainer resolves ``True`` to the last checkpoint), read from the training loop's frame:
+    ``args.resume_from_checkpoint`` is not what ``train()`` was given. None where not found."""
+    from transformers import Trainer
+
+    frame = inspect.currentframe()
+    try:
+        for _ in range(8):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                break
+            if isinstance(frame.f_locals.get("self"), Trainer):
+                found = frame.f_locals.get("resume_from_checkpoint")
+                return os.fspath(found) if isinstance(found, str | os.PathLike) else None
+    finally:
+        del frame
+    return None
+
+
 # --------------------------------------------------------------------------- what the model says
 def config_class_names(model: Any) -> list[str] | None:
     """The class names of an HF model's ``config.id2label`` (None for the ``LABEL_i``
@@ -378,8 +398,7 @@ class ViTReciproCAMTrainerCallback(SettingsView, TrainerCallback):
         """A run resumed from a checkpoint picks up the state saved beside it."""
         if state.global_step == 0:
             return
-        given = args.resume_from_checkpoint
-        places = [given] if isinstance(given, str) else []
+        places = [p for p in (_resumed_from(), args.resume_from_checkpoint) if isinstance(p, str)]
         places.append(os.path.join(args.output_dir or ".", f"checkpoint-{state.global_step}"))
         for place in places:
             path = Path(place, STATE_FILE)

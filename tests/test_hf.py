@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -135,14 +136,17 @@ def test_state_saved_beside_each_checkpoint_and_read_on_resume(
         assert (out / f"checkpoint-{step}" / STATE_FILE).is_file()
     saved = torch.load(out / "checkpoint-2" / STATE_FILE, weights_only=True)
     assert [r["step"] for r in saved["history"]] == [2]
-    # resume from step 2 in a copy of the run: the history of step 2 comes back
+    # resume from step 2 in another output_dir, the checkpoint copied to a third folder
     import shutil
 
-    copy = tmp_path / "resumed"
-    shutil.copytree(out / "checkpoint-2", copy / "checkpoint-2")
+    copy = tmp_path / "elsewhere" / "checkpoint-2"
+    shutil.copytree(out / "checkpoint-2", copy)
     callback = ViTReciproCAMTrainerCallback(num_images=4)
-    trainer = make_trainer(copy, [callback], save_strategy="steps", save_steps=2)
-    trainer.train(resume_from_checkpoint=str(copy / "checkpoint-2"))
+    trainer = make_trainer(tmp_path / "resumed", [callback], save_strategy="steps", save_steps=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train(resume_from_checkpoint=str(copy))
+    assert not [w for w in caught if STATE_FILE in str(w.message)]  # found where it resumed
     assert [r["step"] for r in callback.history] == [2, 4]
     assert callback.probes is not None
     assert callback.probes.indices == runs["callback"].probes.indices
