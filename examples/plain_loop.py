@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> ViTMonitor:
             optimizer.step()
             step += 1
         found = monitor.evaluate(step=step)  # the model's flags and the RNGs are restored
-        print(step, round(found.scalars.get("vitrcam/adcc", float("nan")), 3), found.warning)
+        adcc = found.scalars.get("vitrcam/adcc", float("nan"))
+        # found.warning: the "possible shortcut" message (also raised as a warning) or None
+        print(f"step {step}: adcc {adcc:.3f}, possible shortcut: {found.warning is not None}")
     print("report:", monitor.close())
     return monitor
 

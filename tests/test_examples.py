@@ -55,7 +55,8 @@ def test_plain_loop(tmp_path, capsys):
     assert monitor.report_path == out / "vitrcam" / "report.html" and monitor.report_path.is_file()
     assert list(out.glob("events.out.tfevents*"))
     printed = capsys.readouterr().out
-    assert "report:" in printed and str(monitor.report_path) in printed
+    assert "step 2: adcc " in printed and "possible shortcut: False" in printed
+    assert f"report: {monitor.report_path}" in printed
 
 
 def test_hf_trainer(tmp_path, capsys):
