@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 from collections.abc import Callable, Sequence
@@ -294,6 +295,7 @@ class ViTReciproCAMTrainerCallback(SettingsView, TrainerCallback):
             flat_threshold=flat_threshold, channels=channels,
         )  # fmt: skip
         self.every_n_evaluations = every_n_evaluations
+        self._options = copy.deepcopy(options)  # as given, for a new run (see _restart)
         self._monitor = Monitor(options, name=NAME)
         self._host: ProcessHost | None = None
         self._model: nn.Module | None = None
@@ -343,6 +345,14 @@ class ViTReciproCAMTrainerCallback(SettingsView, TrainerCallback):
         self._monitor.load_state_dict(state)
 
     # ------------------------------------------------------------------ setup
+    def _restart(self) -> None:
+        """Forget the last run: another ``train()`` from step 0 (``model_init``, a
+        hyperparameter trial) is a new run, whose steps would otherwise count as done."""
+        if self._host is not None:
+            self._host.close()
+        self._monitor = Monitor(copy.deepcopy(self._options), name=NAME)
+        self._host, self._model, self._evaluations = None, None, 0
+
     def _setup(self, args: TrainingArguments, model: nn.Module | None) -> ProcessHost:
         if model is None:
             raise ValueError(f"{NAME} needs the Trainer's model; it was handed none")
@@ -420,6 +430,8 @@ class ViTReciproCAMTrainerCallback(SettingsView, TrainerCallback):
         **kwargs: Any,
     ) -> None:
         _check_run(args)
+        if state.global_step == 0 and len(self._monitor.history):
+            self._restart()
         self._setup(args, model)
         self._restore(args, state)
 

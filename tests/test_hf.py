@@ -179,6 +179,28 @@ def test_no_evaluation_data_is_a_clear_error(tmp_path: Path) -> None:
         callback.on_evaluate(trainer.args, state, control, model=trainer.model)
 
 
+def test_a_second_train_call_is_a_new_run(tmp_path: Path) -> None:
+    """model_init (as hyperparameter search uses it): each train() starts at step 0 with a
+    new model; its evaluations are explained, not taken for the last run's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    callback = ViTReciproCAMTrainerCallback(num_images=2, shortcut_alarm=None)
+    trainer = make_trainer(tmp_path, [callback], max_steps=2)
+    trainer.model_init = lambda *_: tiny_hf()
+    trainer.train()
+    first = callback.explainer
+    trainer.train()
+    assert callback.explainer is not first  # built for the new model
+    assert [r["step"] for r in callback.history] == [2]  # this run's only
+    steps = []
+    for events in tmp_path.rglob("events.out.tfevents*"):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "vitrcam/adcc" in acc.Tags()["scalars"]:
+            steps += [e.step for e in acc.Scalars("vitrcam/adcc")]
+    assert steps == [2, 2]  # one evaluation in each run
+
+
 class NoViT(nn.Module):
     """A classifier the Trainer can train but with no Vision Transformer in it."""
 
