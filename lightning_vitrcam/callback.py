@@ -24,11 +24,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
-from lightning_vitrcam.explainer import ViTReciproCAM
 from lightning_vitrcam.metrics import FLAT_LOG_ODDS
 from lightning_vitrcam.monitor import Monitor, Options, SettingsView
-from lightning_vitrcam.probes import Probes, probes_for_fit, validation_loader
-from lightning_vitrcam.render import Style
+from lightning_vitrcam.probes import probes_for_fit, validation_loader
 from lightning_vitrcam.reporting import ExplanationSkippedWarning
 from lightning_vitrcam.sharding import check_strategy
 from lightning_vitrcam.shortcut import PossibleShortcutWarning, ShortcutAlarm
@@ -136,15 +134,7 @@ class ViTReciproCAMCallback(SettingsView, Callback):
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
-        options = Options(
-            num_images=num_images, explain=explain, task=task, top_k=top_k,
-            compute_adcc=compute_adcc, target_block=target_block, kernel=kernel, cmap=cmap,
-            class_names=class_names, mean=mean, std=std, batch_reader=batch_reader,
-            max_batch=max_batch, model_attr=model_attr, shortcut_alarm=shortcut_alarm,
-            hotspot_threshold=hotspot_threshold, energy_threshold=energy_threshold, seed=seed,
-            log_images=log_images, report=report, timeline_columns=timeline_columns,
-            flat_threshold=flat_threshold, channels=channels,
-        )  # fmt: skip
+        options = Options.of(locals())
         self.every_n_epochs = every_n_epochs or None
         self.every_n_steps = every_n_steps or None
         self.dataloader_idx = dataloader_idx
@@ -163,36 +153,9 @@ class ViTReciproCAMCallback(SettingsView, Callback):
         )
 
     @property
-    def alarm(self) -> ShortcutAlarm | None:
-        """The callback's shortcut alarm; its ``last_tests`` hold the last evaluation's
-        evidence."""
-        return self._monitor.alarm
-
-    @property
-    def explainer(self) -> ViTReciproCAM | None:
-        """The explainer, once fit has started."""
-        evaluation = self._monitor.evaluation
-        return None if evaluation is None else evaluation.cam
-
-    @property
-    def probes(self) -> Probes | None:
-        """The probe images, labels and masks, once fit has started."""
-        return self._monitor.probes
-
-    @property
-    def style(self) -> Style:
-        """How pictures are drawn (normalisation resolved at fit start)."""
-        return self._monitor.reporter.style
-
-    @property
     def max_batch(self) -> int:
         """The batch bound now in use (halved after an out-of-memory error)."""
         return self._monitor.max_batch
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One dict per evaluation so far: ``epoch``, ``step``, ``maps`` (CPU), ``adcc``."""
-        return self._monitor.history.state_dict()
 
     @override
     def state_dict(self) -> dict[str, Any]:

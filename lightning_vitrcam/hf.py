@@ -57,7 +57,6 @@ except ImportError as err:  # pragma: no cover - the extra is missing
     ) from err
 
 from lightning_vitrcam._warnings import warn
-from lightning_vitrcam.explainer import ViTReciproCAM
 from lightning_vitrcam.hosts import ForwardPrecision, ProcessHost, distributed_collectives
 from lightning_vitrcam.loggers import (
     FilesOnlyLogger,
@@ -67,8 +66,7 @@ from lightning_vitrcam.loggers import (
 )
 from lightning_vitrcam.metrics import FLAT_LOG_ODDS
 from lightning_vitrcam.monitor import Monitor, Options, SettingsView
-from lightning_vitrcam.probes import Probes, sample_probes
-from lightning_vitrcam.render import Style
+from lightning_vitrcam.probes import sample_probes
 from lightning_vitrcam.shortcut import ShortcutAlarm
 
 __all__ = [
@@ -285,15 +283,7 @@ class ViTReciproCAMTrainerCallback(SettingsView, TrainerCallback):
             raise ValueError(
                 f"every_n_evaluations must be a positive int, got {every_n_evaluations!r}"
             )
-        options = Options(
-            num_images=num_images, explain=explain, task=task, top_k=top_k,
-            compute_adcc=compute_adcc, target_block=target_block, kernel=kernel, cmap=cmap,
-            class_names=class_names, mean=mean, std=std, batch_reader=batch_reader,
-            max_batch=max_batch, model_attr=model_attr, shortcut_alarm=shortcut_alarm,
-            hotspot_threshold=hotspot_threshold, energy_threshold=energy_threshold, seed=seed,
-            log_images=log_images, report=report, timeline_columns=timeline_columns,
-            flat_threshold=flat_threshold, channels=channels,
-        )  # fmt: skip
+        options = Options.of(locals())
         self.every_n_evaluations = every_n_evaluations
         self._options = copy.deepcopy(options)  # as given, for a new run (see _restart)
         self._monitor = Monitor(options, name=NAME)
@@ -302,32 +292,6 @@ class ViTReciproCAMTrainerCallback(SettingsView, TrainerCallback):
         self._evaluations = 0
 
     # ------------------------------------------------------------------ properties
-    @property
-    def alarm(self) -> ShortcutAlarm | None:
-        """The shortcut alarm (its ``last_tests``: the last evaluation's evidence)."""
-        return self._monitor.alarm
-
-    @property
-    def explainer(self) -> ViTReciproCAM | None:
-        """The explainer, once training has started."""
-        evaluation = self._monitor.evaluation
-        return None if evaluation is None else evaluation.cam
-
-    @property
-    def probes(self) -> Probes | None:
-        """The probe images, labels and masks, once the first evaluation drew them."""
-        return self._monitor.probes
-
-    @property
-    def style(self) -> Style:
-        """How pictures are drawn."""
-        return self._monitor.reporter.style
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One dict per evaluation so far: ``step``, ``maps`` (CPU), ``adcc``, ``values``."""
-        return self._monitor.history.state_dict()
-
     @property
     def host(self) -> ProcessHost | None:
         """Where the callback writes (its loggers), once training has started."""

@@ -32,13 +32,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_vitrcam._warnings import warn
-from lightning_vitrcam.explainer import ViTReciproCAM
 from lightning_vitrcam.hosts import ForwardPrecision, ProcessHost, distributed_collectives
 from lightning_vitrcam.loggers import FilesOnlyLogger, SummaryWriterLogger
 from lightning_vitrcam.metrics import FLAT_LOG_ODDS
 from lightning_vitrcam.monitor import EvaluationResult, Monitor, Options, SettingsView
 from lightning_vitrcam.probes import Probes, sample_probes
-from lightning_vitrcam.render import Style
 from lightning_vitrcam.shortcut import ShortcutAlarm
 
 __all__ = ["ViTMonitor"]
@@ -193,15 +191,7 @@ class ViTMonitor(SettingsView):
         flat_threshold: float = FLAT_LOG_ODDS,
         channels: list[int] | None = None,
     ) -> None:
-        options = Options(
-            num_images=num_images, explain=explain, task=task, top_k=top_k,
-            compute_adcc=compute_adcc, target_block=target_block, kernel=kernel, cmap=cmap,
-            class_names=class_names, mean=mean, std=std, batch_reader=batch_reader,
-            max_batch=max_batch, model_attr=model_attr, shortcut_alarm=shortcut_alarm,
-            hotspot_threshold=hotspot_threshold, energy_threshold=energy_threshold, seed=seed,
-            log_images=log_images, report=report, timeline_columns=timeline_columns,
-            flat_threshold=flat_threshold, channels=channels,
-        )  # fmt: skip
+        options = Options.of(locals())
         self._monitor = monitor = Monitor(options, name=NAME)
         if not isinstance(model, nn.Module):
             raise ValueError(f"{NAME}: model must be a torch.nn.Module, got {type(model)}")
@@ -257,36 +247,6 @@ class ViTMonitor(SettingsView):
                 f" num_images={opts.num_images}; all of them are used"
             )
         return probes
-
-    # ------------------------------------------------------------------ properties
-    @property
-    def alarm(self) -> ShortcutAlarm | None:
-        """The monitor's shortcut alarm (its ``last_tests``: the last evaluation's
-        evidence)."""
-        return self._monitor.alarm
-
-    @property
-    def explainer(self) -> ViTReciproCAM:
-        """The explainer."""
-        assert self._monitor.evaluation is not None
-        return self._monitor.evaluation.cam
-
-    @property
-    def probes(self) -> Probes:
-        """The probe images, labels and masks."""
-        assert self._monitor.probes is not None
-        return self._monitor.probes
-
-    @property
-    def style(self) -> Style:
-        """How pictures are drawn."""
-        return self._monitor.reporter.style
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One dict per evaluation so far: ``epoch``, ``step``, ``maps`` (CPU), ``adcc``,
-        ``values``."""
-        return self._monitor.history.state_dict()
 
     # ------------------------------------------------------------------ work
     def evaluate(self, step: int, epoch: int | None = None) -> EvaluationResult:

@@ -34,7 +34,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -52,6 +52,9 @@ from lightning_vitrcam.render import Style
 from lightning_vitrcam.reporting import CALLBACK, ExplanationSkippedWarning, Reporter
 from lightning_vitrcam.shortcut import ShortcutAlarm
 from lightning_vitrcam.tasks import explained_names
+
+if TYPE_CHECKING:
+    from lightning_vitrcam.explainer import ViTReciproCAM
 
 __all__ = ["EvaluationResult", "Monitor", "Options", "SettingsView"]
 
@@ -92,6 +95,11 @@ class Options:
     flat_threshold: float = FLAT_LOG_ODDS
     channels: list[int] | None = None
 
+    @classmethod
+    def of(cls, arguments: dict[str, Any]) -> Options:
+        """The options among an entry point's ``arguments`` (its ``locals()``), by name."""
+        return cls(**{f.name: arguments[f.name] for f in dataclasses.fields(cls)})
+
     def __post_init__(self) -> None:
         for name in ("num_images", "timeline_columns", "max_batch", "top_k"):
             value = getattr(self, name)
@@ -125,10 +133,38 @@ OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(Options))
 
 
 class SettingsView:
-    """Lets an entry point read its settings (the :class:`Options` of its monitor, in
-    ``self._monitor``) as its own attributes: ``callback.num_images``."""
+    """What every entry point shows of its monitor (in ``self._monitor``): its settings (the
+    :class:`Options`) as its own attributes (``callback.num_images``), and the alarm, the
+    explainer, the probes, the drawing style and the history."""
 
     _monitor: Monitor
+
+    @property
+    def alarm(self) -> ShortcutAlarm | None:
+        """The shortcut alarm; its ``last_tests`` hold the last evaluation's evidence."""
+        return self._monitor.alarm
+
+    @property
+    def explainer(self) -> ViTReciproCAM | None:
+        """The explainer, once the model is known (None before)."""
+        evaluation = self._monitor.evaluation
+        return None if evaluation is None else evaluation.cam
+
+    @property
+    def probes(self) -> Probes | None:
+        """The probe images, labels and masks, once drawn (None before)."""
+        return self._monitor.probes
+
+    @property
+    def style(self) -> Style:
+        """How pictures are drawn (the normalisation resolved once the probes are drawn)."""
+        return self._monitor.reporter.style
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per evaluation so far: ``step``, ``epoch``, ``maps`` (CPU), ``adcc``,
+        ``values``."""
+        return self._monitor.history.state_dict()
 
     def __getattr__(self, name: str) -> Any:
         # only called when normal lookup fails; __dict__ avoids recursing before __init__ ran
