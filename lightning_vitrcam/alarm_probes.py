@@ -36,7 +36,7 @@ import torch
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import IterableDataset, Subset, TensorDataset
 
-from lightning_vitrcam.probes import Probes, read_batch
+from lightning_vitrcam.probes import Probes, read_first, read_items
 
 __all__ = ["AlarmProbes", "dataset_labels"]
 
@@ -130,7 +130,7 @@ class AlarmProbes:
                 self.indices = torch.randperm(len(dataset), generator=g)[:pool].sort().values
                 labels = self._read(self.indices).labels
         else:
-            self._kept = self._first(pool)
+            self._kept = read_first(self._loader, pool, self._reader)
             self.indices = torch.arange(len(self._kept))
             labels = self._kept.labels
         if not len(self.indices):
@@ -200,23 +200,7 @@ class AlarmProbes:
         return self._read(self.indices[rows])
 
     def _read(self, indices: torch.Tensor) -> Probes:
-        dataset = self._loader.dataset
-        items = [dataset[int(i)] for i in indices.tolist()]
-        batch = self._loader.collate_fn(items)
-        return Probes(*read_batch(batch, self._reader), indices.tolist())
-
-    def _first(self, num: int) -> Probes:
-        parts = []
-        count = 0
-        for batch in self._loader:
-            parts.append(read_batch(batch, self._reader))
-            count += parts[-1][0].shape[0]
-            if count >= num:
-                break
-        if not parts:
-            raise ValueError("the validation dataloader yields no batches")
-        cat = lambda i: None if parts[0][i] is None else torch.cat([p[i] for p in parts])[:num]
-        return Probes(cat(0), cat(1), cat(2), None)
+        return read_items(self._loader, indices.tolist(), self._reader)
 
     def state_dict(self) -> dict[str, Any]:
         return {"checks": self.checks}

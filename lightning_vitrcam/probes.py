@@ -294,8 +294,20 @@ def sample_probes(
             indices = torch.randperm(size, generator=generator)[:num].sort().values.tolist()
         if not indices:
             raise ValueError("the validation dataset is empty")
-        batch = loader.collate_fn([dataset[i] for i in indices])
-        return Probes(*read_batch(batch, reader), indices)
+        return read_items(loader, indices, reader)
+    return read_first(loader, num, reader)
+
+
+def read_items(
+    loader: Any, indices: list[int], reader: Callable[[Any], Any] | None = None
+) -> Probes:
+    """The items ``indices`` of a map-style loader's dataset, collated as the loader does."""
+    batch = loader.collate_fn([loader.dataset[i] for i in indices])
+    return Probes(*read_batch(batch, reader), list(indices))
+
+
+def read_first(loader: Any, num: int, reader: Callable[[Any], Any] | None = None) -> Probes:
+    """The first ``num`` images of a fresh iterator of ``loader`` (any dataset)."""
     parts: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
     count = 0
     for batch in loader:
