@@ -8,7 +8,7 @@ another class, and the prediction moves to the mark's class. So the test is suff
 without necessity, each paste against controls of the same shape:
 
 1. **candidates** (regions of any shape on the token grid, :mod:`.shapes`): along the edges
-   of the image the same fixed shapes for every probe of a class (a band a quarter of the grid
+   of the image the same fixed shapes for every probe of a class (a band an eighth of the grid
    deep, a box in each corner; :func:`~lightning_vitrcam.shortcut.shapes.edge_shapes`), and
    each probe's own connected high-saliency parts of its map (any shape up to a third of the
    grid; a thin part that runs over half the grid also as the whole rows or columns it lies

@@ -79,10 +79,12 @@ def salient_parts(
 
 
 def edge_shapes(h: int, w: int) -> dict[str, torch.Tensor]:
-    """The fixed shapes along the edges, by name: a band of a quarter of the grid along each
+    """The fixed shapes along the edges, by name: a band of an eighth of the grid along each
     edge (at least one token) and a box of three eighths of a side in each corner (at least
-    two tokens): where rulers, scanner bands and text tags sit."""
-    dh, dw = max(1, round(h / 4)), max(1, round(w / 4))
+    two tokens): where rulers, scanner bands and text tags sit. The bands are thin because
+    objects that fill the image reach into a deeper band with parts that name their class
+    (the top bar of a 5 or a 7); a deeper mark is proposed by the maps."""
+    dh, dw = max(1, round(h / 8)), max(1, round(w / 8))
     ch, cw = max(2, round(3 * h / 8)), max(2, round(3 * w / 8))
     out: dict[str, torch.Tensor] = {}
     for name, rows, cols in (
