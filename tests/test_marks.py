@@ -148,9 +148,34 @@ def test_a_clean_known_answer_is_not_flagged() -> None:
     assert not marks(check(model, images))
 
 
+def test_an_object_part_below_the_edge_band_is_not_taken_for_a_mark() -> None:
+    """Objects that fill the image: every one has a stem, the positives a bar across its top
+    (the top bar of a 7) in the second token row. The bar carries the class when pasted, as
+    the object's own part; the edge bands are one token deep, so they hold none of it."""
+    g = torch.Generator().manual_seed(2)
+    n = 32
+    labels = torch.arange(n) % 2
+    images = 0.1 + 0.05 * torch.rand(n, 3, 48, 48, generator=g)
+    images[:, :, 8:44, 22:26] = 0.9
+    images[labels == 1, :, 7:11, 10:38] = 0.9
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        bar = (x[:, :, :12].amin(dim=1) > 0.8).float().mean(dim=(1, 2))
+        return two_classes(bar - 0.1)
+
+    assert bool((model(images).argmax(1) == labels).all())
+    # the part does carry the class: a deeper band from a positive turns a negative
+    deep = images[0:1].clone()
+    deep[:, :, :12] = images[1:2, :, :12]
+    assert model(torch.cat([images[0:1], deep])).argmax(1).tolist() == [0, 1]
+    assert not marks(check(model, images))
+
+
 def test_shapes_and_their_controls() -> None:
     fixed = edge_shapes(8, 8)
     assert describe(fixed["top band"]) == "a band along the top edge"
+    # an eighth of the grid deep, at least one token
+    assert fixed["top band"].any(1).sum() == 1 and edge_shapes(16, 16)["top band"].any(1).sum() == 2
     assert bool(anchored(torch.stack(list(fixed.values()))).all())
     moved = elsewhere(fixed["bottom band"][None])[0]
     assert describe(moved) == "a band along the top edge" and not bool(
