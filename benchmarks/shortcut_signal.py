@@ -41,6 +41,7 @@ import json
 import math
 import re
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from itertools import product
@@ -328,6 +329,52 @@ class ArrowsDataModule(StripesDataModule):
 
 
 # ----------------------------------------------------------------------------- the grid
+def _cue_data(data: str, kind: str, p: float, seed: int) -> Any:
+    """The data module of a run on the generated cue data (``CUE_DATA``)."""
+    from lightning_vitrcam.demo.cues import CueDataModule
+
+    spec = CUE_DATA[data]
+    painted, classes, other_p, cue_p = kind, spec.get("classes"), 0.0, p
+    if kind == "both":
+        painted, classes, cue_p = "text", None, 0.5
+    elif kind == "unused":
+        painted, cue_p, other_p = "stamp", 0.5, 0.4
+    return CueDataModule(
+        spec["base"], painted, p=cue_p, classes=classes, other_p=other_p,
+        num_train=spec.get("num_train", 3000), num_val=500, num_free=500, seed=seed,
+    )  # fmt: skip
+
+
+def replay(run: dict[str, Any], checkpoints: str, threads: int = 0) -> dict[str, Any]:
+    """The run's records with the verdicts of the alarm as it is now: the monitoring core the
+    callback uses (``ViTMonitor``, at the callback's defaults) run on the weights the run
+    saved after each evaluation (``--checkpoints``), its probes drawn and rotated as in the
+    run. The training records (accuracies, swap) are the run's own. Cue data only."""
+    from lightning_vitrcam import ViTMonitor
+    from lightning_vitrcam.demo import ViTClassifier
+
+    if threads:
+        torch.set_num_threads(threads)
+    data = run["data"].split(" ")[0].rstrip(",")
+    if data not in CUE_DATA:
+        raise SystemExit(f"--replay works on the cue data ({', '.join(CUE_DATA)}), not {data}")
+    folder = f"{checkpoints}/{data}_{run['kind']}_p{run['p']}_ls{run['ls']}_s{run['seed']}"
+    dm = _cue_data(data, run["kind"], run["p"], run["seed"])
+    model = ViTClassifier(model_kwargs=CUE_VIT, num_classes=len(dm.class_names),
+                          task=CUE_DATA[data].get("task", "multiclass"))  # fmt: skip
+    out = dict(run, rows=[dict(r) for r in run["rows"]], replayed=folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the verdicts are read from the results
+        monitor = ViTMonitor(model, dm.val_dataloader(), log_images=False, report=False)
+        for row in out["rows"]:
+            model.load_state_dict(torch.load(f"{folder}/epoch{row['epoch']}.pt"))
+            found = monitor.evaluate(step=row["epoch"], epoch=row["epoch"])
+            learned = found.scalars.get("vitrcam/shortcut_learned", 1.0) > 0
+            row.update(warned=found.warning is not None, message=found.warning,
+                       held_back=[] if learned else ["not learned"])  # fmt: skip
+    return out
+
+
 def one_run(args: dict[str, Any]) -> dict[str, Any]:
     from lightning_vitrcam.demo import shortcut_experiment
 
@@ -338,19 +385,9 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
     cue = args["cue"]
     corner = "per_class" if kind == "per_class" else "top_left"
     if data in CUE_DATA:
-        from lightning_vitrcam.demo.cues import CueDataModule
-
-        spec = CUE_DATA[data]
-        painted, classes, other_p, cue_p = kind, spec.get("classes"), 0.0, p
-        if kind == "both":
-            painted, classes, cue_p = "text", None, 0.5
-        elif kind == "unused":
-            painted, cue_p, other_p = "stamp", 0.5, 0.4
-        dm = CueDataModule(
-            spec["base"], painted, p=cue_p, classes=classes, other_p=other_p,
-            num_train=spec.get("num_train", 3000), num_val=500, num_free=500, seed=seed,
-        )  # fmt: skip
-        extra = dict(datamodule=dm, model_kwargs=CUE_VIT, task=spec.get("task", "multiclass"))
+        dm = _cue_data(data, kind, p, seed)
+        task = CUE_DATA[data].get("task", "multiclass")
+        extra = dict(datamodule=dm, model_kwargs=CUE_VIT, task=task)
     elif data == "stripes":
         sized = {} if cue is None else {"cue": cue}
         extra = dict(datamodule=StripesDataModule(kind, p, seed, **sized), model_kwargs=STRIPES_VIT)
@@ -559,11 +596,31 @@ def main() -> None:
         default=None,
         help="no training: print the table and totals of runs saved by --out",
     )
+    parser.add_argument(
+        "--replay",
+        default=None,
+        metavar="CHECKPOINTS",
+        help="with --table: the alarm as it is now on the weights each run saved there"
+        " (--checkpoints), in place of the recorded verdicts",
+    )
     args = parser.parse_args()
+    if args.replay and not args.table:
+        parser.error("--replay reads the runs to replay from --table FILE")
     if args.model == "alt" and args.data not in ALT_VITS:
         parser.error(f"--model alt exists for --data {' or '.join(ALT_VITS)} only")
     if args.table:
-        print(summarise([run for path in args.table for run in json.load(open(path))])[0])
+        runs = [run for path in args.table for run in json.load(open(path))]
+        if args.replay:
+            replayed = []
+            for run in runs:
+                replayed.append(replay(run, args.replay, args.threads))
+                warned = [r["epoch"] for r in replayed[-1]["rows"] if r["warned"]]
+                print(f"{replayed[-1]['replayed']}: warned at epochs {warned}", flush=True)
+                if args.out:
+                    with open(args.out, "w") as f:
+                        json.dump(replayed, f, indent=1)
+            runs = replayed
+        print(summarise(runs)[0])
         return
     threads = args.threads or max(1, torch.get_num_threads() // args.jobs)
     kinds = args.kinds or list(DATA_KINDS[args.data])
