@@ -329,8 +329,9 @@ class ArrowsDataModule(StripesDataModule):
 
 
 # ----------------------------------------------------------------------------- the grid
-def _cue_data(data: str, kind: str, p: float, seed: int) -> Any:
-    """The data module of a run on the generated cue data (``CUE_DATA``)."""
+def _cue_data(data: str, kind: str, p: float, seed: int, num_train: int | None = None) -> Any:
+    """The data module of a run on the generated cue data (``CUE_DATA``); the validation
+    images do not depend on ``num_train`` (each split has its own seed)."""
     from lightning_vitrcam.demo.cues import CueDataModule
 
     spec = CUE_DATA[data]
@@ -341,7 +342,7 @@ def _cue_data(data: str, kind: str, p: float, seed: int) -> Any:
         painted, cue_p, other_p = "stamp", 0.5, 0.4
     return CueDataModule(
         spec["base"], painted, p=cue_p, classes=classes, other_p=other_p,
-        num_train=spec.get("num_train", 3000), num_val=500, num_free=500, seed=seed,
+        num_train=num_train or spec.get("num_train", 3000), num_val=500, num_free=500, seed=seed,
     )  # fmt: skip
 
 
@@ -359,7 +360,7 @@ def replay(run: dict[str, Any], checkpoints: str, threads: int = 0) -> dict[str,
     if data not in CUE_DATA:
         raise SystemExit(f"--replay works on the cue data ({', '.join(CUE_DATA)}), not {data}")
     folder = f"{checkpoints}/{data}_{run['kind']}_p{run['p']}_ls{run['ls']}_s{run['seed']}"
-    dm = _cue_data(data, run["kind"], run["p"], run["seed"])
+    dm = _cue_data(data, run["kind"], run["p"], run["seed"], num_train=1)  # no training here
     model = ViTClassifier(model_kwargs=CUE_VIT, num_classes=len(dm.class_names),
                           task=CUE_DATA[data].get("task", "multiclass"))  # fmt: skip
     out = dict(run, rows=[dict(r) for r in run["rows"]], replayed=folder)
