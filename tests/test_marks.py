@@ -102,6 +102,19 @@ def test_thin_stripes_are_found_from_the_maps_as_lines() -> None:
     assert finding.group == 1 and "vertical line" in finding.shape, finding.shape
 
 
+def test_thin_stripes_are_found_where_the_maps_light_nothing() -> None:
+    """A saturated model gives flat maps: the stripes, at another column in every image, are
+    found as the line of each positive that no negative has anything like along its length."""
+    images, _ = probes("stripes")
+    (finding, *_) = marks(check(stripes_model, images))
+    assert finding.group == 1 and finding.candidate == "a line no other class has"
+    columns = {i % GRID[1] for i in finding.region}
+    assert len(finding.region) == GRID[0] and len(columns) == 1, finding.region
+    assert "vertical line" in finding.shape or "left edge" in finding.shape or (
+        "right edge" in finding.shape
+    ), finding.shape
+
+
 def test_a_cue_only_the_positives_carry_redundant_with_the_object_is_found() -> None:
     """The positives show their object (a bright square, large) and a dark band; the model
     reads either: the band is not necessary to any positive, and it carries the class into

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["carrier_likeness", "region_distance"]
+__all__ = ["carrier_likeness", "contrast_along", "region_distance"]
 
 _TOKEN_PIXELS = 4  # the most pixels a token side is compared at
 _SHARE = 0.5  # the share of a region's pixels the distance is read at: its median
@@ -151,3 +151,55 @@ def carrier_likeness(
     other = region_distance(images, a_rows, regions[a_rows], c_rows, regions[a_rows], grid)
     # exact ties (a copy of the region sits in the other probe too) say nothing either way
     return int((own < other).sum()), int((own > other).sum())
+
+
+def contrast_along(
+    images: torch.Tensor,
+    donors: torch.Tensor,
+    others: torch.Tensor,
+    masks: torch.Tensor,
+    grid: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(contrast [len(donors), M], spread [M])``: how unlike every probe of ``others`` each
+    donor is along the whole of each region ``masks`` (``[M, h, w]``), at the same place: for
+    each other probe, the mean squared pixel difference of the region's *least* different
+    token; the smallest of these over the other probes. ``spread``, its control of the same
+    size: the largest such contrast of one of ``others`` to the rest of them. A donor's region
+    is unlike the other class where its contrast exceeds the spread: further from all of them
+    than any of them is from the rest, as a stripe that runs the whole height of the image is;
+    a region that crosses an object's stroke and the background beside it matches some other
+    probe's background somewhere along its length. Each image is compared relative to its own
+    typical colour (its per-channel median: a background of another shade is no difference).
+
+    Example:
+        >>> x = torch.zeros(4, 1, 8, 8); x[0, :, :, 2] = 1.0  # a full-height line in probe 0
+        >>> x[1, :, :4, 6] = 1.0  # half a line in probe 1
+        >>> cols = torch.zeros(2, 4, 4, dtype=torch.bool)
+        >>> cols[0, :, 1] = True; cols[1, :, 3] = True
+        >>> contrast, spread = contrast_along(x, torch.tensor([0, 1]), torch.tensor([2, 3]),
+        ...                                   cols, (4, 4))
+        >>> contrast > spread
+        tensor([[ True, False],
+                [False, False]])
+    """
+    x, th, tw = _resized(images, grid)
+    x = x - x.flatten(2).median(dim=2).values[:, :, None, None]
+    h, w = grid
+    n, c = x.shape[:2]
+    tokens = x.view(n, c, h, th, w, tw).permute(0, 2, 4, 1, 3, 5).reshape(n, h * w, -1)
+    on = masks.flatten(1).to(x.device)  # [M, T]
+
+    def least(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``[A, B, M]``: each region's least different token, per pair."""
+        cross = torch.einsum("atp,btp->abt", a, b)
+        gap = (a.square().sum(-1)[:, None] + b.square().sum(-1)[None] - 2 * cross) / a.shape[-1]
+        inf = torch.tensor(float("inf"), device=gap.device)
+        return torch.where(on[None, None], gap[:, :, None, :], inf).amin(-1)
+
+    theirs = tokens[others]
+    contrast = least(tokens[donors], theirs).amin(1)
+    among = least(theirs, theirs)
+    eye = torch.eye(len(others), dtype=torch.bool, device=x.device)[:, :, None]
+    among = torch.where(eye, torch.tensor(float("inf"), device=x.device), among).amin(1)
+    spread = among.amax(0) if len(others) > 1 else torch.full_like(contrast[0], float("inf"))
+    return contrast, spread

@@ -73,10 +73,16 @@ from lightning_vitrcam.shortcut.evidence import (
     register_evidence,
 )
 from lightning_vitrcam.shortcut.interventions import fill_colour, paste_regions
-from lightning_vitrcam.shortcut.likeness import region_distance
+from lightning_vitrcam.shortcut.likeness import contrast_along, region_distance
 from lightning_vitrcam.shortcut.report import Example, Finding, group_name, prediction_of
 from lightning_vitrcam.shortcut.rule import Rule, margin, sign_test
-from lightning_vitrcam.shortcut.shapes import describe, edge_shapes, elsewhere, salient_parts
+from lightning_vitrcam.shortcut.shapes import (
+    describe,
+    edge_shapes,
+    elsewhere,
+    salient_parts,
+    token_lines,
+)
 
 __all__ = ["Candidate", "Mark", "MarkFinding", "anchored"]
 
@@ -84,6 +90,7 @@ _SCREEN = 8  # candidates (donors' regions) a candidate is screened on, one past
 _THRESHOLD = 0.5  # the map level of a salient token
 # on a smaller grid a band or a corner is a large part of the image, where objects sit
 _MIN_SIDE = 6
+_APART = 2.0  # how much further a line must be from the other classes than they are apart
 _PAIRS = 24  # fewest pastes a confirmation rests on (recipients per carrier grow to reach it)
 
 
@@ -224,6 +231,7 @@ class Mark(Evidence):
         parts = _spanning(parts.flatten(0, 1)).view_as(parts)
         found &= informative[:, None]
         fixed = edge_shapes(h, w)
+        lines = token_lines(h, w).to(maps.device)
         out: list[Candidate] = []
         for group, members in probing.groups:
             if group is None:
@@ -244,8 +252,35 @@ class Mark(Evidence):
                 mass = (maps[rows] * mask).flatten(1).sum(1)
                 order = rows[mass.argsort(descending=True)]
                 out.append(Candidate(group, name, order, mask.expand(len(order), h, w), True))
+            line = self._line(probing, group, rows, lines)
+            if line is not None:
+                out.append(line)
         remembered = {key: i for i, key in enumerate(self.remembered)}
         return sorted(out, key=lambda c: remembered.get(c.key, len(remembered)))
+
+    def _line(
+        self, probing: Probing, group: int, rows: torch.Tensor, lines: torch.Tensor
+    ) -> Candidate | None:
+        """Each donor's token row or column least like any probe of another class along its
+        whole length, where it is further from all of them than any of them is from the rest
+        (:func:`~lightning_vitrcam.shortcut.likeness.contrast_along`), the most unlike donors
+        first: a stripe at a different place in every image, which the maps
+        may not light (a saturated prediction gives flat maps) and no fixed shape holds."""
+        others = (~probing.cache.predicts(probing.scores)[:, group]).nonzero().flatten()
+        if not len(others) or not len(rows):
+            return None
+        contrast, spread = contrast_along(probing.images, rows, others, lines, probing.grid)
+        # a donor's line twice as far from every other probe as they are from each other:
+        # where they differ by pixel noise alone, one of 17 probes is the most isolated
+        # by chance on one of 16 lines in most checks; a stripe is thousands of times further
+        excess = contrast / spread.clamp_min(1e-12)
+        best, which = excess.max(1)
+        keep = best > _APART
+        if not bool(keep.any()):
+            return None
+        order = best[keep].argsort(descending=True)
+        donors, masks = rows[keep][order], lines[which[keep][order]]
+        return Candidate(group, "a line no other class has", donors, masks, True)
 
     # ------------------------------------------------------------------ pairs
     def _pairs(

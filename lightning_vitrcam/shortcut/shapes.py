@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["components", "describe", "edge_shapes", "elsewhere", "salient_parts"]
+__all__ = ["components", "describe", "edge_shapes", "elsewhere", "salient_parts", "token_lines"]
 
 
 def components(masks: torch.Tensor) -> torch.Tensor:
@@ -101,6 +101,22 @@ def edge_shapes(h: int, w: int) -> dict[str, torch.Tensor]:
         mask[rows, cols] = True
         out[name] = mask
     return out
+
+
+def token_lines(h: int, w: int) -> torch.Tensor:
+    """``[h + w, h, w]``: every whole token row, then every whole token column: where a stripe,
+    a scan line or a fold that runs across the image may be, wherever it is.
+
+    Example:
+        >>> lines = token_lines(3, 4)
+        >>> lines.shape, lines[3].nonzero()[:, 1].unique().tolist()
+        (torch.Size([7, 3, 4]), [0])
+    """
+    lines = torch.zeros(h + w, h, w, dtype=torch.bool)
+    idx = torch.arange(max(h, w))
+    lines[idx[:h], idx[:h]] = True
+    lines[h + idx[:w], :, idx[:w]] = True
+    return lines
 
 
 def elsewhere(masks: torch.Tensor) -> torch.Tensor:
