@@ -110,9 +110,8 @@ def test_thin_stripes_are_found_where_the_maps_light_nothing() -> None:
     assert finding.group == 1 and finding.candidate == "a line no other class has"
     columns = {i % GRID[1] for i in finding.region}
     assert len(finding.region) == GRID[0] and len(columns) == 1, finding.region
-    assert "vertical line" in finding.shape or "left edge" in finding.shape or (
-        "right edge" in finding.shape
-    ), finding.shape
+    named = ("vertical line", "left edge", "right edge")
+    assert any(word in finding.shape for word in named), finding.shape
 
 
 def test_a_cue_only_the_positives_carry_redundant_with_the_object_is_found() -> None:

@@ -12,7 +12,10 @@ without necessity, each paste against controls of the same shape:
    deep, a box in each corner; :func:`~lightning_vitrcam.shortcut.shapes.edge_shapes`), and
    each probe's own connected high-saliency parts of its map (any shape up to a third of the
    grid; a thin part that runs over half the grid also as the whole rows or columns it lies
-   on);
+   on), and each probe's token row or column that no probe of another class has anything
+   like along its whole length (twice as far from every one of them as they are from each
+   other: a stripe at another place in every image, which a saturated model's flat maps do
+   not light; :func:`~lightning_vitrcam.shortcut.likeness.contrast_along`);
 2. **carriers**: each candidate is pasted, at its own place, into one probe of another
    predicted class per donor (the screening, at most ``_SCREEN`` donors); the donors whose
    paste moved its recipient to their class carry it. A mark that names a class is on most
