@@ -23,10 +23,13 @@ from enum import IntEnum
 
 import torch
 
+from lightning_vitrcam.shortcut.shapes import shifts
+
 __all__ = [
     "Copy",
     "CopyCache",
     "argmax_predicts",
+    "brought_here",
     "colour_shift",
     "colour_swap",
     "inside",
@@ -147,6 +150,26 @@ def paste_regions(
     pixels = region_pixels(masks, tuple(images.shape[-2:]))
     base = images if base is None else base
     return torch.where(pixels[:, None], images[donors], base[recipients])
+
+
+def brought_here(images: torch.Tensor, donors: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``[P, C, H, W]``: each ``images[donors[i]]`` moved so that its pixels of the region's
+    control place (:func:`~lightning_vitrcam.shortcut.shapes.elsewhere`: the point reflection
+    through the centre, or half the grid further) sit on the region ``masks[i]`` itself: the
+    donor's own content from elsewhere, to paste where its mark was.
+
+    Example:
+        >>> x = torch.arange(16.0).view(1, 1, 4, 4)
+        >>> m = torch.zeros(1, 2, 2, dtype=torch.bool); m[0, 1, 1] = True  # bottom-right token
+        >>> brought_here(x, torch.tensor([0]), m)[0, 0, 2:, 2:]  # the top-left token's pixels
+        tensor([[5., 4.],
+                [1., 0.]])
+    """
+    h, w = masks.shape[-2:]
+    H, W = images.shape[-2:]
+    src = images[donors]
+    rolled = src.roll((-(h // 2) * (H // h), -(w // 2) * (W // w)), (-2, -1))
+    return torch.where(shifts(masks)[:, None, None, None], rolled, src.flip(-1).flip(-2))
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,10 @@ without necessity, each paste against controls of the same shape:
    (a move to the donor's class): the donor's pixels of the same shape *elsewhere* (the shape
    reflected through the centre), *another class's* pixels in the same shape (a third
    probe's), the shape *left blank* (the probes' mean colour: a paste that only removes the
-   recipient's own mark from its place carries nothing) and, for a candidate inside the image
+   recipient's own mark from its place carries nothing), the donor's *own pixels from
+   elsewhere brought* to the shape (where any of the donor's content carries its class
+   there, as a texture's does, the place is read and not a mark on it) and, for a candidate
+   inside the image
    (not on an edge, not spanning it), *another probe of the donor's class*'s pixels there.
    Confirmed when the pastes move at least ``min_margin`` more recipients than each control
    (of the pairs the two tell apart), at an exact sign test p <= ``max_p`` divided by the
@@ -75,7 +78,7 @@ from lightning_vitrcam.shortcut.evidence import (
     Probing,
     register_evidence,
 )
-from lightning_vitrcam.shortcut.interventions import fill_colour, paste_regions
+from lightning_vitrcam.shortcut.interventions import brought_here, fill_colour, paste_regions
 from lightning_vitrcam.shortcut.likeness import contrast_along, region_distance
 from lightning_vitrcam.shortcut.report import Example, Finding, group_name, prediction_of
 from lightning_vitrcam.shortcut.rule import Rule, margin, sign_test
@@ -152,7 +155,8 @@ class MarkFinding(Finding):
     other classes, their ``shape`` (``region``: the most frequent region, flat token indices
     on the ``grid``) moved ``flips`` to the class; the same shape from elsewhere in the donor
     ``control_flips``, another class's pixels there ``class_flips``, the shape left blank
-    (the probes' mean colour) ``blank_flips`` and, for a mark inside the image, another probe
+    (the probes' mean colour) ``blank_flips``, the donor's own pixels from that other place
+    brought to the shape ``brought_flips`` and, for a mark inside the image, another probe
     of the class's pixels there ``own_flips``; ``carriers``
     distinct donors moved a recipient."""
 
@@ -167,6 +171,7 @@ class MarkFinding(Finding):
     control_flips: int
     class_flips: int
     blank_flips: int = 0
+    brought_flips: int = 0
     own_flips: int | None = None
     carriers: int = 0
     alike: int = 0
@@ -174,7 +179,8 @@ class MarkFinding(Finding):
 
     @property
     def strength(self) -> float:
-        worst = max(self.control_flips, self.class_flips, self.blank_flips, self.own_flips or 0)
+        worst = max(self.control_flips, self.class_flips, self.blank_flips, self.brought_flips,
+                    self.own_flips or 0)  # fmt: skip
         return (self.flips - worst) / max(1, self.pairs)
 
     def summary(self, class_names: Sequence[str] | None = None) -> str:
@@ -193,7 +199,8 @@ class MarkFinding(Finding):
             f" to that class, from {self.carriers}"
             f" probes (the same shape from elsewhere in the probe {self.control_flips},"
             f" another class's pixels there {self.class_flips}, the shape left blank"
-            f" {self.blank_flips}{own})"
+            f" {self.blank_flips}, the probe's own pixels from elsewhere brought there"
+            f" {self.brought_flips}{own})"
         )
 
     def remedy(self) -> str:
@@ -415,6 +422,10 @@ class Mark(Evidence):
             paste_regions(images, r, e, m),
             paste_regions(fill_colour(images).expand_as(images), r, d, m, base=images),
         ]
+        # the donor's own pixels from elsewhere brought to the mark's place: where any of the
+        # donor's content carries its class there, the place is read, not a mark on it
+        here = brought_here(images, d, m)
+        batch.append(paste_regions(here, r, torch.arange(len(d), device=d.device), m, base=images))
         own = not cand.anchored and bool((q >= 0).all())
         if own:
             batch.append(paste_regions(images, r, q, m))
@@ -457,7 +468,8 @@ class Mark(Evidence):
             control_flips=int(controls[0].sum()),
             class_flips=int(controls[1].sum()),
             blank_flips=int(controls[2].sum()),
-            own_flips=int(controls[3].sum()) if own else None,
+            brought_flips=int(controls[3].sum()),
+            own_flips=int(controls[4].sum()) if own else None,
             carriers=len(carriers),
             alike=alike,
             unlike=unlike,

@@ -22,7 +22,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["components", "describe", "edge_shapes", "elsewhere", "salient_parts", "token_lines"]
+__all__ = [
+    "components",
+    "describe",
+    "edge_shapes",
+    "elsewhere",
+    "salient_parts",
+    "shifts",
+    "token_lines",
+]
 
 
 def components(masks: torch.Tensor) -> torch.Tensor:
@@ -132,8 +140,13 @@ def elsewhere(masks: torch.Tensor) -> torch.Tensor:
     h, w = masks.shape[-2:]
     mirrored = masks.flip(-1).flip(-2)
     shifted = masks.roll((h // 2, w // 2), (-2, -1))
-    overlaps = (mirrored & masks).flatten(1).any(1)
-    return torch.where(overlaps[:, None, None], shifted, mirrored)
+    return torch.where(shifts(masks)[:, None, None], shifted, mirrored)
+
+
+def shifts(masks: torch.Tensor) -> torch.Tensor:
+    """``[B]``: whether :func:`elsewhere` moves each region by half the grid (its point
+    reflection would overlap it) rather than reflecting it."""
+    return (masks.flip(-1).flip(-2) & masks).flatten(1).any(1)
 
 
 def _side(lo: int, hi: int, size: int, low: str, high: str) -> str | None:
