@@ -183,6 +183,34 @@ def test_an_object_part_below_the_edge_band_is_not_taken_for_a_mark() -> None:
     assert not marks(check(model, images))
 
 
+def test_a_place_the_model_reads_whatever_is_there_is_not_a_mark() -> None:
+    """Textures the same everywhere (horizontal or vertical stripes) and a model that reads
+    only the bottom-right corner: a positive's corner pasted into a negative moves it and the
+    same shape from elsewhere does not, but the donor's own pixels from elsewhere brought to
+    the corner move it too: the place is read, not a mark on it."""
+    g = torch.Generator().manual_seed(4)
+    n = 32
+    labels = torch.arange(n) % 2
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    phase = torch.rand(n, 1, 1, generator=g) * 6.28
+    pattern = torch.where(labels[:, None, None] == 1, (1.3 * yy + phase).sin(),
+                          (1.3 * xx + phase).sin())  # fmt: skip
+    images = 0.5 + 0.3 * pattern[:, None] + 0.02 * torch.rand(n, 3, 48, 48, generator=g)
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        corner = x[:, :, 30:, 30:].mean(dim=1)
+        down = (corner[:, 1:] - corner[:, :-1]).abs().mean(dim=(1, 2))
+        across = (corner[:, :, 1:] - corner[:, :, :-1]).abs().mean(dim=(1, 2))
+        return two_classes(down - across - 0.05)
+
+    assert bool((model(images).argmax(1) == labels).all())
+    # the corner carries the class when pasted, as a mark would
+    pasted = images[0:1].clone()
+    pasted[:, :, 30:, 30:] = images[1:2, :, 30:, 30:]
+    assert model(pasted).argmax(1).tolist() == [1]
+    assert not marks(check(model, images))
+
+
 def test_shapes_and_their_controls() -> None:
     fixed = edge_shapes(8, 8)
     assert describe(fixed["top band"]) == "a band along the top edge"
