@@ -200,6 +200,6 @@ def contrast_along(
     contrast = least(tokens[donors], theirs).amin(1)
     among = least(theirs, theirs)
     eye = torch.eye(len(others), dtype=torch.bool, device=x.device)[:, :, None]
-    among = torch.where(eye, torch.tensor(float("inf"), device=x.device), among).amin(1)
-    spread = among.amax(0) if len(others) > 1 else torch.full_like(contrast[0], float("inf"))
+    # with a single other probe there is no spread to compare with: inf, nothing exceeds it
+    spread = torch.where(eye, torch.tensor(float("inf"), device=x.device), among).amin(1).amax(0)
     return contrast, spread

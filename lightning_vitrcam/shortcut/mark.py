@@ -274,8 +274,8 @@ class Mark(Evidence):
         """Each donor's token row or column least like any probe of another class along its
         whole length, where it is further from all of them than any of them is from the rest
         (:func:`~lightning_vitrcam.shortcut.likeness.contrast_along`), the most unlike donors
-        first: a stripe at a different place in every image, which the maps
-        may not light (a saturated prediction gives flat maps) and no fixed shape holds."""
+        first: a stripe at a different place in every image, which the maps may not light (a
+        saturated prediction gives flat maps) and no fixed shape holds."""
         others = (~probing.cache.predicts(probing.scores)[:, group]).nonzero().flatten()
         if not len(others) or not len(rows):
             return None

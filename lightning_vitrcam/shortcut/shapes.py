@@ -120,10 +120,10 @@ def token_lines(h: int, w: int) -> torch.Tensor:
         >>> lines.shape, lines[3].nonzero()[:, 1].unique().tolist()
         (torch.Size([7, 3, 4]), [0])
     """
+    rows, cols = torch.arange(h), torch.arange(w)
     lines = torch.zeros(h + w, h, w, dtype=torch.bool)
-    idx = torch.arange(max(h, w))
-    lines[idx[:h], idx[:h]] = True
-    lines[h + idx[:w], :, idx[:w]] = True
+    lines[rows, rows] = True
+    lines[h + cols, :, cols] = True
     return lines
 
 
