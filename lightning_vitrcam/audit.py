@@ -158,7 +158,8 @@ def audit(args: argparse.Namespace) -> int:
     channels = probe.images.shape[1]
     mean, std = stats("mean")(channels), stats("std")(channels)
     try:
-        alarm = ShortcutAlarm(kinds=args.kinds)
+        # one checkpoint is one check: there is no next check to confirm a finding again
+        alarm = ShortcutAlarm(kinds=args.kinds, confirmations=1)
     except ValueError as err:
         raise BadInput(f"--kinds: {err}") from err
     host = ProcessHost()  # one process, full precision
@@ -180,7 +181,7 @@ def audit(args: argparse.Namespace) -> int:
     reporter = Reporter(class_names=names, style=Style(mean=mean, std=std, cmap=args.cmap),
                         task=task)  # fmt: skip
     pictures = reporter.explanation_pictures(outcome, probe) + reporter.evidence_pictures(
-        outcome, probe, most=len(outcome.verdict.suspects)
+        outcome, probe, most=len(outcome.verdict.raised)
     )
     out = Path(args.out)
     seen: dict[str, int] = {}
@@ -192,11 +193,11 @@ def audit(args: argparse.Namespace) -> int:
     steps.set_description("report")
     where = f"in {Path(args.ckpt).name}"
     message = shortcut_message(outcome.values, outcome.mean_map, 0, 0,
-                               suspects=outcome.verdict.suspects, class_names=names,
+                               suspects=outcome.verdict.raised, class_names=names,
                                where=where)  # fmt: skip
     findings = [
         {**dataclasses.asdict(f), "text": f.describe(names), "remedy": f.remedy()}
-        for f in outcome.verdict.suspects
+        for f in outcome.verdict.raised
     ]
     predictions = [
         {"probe": i, "predicted": names[t] if names else t, "probability": round(p, 6)}

@@ -78,7 +78,7 @@ class Reporter:
         rank; nothing is issued here). Without an epoch (a plain loop) it says the step only."""
         message = shortcut_message(
             outcome.values, outcome.mean_map, epoch or 0, step, self.hotspot_threshold,
-            self.energy_threshold, outcome.verdict.suspects, self.class_names,
+            self.energy_threshold, outcome.verdict.raised, self.class_names,
             where=None if epoch is not None else f"at step {step}",
         )  # fmt: skip
         if message is not None and self.name != CALLBACK and message.startswith(CALLBACK):
@@ -119,7 +119,7 @@ class Reporter:
     def evidence_pictures(self, outcome: Outcome, probe: Probes, most: int = 1) -> list[Picture]:
         """The evidence pictures of the ``most`` strongest findings."""
         return [
-            self._evidence(finding, outcome, probe) for finding in outcome.verdict.suspects[:most]
+            self._evidence(finding, outcome, probe) for finding in outcome.verdict.raised[:most]
         ]
 
     def _evidence(self, finding: Any, outcome: Outcome, probe: Probes) -> Picture:
@@ -189,12 +189,12 @@ class Reporter:
         outcome, probe, message, logged = self.last
         # the pictures logged at the last evaluation (the strongest finding's evidence among
         # them), and the evidence of every other finding
-        found = outcome.verdict.suspects
+        found = outcome.verdict.raised
         pictures = logged or self.pictures(outcome, probe)
         pictures = pictures + [self._evidence(f, outcome, probe) for f in found[1:]]
         findings = [
             {**dataclasses.asdict(f), "text": f.describe(self.class_names), "remedy": f.remedy()}
-            for f in outcome.verdict.suspects
+            for f in found
         ]
         with tempfile.TemporaryDirectory(prefix="vitrcam-report-") as tmp:
             html = write_report(

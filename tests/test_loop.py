@@ -139,8 +139,10 @@ def test_the_shortcut_warning_is_returned(tmp_path: Path) -> None:
     model = rigged_corner_vit((SQUARE_COLOURS - SQUARE_COLOURS.mean(1, keepdim=True)) * 3)
     val = Squares(32, 3, corner=True)  # a Dataset of dicts, as the callback reads batches
     monitor = ViTMonitor(model, val, num_images=16, log_images=False, compute_adcc=False)
+    first = monitor.evaluate(step=6)  # confirmed once: not raised yet
+    assert first.warning is None and first.scalars["vitrcam/shortcut_streak"] == 1.0
     with pytest.warns(UserWarning, match="possible shortcut"):
-        result = monitor.evaluate(step=7)
+        result = monitor.evaluate(step=7)  # confirmed again on fresh pairs: raised
     assert result.warning is not None and "possible shortcut" in result.warning
     assert "row 0, column 0" in result.warning
     assert result.scalars["vitrcam/shortcut_learned"] == 1.0

@@ -90,12 +90,12 @@ def test_the_search_finds_tags_that_move_where_every_map_is_flat() -> None:
     places = [divmod(int(v), 4) for v in torch.randint(0, 16, (12,), generator=g)]
     alarm = ShortcutAlarm(kinds=["region"])
     verdict = check(tag_model, tagged(12, places), alarm=alarm)
-    assert alarm.searched and verdict.warns
+    assert alarm.searched and verdict.suspects
     assert {f.group for f in verdict.suspects} == {None} and verdict.suspects[0].moves
     # without the search the alarm is blind here: the flat maps propose nothing
     assert not check(
         tag_model, tagged(12, places), alarm=ShortcutAlarm(kinds=["region"], search=False)
-    ).warns
+    ).suspects
 
 
 def test_a_tag_at_one_place_is_named_by_its_place() -> None:
@@ -107,6 +107,30 @@ def test_a_tag_at_one_place_is_named_by_its_place() -> None:
     )
 
 
+def test_a_finding_is_raised_at_the_second_check_in_a_row_that_confirms_it() -> None:
+    """One confirmation (a chance one, on a clean model, looks the same) is not raised; the
+    next check that confirms a finding again raises it; a check that confirms nothing, or
+    whose model has learned nothing, starts the count again. The count survives a resume."""
+    tag, clean = tagged(12, [(0, 0)] * 12), tagged(12, [(0, 0)] * 12)
+    clean[:, :, :CELL, :CELL] = 0.0  # no tag: the model follows the noise, nothing carries
+    alarm = ShortcutAlarm(kinds=["region"], transplants=4)
+    first = check(tag_model, tag, alarm=alarm)
+    assert first.suspects and not first.warns and first.scalars["shortcut_streak"] == 1
+    second = check(tag_model, tag, alarm=alarm)
+    assert second.warns and second.raised == second.suspects
+    assert not check(tag_model, clean, alarm=alarm).suspects  # the row is broken
+    assert not check(tag_model, tag, alarm=alarm).warns
+    resumed = ShortcutAlarm(kinds=["region"], transplants=4)
+    resumed.load_state_dict(alarm.state_dict())
+    assert resumed.streak == 1 and check(tag_model, tag, alarm=resumed).warns
+    targets = tag_model(tag).argmax(1)
+    unlearned = resumed.check(tag_model, softmax, tag, [torch.zeros(12, 4, 4)], targets,
+                              torch.zeros(12).bool(), right=(torch.zeros(12).bool(), 0.5))  # fmt: skip
+    assert not resumed.learned and resumed.streak == 0 and not unlearned.warns
+    # a one-off check (the audit) raises at once
+    assert check(tag_model, tag, alarm=ShortcutAlarm(kinds=["region"], confirmations=1)).warns
+
+
 def test_the_records_hold_each_probe_and_each_pair() -> None:
     alarm = ShortcutAlarm(kinds=["region"], transplants=4)
     images = tagged(12, [(1, 2)] * 12)
@@ -114,7 +138,7 @@ def test_the_records_hold_each_probe_and_each_pair() -> None:
     maps = torch.zeros(12, 4, 4)
     maps[:, 1, 2] = 1.0  # the maps point at the tag: no search needed
     verdict = alarm.check(tag_model, softmax, images, [maps], targets, torch.ones(12).bool())
-    assert verdict.warns and not alarm.searched
+    assert verdict.suspects and not alarm.searched
     regions = [t for t in alarm.last_tests if isinstance(t, RegionTest)]
     pairs = [t for t in alarm.last_tests if isinstance(t, PairTest)]
     assert [t.box for t in regions] == [(1, 2, 2, 3)] * 12 and all(t.necessary for t in regions)

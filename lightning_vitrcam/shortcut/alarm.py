@@ -35,19 +35,21 @@ __all__ = ["DEFAULT_KINDS", "ShortcutAlarm", "Verdict"]
 
 @dataclass(frozen=True)
 class Verdict:
-    """One check's result: the confirmed findings of every kind (strongest first), each
-    kind's scalars (e.g. ``shortcut_mark``), logged under ``vitrcam/``, and the probes the
-    findings' examples index (``images``, ``masks``: the alarm's own probes, which the
-    evidence picture is drawn on)."""
+    """One check's result: the findings of every kind confirmed at this check (``suspects``,
+    strongest first), the same findings where the alarm raises them (``raised``: it confirmed
+    a finding at ``confirmations`` checks in a row, this one included), each kind's scalars (e.g.
+    ``shortcut_mark``), logged under ``vitrcam/``, and the probes the findings' examples index
+    (``images``, ``masks``: the alarm's own probes, which the evidence picture is drawn on)."""
 
     suspects: list[Finding] = field(default_factory=list)
     scalars: dict[str, float] = field(default_factory=dict)
     images: torch.Tensor | None = field(default=None, repr=False)
     masks: torch.Tensor | None = field(default=None, repr=False)
+    raised: list[Finding] = field(default_factory=list)
 
     @property
     def warns(self) -> bool:
-        return bool(self.suspects)
+        return bool(self.raised)
 
 
 class ShortcutAlarm:
@@ -90,13 +92,17 @@ class ShortcutAlarm:
         thorough: run every kind at every check; by default the kinds after the first that
             confirms a finding are skipped (their forwards saved, their scalars not logged
             at that evaluation).
+        confirmations: the checks in a row that must confirm a finding before the alarm
+            warns (2: a shortcut holds again on the next check's fresh probes and pairs; a
+            check that confirms nothing, or whose model has not learned, breaks the row).
+            1 warns at the first confirmation (a one-off check such as ``audit`` does).
 
     Why these defaults, and what the alarm cannot see: ``docs/shortcut_alarm.md``.
 
     Example:
         >>> alarm = ShortcutAlarm(min_drop=0.6, kinds=["region", "colour"])
         >>> alarm.rule.min_drop, alarm.state_dict()
-        (0.6, {'region': {'places': [], 'checks': 0}, 'colour': {}})
+        (0.6, {'region': {'places': [], 'checks': 0}, 'colour': {}, 'streak': 0})
     """
 
     def __init__(
@@ -116,6 +122,7 @@ class ShortcutAlarm:
         probes: int = 32,
         per_class: int = 4,
         thorough: bool = False,
+        confirmations: int = 2,
     ) -> None:
         self.rule = Rule(min_drop, min_share, min_hits)
         if max_box < 1:
@@ -132,6 +139,11 @@ class ShortcutAlarm:
             raise ValueError(
                 f"probes must be >= 0 (0: the pictures' probes) and per_class >= 1, got"
                 f" {probes} and {per_class}"
+            )
+        if confirmations < 1:
+            raise ValueError(
+                f"confirmations must be at least 1 (1: warn at the first confirmation), got"
+                f" {confirmations}"
             )
         names = list(DEFAULT_KINDS) if kinds is None else list(kinds)
         unknown = [k for k in names if k not in EVIDENCE]
@@ -152,6 +164,9 @@ class ShortcutAlarm:
         self.max_box = max_box
         self.probes, self.per_class = probes, per_class
         self.thorough = thorough
+        self.confirmations = confirmations
+        #: the checks in a row, up to the last one, that confirmed a finding
+        self.streak = 0
         #: the classes the last check found something on: tested again at the next check
         self.focus: list[int] = []
         self.kinds: dict[str, Evidence] = {name: EVIDENCE[name](self) for name in names}
@@ -202,8 +217,9 @@ class ShortcutAlarm:
             int(right[0].sum()), right[0].numel(), right[1], self.min_margin
         )
         if not self.learned:
-            self.searched, self.last_tests = False, []
-            self.last_verdict = Verdict([], {"shortcut_learned": 0.0}, images, masks)
+            self.searched, self.last_tests, self.streak, self.focus = False, [], 0, []
+            scalars = {"shortcut_learned": 0.0, "shortcut_streak": 0.0}
+            self.last_verdict = Verdict([], scalars, images, masks)
             return self.last_verdict
         grid: tuple[int, int] = tuple(maps[0].shape[-2:])  # type: ignore[assignment]
         cache = CopyCache(forward, score, images, targets, grid, predicts)
@@ -239,14 +255,24 @@ class ShortcutAlarm:
             (s for f in findings for s in f.suspects),
             key=lambda s: (order.get(s.kind, len(order)), -s.strength),
         )
-        self.last_verdict = Verdict(suspects, scalars, images, masks)
+        # raised once `confirmations` checks in a row confirm a finding: each check's probes
+        # and pairs are fresh, so a chance confirmation (or an object part a few probes show)
+        # rarely repeats, while a shortcut the model keeps using does
+        self.focus = list(dict.fromkeys(s.group for s in suspects if s.group is not None))
+        self.streak = self.streak + 1 if suspects else 0
+        raised = suspects if self.streak >= self.confirmations else []
+        scalars["shortcut_streak"] = float(self.streak)
+        self.last_verdict = Verdict(suspects, scalars, images, masks, raised)
         return self.last_verdict
 
     def state_dict(self) -> dict[str, Any]:
-        """Each kind's state (e.g. the places remembered for the next evaluation)."""
-        return {name: kind.state_dict() for name, kind in self.kinds.items()}
+        """Each kind's state (e.g. the places remembered for the next evaluation) and the
+        checks in a row that confirmed a finding (``"streak"``)."""
+        state: dict[str, Any] = {name: kind.state_dict() for name, kind in self.kinds.items()}
+        return {**state, "streak": self.streak}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for name, kind in self.kinds.items():
             if name in state:
                 kind.load_state_dict(state[name])
+        self.streak = int(state.get("streak", 0))
