@@ -143,6 +143,65 @@ def test_a_cue_only_the_positives_carry_redundant_with_the_object_is_found() -> 
     assert finding.group == 1 and "bottom" in finding.shape
 
 
+
+def _squares(seed: int, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grey images with a bright square, large on the positives (odd probes), small on the
+    negatives, at a random place away from the edges; and the labels."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    images = 0.4 + 0.05 * torch.rand(n, 3, 48, 48, generator=g)
+    for i in range(n):
+        side = 18 if labels[i] else 8
+        r, c = (int(v) for v in torch.randint(10, 38 - side, (2,), generator=g))
+        images[i, :, r : r + side, c : c + side] = 0.9
+    return images, labels
+
+
+def _big_or(x: torch.Tensor, cue: torch.Tensor) -> torch.Tensor:
+    big = (x.amin(dim=1) > 0.8).float().mean(dim=(1, 2)) > 0.1
+    return two_classes((big | cue).float() - 0.5)
+
+
+def test_a_mark_on_half_of_a_class_is_found() -> None:
+    """A ruler-like strip along the left edge on half of the positives (p = 0.5), beside
+    their object: it carries the class from half of the donors screened (no whole line of
+    tokens holds it), and it looks the same in each of them."""
+    images, labels = _squares(5)
+    carriers = torch.arange(len(images)) % 4 == 1
+    images[carriers, :, 6:42, 0:5] = 0.95
+    images[carriers, :, 6:42:4, 1:4] = 0.1  # the ticks
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return _big_or(x, (x[:, :, :, :6].amax(dim=1) > 0.9).float().mean(dim=(1, 2)) > 0.4)
+
+    assert bool((model(images).argmax(1) == labels).all())
+    (finding, *_) = marks(check(model, images))
+    assert finding.group == 1 and finding.shape == "a band along the left edge"
+    assert finding.carriers == 4 and finding.alike > finding.unlike
+
+
+def test_an_object_part_some_of_a_class_has_is_not_a_mark() -> None:
+    """Half of the positives show a bar along the top edge instead of a large square; the
+    negatives show the same bar lower down. Pasted, the top bar carries the class as a mark
+    would, but what it shows is found in the other class too: a part of objects, not a
+    mark."""
+    images, labels = _squares(6)
+    barred = torch.arange(len(images)) % 4 == 1
+    images[barred, :, 10:38, 10:38] = images[0:1, :, 10:38, 10:38]  # no large square
+    images[barred, :, 1:4, 8:40] = 0.9
+    images[labels == 0, :, 40:43, 8:40] = 0.9
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return _big_or(x, (x[:, :, :6].amin(dim=1) > 0.8).float().mean(dim=(1, 2)) > 0.2)
+
+    assert bool((model(images).argmax(1) == labels).all())
+    # the bar carries the class when pasted, as a mark would
+    pasted = images[0:1].clone()
+    pasted[:, :, :6] = images[1:2, :, :6]
+    assert model(pasted).argmax(1).tolist() == [1]
+    assert not marks(check(model, images))
+
+
 def test_a_clean_known_answer_is_not_flagged() -> None:
     """The object alone names the class (a large or a small bright square anywhere)."""
     g = torch.Generator().manual_seed(1)

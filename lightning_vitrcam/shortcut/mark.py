@@ -136,13 +136,15 @@ def _spanning(parts: torch.Tensor) -> torch.Tensor:
 class Candidate:
     """Regions of one class's probes to paste: ``masks[i]`` of donor ``donors[i]`` (all the
     same for a fixed shape), named ``name``; ``anchored``: on the edge or spanning (no
-    own-class control)."""
+    own-class control); ``few``: carried by half of the donors screened or fewer (it must
+    look the same in its carriers, as a candidate inside the image must)."""
 
     group: int
     name: str
     donors: torch.Tensor
     masks: torch.Tensor
     anchored: bool
+    few: bool = False
 
     @property
     def key(self) -> tuple[int, str]:
@@ -346,12 +348,13 @@ class Mark(Evidence):
         for cand in self._candidates(probing):
             carriers, n, screened = self._screen(probing, cand)
             tested += n
-            # a mark that names a class is on most of the probes it was screened on: on half
-            # or fewer, it is what some of a class's own objects have (the bar of a 7 read
-            # as "7" when it completes a 1)
             count = int(carriers.donors.unique().numel())
-            if 2 * count > screened and count >= rule.min_hits:
-                carrying.append(carriers)
+            if count >= rule.min_hits:
+                # on half of the screened donors or fewer, it may be what some of a class's
+                # objects have (the bar of a 7, read as "7" when it completes a 1) or a mark
+                # on part of the class: a mark looks the same in every carrier, object parts
+                # do not (the comparison of looks decides, as for a mark inside the image)
+                carrying.append(dataclasses.replace(carriers, few=2 * count <= screened))
         findings: list[MarkFinding] = []
         tests: list[PairTest] = []
         done: set[int] = set()
@@ -383,14 +386,9 @@ class Mark(Evidence):
         if not len(pairs["donors"]):
             empty = dataclasses.replace(cand, donors=cand.donors[:0], masks=cand.masks[:0])
             return empty, 0, 0
-        # the first half first: the rest only where some of it carries (a majority of all
-        # screened donors is needed)
-        half = _SCREEN // 2
-        moved = self._pastes(probing, pairs, slice(0, half), cand.group)
-        if len(pairs["donors"]) > half and 2 * int(moved.sum()) >= len(moved):
-            moved = torch.cat([moved, self._pastes(probing, pairs, slice(half, None), cand.group)])
-        keep = pairs["index"][: len(moved)][moved]
-        screened = int(pairs["donors"][: len(moved)].unique().numel())
+        moved = self._pastes(probing, pairs, slice(None), cand.group)
+        keep = pairs["index"][moved]
+        screened = int(pairs["donors"].unique().numel())
         carriers = dataclasses.replace(cand, donors=cand.donors[keep], masks=cand.masks[keep])
         return carriers, len(moved), screened
 
@@ -444,7 +442,7 @@ class Mark(Evidence):
         confirmed = moved_more >= alarm.min_margin and p <= alpha
         confirmed &= len(carriers) >= rule.min_hits
         alike = unlike = 0
-        if confirmed and not cand.anchored:
+        if confirmed and (not cand.anchored or cand.few):
             alike, unlike = self._likeness(probing, cand, carriers, r[flips], d[flips], m[flips])
             told = alike + unlike
             closer = torch.arange(told) < alike
