@@ -143,7 +143,6 @@ def test_a_cue_only_the_positives_carry_redundant_with_the_object_is_found() -> 
     assert finding.group == 1 and "bottom" in finding.shape
 
 
-
 def _squares(seed: int, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Grey images with a bright square, large on the positives (odd probes), small on the
     negatives, at a random place away from the edges; and the labels."""

@@ -123,9 +123,9 @@ def test_a_finding_is_raised_at_the_second_check_in_a_row_that_confirms_it() -> 
     resumed = ShortcutAlarm(kinds=["region"], transplants=4)
     resumed.load_state_dict(alarm.state_dict())
     assert resumed.streak == 1 and check(tag_model, tag, alarm=resumed).warns
-    targets = tag_model(tag).argmax(1)
+    targets, nothing_right = tag_model(tag).argmax(1), torch.zeros(12).bool()
     unlearned = resumed.check(tag_model, softmax, tag, [torch.zeros(12, 4, 4)], targets,
-                              torch.zeros(12).bool(), right=(torch.zeros(12).bool(), 0.5))  # fmt: skip
+                              nothing_right, right=(nothing_right, 0.5))  # fmt: skip
     assert not resumed.learned and resumed.streak == 0 and not unlearned.warns
     # a one-off check (the audit) raises at once
     assert check(tag_model, tag, alarm=ShortcutAlarm(kinds=["region"], confirmations=1)).warns
