@@ -18,10 +18,9 @@ without necessity, each paste against controls of the same shape:
    not light; :func:`~lightning_vitrcam.shortcut.likeness.contrast_along`);
 2. **carriers**: each candidate is pasted, at its own place, into one probe of another
    predicted class per donor (the screening, at most ``_SCREEN`` donors); the donors whose
-   paste moved its recipient to their class carry it. A mark that names a class is on most
-   of the probes it was screened on: with half of them or fewer carrying it, it is what some
-   of a class's own objects have (the bar of a 7, pasted onto a 1, makes a 7) and is not
-   tested further;
+   paste moved its recipient to their class carry it. Carried by half of them or fewer, it
+   is a mark on part of the class or what some of a class's own objects have (the bar of a
+   7, pasted onto a 1, makes a 7): it must then look the same in its carriers (step 3);
 3. **confirmed on fresh pairs**: the carriers' candidates are pasted into other recipients
    (at least ``_PAIRS`` pastes), each against controls of the same shape, all counted alike
    (a move to the donor's class): the donor's pixels of the same shape *elsewhere* (the shape
@@ -35,7 +34,8 @@ without necessity, each paste against controls of the same shape:
    Confirmed when the pastes move at least ``min_margin`` more recipients than each control
    (of the pairs the two tell apart), at an exact sign test p <= ``max_p`` divided by the
    number of candidates confirmed-tested in the check, from at least ``min_hits`` donors; a
-   candidate inside the image must also be the *same thing* in the donors that carry it: found
+   candidate inside the image, or carried by few of its screened donors, must also be the
+   *same thing* in the donors that carry it: found
    in another carrier, anywhere, closer than in the recipient
    (:func:`~lightning_vitrcam.shortcut.likeness.region_distance`).
 
