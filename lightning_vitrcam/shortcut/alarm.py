@@ -167,8 +167,6 @@ class ShortcutAlarm:
         self.confirmations = confirmations
         #: the checks in a row, up to the last one, that confirmed a finding
         self.streak = 0
-        #: the classes the last check found something on: tested again at the next check
-        self.focus: list[int] = []
         self.kinds: dict[str, Evidence] = {name: EVIDENCE[name](self) for name in names}
         #: whether the last :meth:`check` ran the occlusion search
         self.searched = False
@@ -217,7 +215,7 @@ class ShortcutAlarm:
             int(right[0].sum()), right[0].numel(), right[1], self.min_margin
         )
         if not self.learned:
-            self.searched, self.last_tests, self.streak, self.focus = False, [], 0, []
+            self.searched, self.last_tests, self.streak = False, [], 0
             scalars = {"shortcut_learned": 0.0, "shortcut_streak": 0.0}
             self.last_verdict = Verdict([], scalars, images, masks)
             return self.last_verdict
@@ -258,12 +256,18 @@ class ShortcutAlarm:
         # raised once `confirmations` checks in a row confirm a finding: each check's probes
         # and pairs are fresh, so a chance confirmation (or an object part a few probes show)
         # rarely repeats, while a shortcut the model keeps using does
-        self.focus = list(dict.fromkeys(s.group for s in suspects if s.group is not None))
         self.streak = self.streak + 1 if suspects else 0
         raised = suspects if self.streak >= self.confirmations else []
         scalars["shortcut_streak"] = float(self.streak)
         self.last_verdict = Verdict(suspects, scalars, images, masks, raised)
         return self.last_verdict
+
+    @property
+    def focus(self) -> list[int]:
+        """The classes the last check confirmed a finding on: tested again first at the next
+        check."""
+        groups = (s.group for s in self.last_verdict.suspects if s.group is not None)
+        return list(dict.fromkeys(groups))
 
     def state_dict(self) -> dict[str, Any]:
         """Each kind's state (e.g. the places remembered for the next evaluation) and the

@@ -386,18 +386,12 @@ class Mark(Evidence):
         if not len(pairs["donors"]):
             empty = dataclasses.replace(cand, donors=cand.donors[:0], masks=cand.masks[:0])
             return empty, 0, 0
-        moved = self._pastes(probing, pairs, slice(None), cand.group)
+        d, r, m = pairs["donors"], pairs["recipients"], pairs["masks"]
+        moved = self._moved(probing, paste_regions(probing.images, r, d, m), cand.group, 1)[0][:, 0]
         keep = pairs["index"][moved]
         screened = int(pairs["donors"].unique().numel())
         carriers = dataclasses.replace(cand, donors=cand.donors[keep], masks=cand.masks[keep])
         return carriers, len(moved), screened
-
-    def _pastes(
-        self, probing: Probing, pairs: dict[str, torch.Tensor], part: slice, group: int
-    ) -> torch.Tensor:
-        """Whether each paste of ``pairs[part]`` moved its recipient to ``group``."""
-        d, r, m = pairs["donors"][part], pairs["recipients"][part], pairs["masks"][part]
-        return self._moved(probing, paste_regions(probing.images, r, d, m), group, 1)[0][:, 0]
 
     def _confirm(
         self, probing: Probing, rule: Rule, cand: Candidate, alpha: float
