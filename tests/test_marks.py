@@ -114,24 +114,37 @@ def test_thin_stripes_are_found_where_the_maps_light_nothing() -> None:
     assert any(word in finding.shape for word in named), finding.shape
 
 
-def test_a_cue_only_the_positives_carry_redundant_with_the_object_is_found() -> None:
-    """The positives show their object (a bright square, large) and a dark band; the model
-    reads either: the band is not necessary to any positive, and it carries the class into
-    every negative."""
-    g = torch.Generator().manual_seed(0)
-    n = 32
+def _squares(
+    seed: int, inside: tuple[int, int] = (10, 38), n: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grey images with a bright square, large on the positives (odd probes), small on the
+    negatives, at a random place between the pixel rows and columns ``inside``; and the
+    labels."""
+    g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 2
     images = 0.4 + 0.05 * torch.rand(n, 3, 48, 48, generator=g)
     for i in range(n):
         side = 18 if labels[i] else 8
-        r, c = (int(v) for v in torch.randint(4, 40 - side, (2,), generator=g))
+        r, c = (int(v) for v in torch.randint(inside[0], inside[1] - side, (2,), generator=g))
         images[i, :, r : r + side, c : c + side] = 0.9
+    return images, labels
+
+
+def _big_or(x: torch.Tensor, cue: torch.Tensor) -> torch.Tensor:
+    big = (x.amin(dim=1) > 0.8).float().mean(dim=(1, 2)) > 0.1
+    return two_classes((big | cue).float() - 0.5)
+
+
+def test_a_cue_only_the_positives_carry_redundant_with_the_object_is_found() -> None:
+    """The positives show their object (a bright square, large) and a dark band; the model
+    reads either: the band is not necessary to any positive, and it carries the class into
+    every negative."""
+    images, labels = _squares(0, inside=(4, 40))
+    n = len(images)
     images[labels == 1, :, -5:] = 0.02
 
     def model(x: torch.Tensor) -> torch.Tensor:
-        big = (x.amin(dim=1) > 0.8).float().mean(dim=(1, 2)) > 0.1
-        band = (x[:, :, -4:] < 0.1).float().mean(dim=(1, 2, 3)) > 0.5
-        return two_classes((big | band).float() - 0.5)
+        return _big_or(x, (x[:, :, -4:] < 0.1).float().mean(dim=(1, 2, 3)) > 0.5)
 
     assert bool((model(images).argmax(1) == labels).all())
     from lightning_vitrcam.shortcut.interventions import occlude_boxes
@@ -141,24 +154,6 @@ def test_a_cue_only_the_positives_carry_redundant_with_the_object_is_found() -> 
     assert bool((model(occluded).argmax(1) == labels).all())
     (finding, *_) = marks(check(model, images))
     assert finding.group == 1 and "bottom" in finding.shape
-
-
-def _squares(seed: int, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grey images with a bright square, large on the positives (odd probes), small on the
-    negatives, at a random place away from the edges; and the labels."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 2
-    images = 0.4 + 0.05 * torch.rand(n, 3, 48, 48, generator=g)
-    for i in range(n):
-        side = 18 if labels[i] else 8
-        r, c = (int(v) for v in torch.randint(10, 38 - side, (2,), generator=g))
-        images[i, :, r : r + side, c : c + side] = 0.9
-    return images, labels
-
-
-def _big_or(x: torch.Tensor, cue: torch.Tensor) -> torch.Tensor:
-    big = (x.amin(dim=1) > 0.8).float().mean(dim=(1, 2)) > 0.1
-    return two_classes((big | cue).float() - 0.5)
 
 
 def test_a_mark_on_half_of_a_class_is_found() -> None:
@@ -203,14 +198,7 @@ def test_an_object_part_some_of_a_class_has_is_not_a_mark() -> None:
 
 def test_a_clean_known_answer_is_not_flagged() -> None:
     """The object alone names the class (a large or a small bright square anywhere)."""
-    g = torch.Generator().manual_seed(1)
-    n = 32
-    labels = torch.arange(n) % 2
-    images = 0.4 + 0.05 * torch.rand(n, 3, 48, 48, generator=g)
-    for i in range(n):
-        side = 18 if labels[i] else 8
-        r, c = (int(v) for v in torch.randint(4, 40 - side, (2,), generator=g))
-        images[i, :, r : r + side, c : c + side] = 0.9
+    images, _ = _squares(1, inside=(4, 40))
 
     def model(x: torch.Tensor) -> torch.Tensor:
         return two_classes((x.amin(dim=1) > 0.8).float().mean(dim=(1, 2)) - 0.1)
