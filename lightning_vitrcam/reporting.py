@@ -79,7 +79,7 @@ class Reporter:
         message = shortcut_message(
             outcome.values, outcome.mean_map, epoch or 0, step, self.hotspot_threshold,
             self.energy_threshold, outcome.verdict.raised, self.class_names,
-            where=None if epoch is not None else f"at step {step}",
+            where=None if epoch is not None else f"at step {step}", held=outcome.verdict.held,
         )  # fmt: skip
         if message is not None and self.name != CALLBACK and message.startswith(CALLBACK):
             message = self.name + message[len(CALLBACK) :]

@@ -146,6 +146,13 @@ def test_the_shortcut_warning_is_returned(tmp_path: Path) -> None:
     assert result.warning is not None and "possible shortcut" in result.warning
     assert "row 0, column 0" in result.warning
     assert result.scalars["vitrcam/shortcut_learned"] == 1.0
+    # a check that confirms nothing (here: no kind of evidence left to run) repeats the
+    # raised finding once, saying so; a second one in a row drops it
+    monitor._monitor.alarm.kinds = {}
+    with pytest.warns(UserWarning, match="held from an earlier check"):
+        held = monitor.evaluate(step=8)
+    assert held.warning is not None and "row 0, column 0" in held.warning
+    assert monitor.evaluate(step=9).warning is None
 
 
 def test_state_dict_round_trip_resumes(

@@ -229,6 +229,8 @@ def test_message_is_one_line_about_the_first_finding() -> None:
     assert text is not None and "\n" not in text and len(text) < 400
     assert text.count("token row 0, column 0") == 1 and "token row 3" not in text
     assert "(place evidence; 2 more findings)" in text and "What to do:" in text
+    held = shortcut_message({}, torch.zeros(4, 4), 2, 18, suspects=same[:1], held=True)
+    assert held is not None and "held from an earlier check, not confirmed at this one" in held
 
 
 def test_occlusion_search_finds_the_place_when_every_map_is_flat() -> None:

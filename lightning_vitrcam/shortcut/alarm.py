@@ -36,16 +36,19 @@ __all__ = ["DEFAULT_KINDS", "ShortcutAlarm", "Verdict"]
 @dataclass(frozen=True)
 class Verdict:
     """One check's result: the findings of every kind confirmed at this check (``suspects``,
-    strongest first), the same findings where the alarm raises them (``raised``: it confirmed
-    a finding at ``confirmations`` checks in a row, this one included), each kind's scalars (e.g.
-    ``shortcut_mark``), logged under ``vitrcam/``, and the probes the findings' examples index
-    (``images``, ``masks``: the alarm's own probes, which the evidence picture is drawn on)."""
+    strongest first), the findings the alarm warns of (``raised``: this check's, once
+    ``confirmations`` checks in a row confirmed a finding; or, where this check confirmed
+    nothing but the alarm still stands, the last confirming check's: ``held``), each kind's
+    scalars (e.g. ``shortcut_mark``), logged under ``vitrcam/``, and the probes the raised
+    findings' examples index (``images``, ``masks``: the alarm's own probes of the check that
+    confirmed them, which the evidence picture is drawn on)."""
 
     suspects: list[Finding] = field(default_factory=list)
     scalars: dict[str, float] = field(default_factory=dict)
     images: torch.Tensor | None = field(default=None, repr=False)
     masks: torch.Tensor | None = field(default=None, repr=False)
     raised: list[Finding] = field(default_factory=list)
+    held: bool = False
 
     @property
     def warns(self) -> bool:
@@ -93,16 +96,20 @@ class ShortcutAlarm:
             confirms a finding are skipped (their forwards saved, their scalars not logged
             at that evaluation).
         confirmations: the checks in a row that must confirm a finding before the alarm
-            warns (2: a shortcut holds again on the next check's fresh probes and pairs; a
-            check that confirms nothing, or whose model has not learned, breaks the row).
-            1 warns at the first confirmation (a one-off check such as ``audit`` does).
+            warns, and that must confirm nothing before it stops (2: a shortcut holds again
+            on the next check's fresh probes and pairs; a partial cue a check's probes miss
+            once does not silence it). A check whose model has not learned tests nothing and
+            counts neither way. 1 warns at each confirmation only (a one-off check such as
+            ``audit`` does).
 
     Why these defaults, and what the alarm cannot see: ``docs/shortcut_alarm.md``.
 
     Example:
         >>> alarm = ShortcutAlarm(min_drop=0.6, kinds=["region", "colour"])
-        >>> alarm.rule.min_drop, alarm.state_dict()
-        (0.6, {'region': {'places': [], 'checks': 0}, 'colour': {}, 'streak': 0})
+        >>> alarm.rule.min_drop, alarm.state_dict()["region"]
+        (0.6, {'places': [], 'checks': 0})
+        >>> {k: v for k, v in alarm.state_dict().items() if k not in alarm.kinds}
+        {'streak': 0, 'misses': 0, 'standing': False}
     """
 
     def __init__(
@@ -167,6 +174,14 @@ class ShortcutAlarm:
         self.confirmations = confirmations
         #: the checks in a row, up to the last one, that confirmed a finding
         self.streak = 0
+        #: the checks in a row, up to the last one, that confirmed nothing
+        self.misses = 0
+        #: whether the alarm warns: raised by ``confirmations`` confirmations in a row,
+        #: dropped by as many checks in a row that confirm nothing
+        self.standing = False
+        # the last verdict that raised findings: what a standing alarm repeats at a check
+        # that confirms nothing (its findings index its own probes)
+        self._raised: Verdict | None = None
         self.kinds: dict[str, Evidence] = {name: EVIDENCE[name](self) for name in names}
         #: whether the last :meth:`check` ran the occlusion search
         self.searched = False
@@ -215,8 +230,9 @@ class ShortcutAlarm:
             int(right[0].sum()), right[0].numel(), right[1], self.min_margin
         )
         if not self.learned:
-            self.searched, self.last_tests, self.streak = False, [], 0
-            scalars = {"shortcut_learned": 0.0, "shortcut_streak": 0.0}
+            # nothing tested: no evidence either way, so the row neither grows nor breaks
+            self.searched, self.last_tests = False, []
+            scalars = {"shortcut_learned": 0.0, "shortcut_streak": float(self.streak)}
             self.last_verdict = Verdict([], scalars, images, masks)
             return self.last_verdict
         grid: tuple[int, int] = tuple(maps[0].shape[-2:])  # type: ignore[assignment]
@@ -253,30 +269,57 @@ class ShortcutAlarm:
             (s for f in findings for s in f.suspects),
             key=lambda s: (order.get(s.kind, len(order)), -s.strength),
         )
-        # raised once `confirmations` checks in a row confirm a finding: each check's probes
-        # and pairs are fresh, so a chance confirmation (or an object part a few probes show)
-        # rarely repeats, while a shortcut the model keeps using does
-        self.streak = self.streak + 1 if suspects else 0
-        raised = suspects if self.streak >= self.confirmations else []
-        scalars["shortcut_streak"] = float(self.streak)
-        self.last_verdict = Verdict(suspects, scalars, images, masks, raised)
+        self.last_verdict = self._judge(suspects, scalars, images, masks)
         return self.last_verdict
+
+    def _judge(
+        self, suspects: list[Finding], scalars: dict[str, float], images: torch.Tensor,
+        masks: torch.Tensor | None,
+    ) -> Verdict:  # fmt: skip
+        """Raised once ``confirmations`` checks in a row confirm a finding, dropped once as
+        many confirm nothing: each check's probes and pairs are fresh, so a chance
+        confirmation (or an object part a few probes show) rarely repeats, while a shortcut
+        the model keeps using does; and a cue on part of a class that one check's probes
+        happen to miss is not taken for a model that stopped using it."""
+        if suspects:
+            self.streak, self.misses = self.streak + 1, 0
+            self.standing = self.standing or self.streak >= self.confirmations
+        else:
+            self.streak, self.misses = 0, self.misses + 1
+            self.standing = self.standing and self.misses < self.confirmations
+        scalars["shortcut_streak"] = float(self.streak)
+        if not self.standing:
+            self._raised = None
+            return Verdict(suspects, scalars, images, masks)
+        if suspects:
+            self._raised = Verdict(suspects, scalars, images, masks, suspects)
+            return self._raised
+        if self._raised is None:  # resumed while standing: the findings were not saved
+            return Verdict([], scalars, images, masks)
+        held = self._raised
+        return Verdict([], scalars, held.images, held.masks, held.raised, held=True)
 
     @property
     def focus(self) -> list[int]:
-        """The classes the last check confirmed a finding on: tested again first at the next
-        check."""
-        groups = (s.group for s in self.last_verdict.suspects if s.group is not None)
+        """The classes the last check confirmed a finding on, or that the alarm stands on:
+        tested again first at the next check."""
+        verdict = self.last_verdict
+        groups = (s.group for s in [*verdict.suspects, *verdict.raised] if s.group is not None)
         return list(dict.fromkeys(groups))
 
     def state_dict(self) -> dict[str, Any]:
-        """Each kind's state (e.g. the places remembered for the next evaluation) and the
-        checks in a row that confirmed a finding (``"streak"``)."""
+        """Each kind's state (e.g. the places remembered for the next evaluation), the checks
+        in a row that confirmed a finding (``"streak"``) and that confirmed nothing
+        (``"misses"``), and whether the alarm stands (``"standing"``; its findings are not
+        saved: a standing alarm resumed repeats nothing until a check confirms again)."""
         state: dict[str, Any] = {name: kind.state_dict() for name, kind in self.kinds.items()}
-        return {**state, "streak": self.streak}
+        return {**state, "streak": self.streak, "misses": self.misses, "standing": self.standing}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for name, kind in self.kinds.items():
             if name in state:
                 kind.load_state_dict(state[name])
         self.streak = int(state.get("streak", 0))
+        self.misses = int(state.get("misses", 0))
+        self.standing = bool(state.get("standing", False))
+        self._raised = None

@@ -224,18 +224,21 @@ def shortcut_message(
     suspects: Sequence[Finding] = (),
     class_names: Sequence[str] | None = None,
     where: str | None = None,
+    held: bool = False,
 ) -> str | None:
     """The warning for one evaluation, or None: what the first confirmed finding says the
     prediction hangs on and what to do about it, in one line (how many more findings there
     are; every finding's numbers go to the evidence picture, the report and the logged
     findings),
     ``hotspot_ratio`` above ``hotspot_threshold`` and, with masks, ``energy_in_mask`` below
-    ``energy_threshold``. ``where`` replaces "at epoch E (step S)" (e.g. outside fit)."""
+    ``energy_threshold``. ``where`` replaces "at epoch E (step S)" (e.g. outside fit);
+    ``held``: the findings are an earlier check's, which this one did not confirm."""
     reasons = []
     if suspects:
         first = suspects[0]
         more = len(suspects) - 1
         extra = f"; {more} more finding{'s' if more > 1 else ''}" if more else ""
+        extra += "; held from an earlier check, not confirmed at this one" if held else ""
         reasons.append(f"{first.summary(class_names)} ({first.kind} evidence{extra})")
     ratio, energy = values.get("hotspot_ratio"), values.get("energy_in_mask")
     if hotspot_threshold is not None and ratio is not None and ratio > hotspot_threshold:
