@@ -132,14 +132,17 @@ def test_a_finding_is_raised_by_two_confirmations_in_a_row_and_dropped_by_two_mi
     miss = check(tag_model, clean, alarm=alarm)
     assert not miss.suspects and miss.warns and miss.held and miss.raised == second.raised
     assert miss.images is second.images  # the evidence is drawn on the probes that showed it
-    # the class a held finding names is tested first at the next check
+    # the class a standing finding names is tested first at the next check
     named = dataclasses.replace(second.raised[0], group=3)
     held_alarm = copy.copy(alarm)
-    held_alarm.last_verdict = Verdict(raised=[named])
+    held_alarm._raised = Verdict(raised=[named])
     assert held_alarm.focus == [3]
     untested = unlearned(alarm)
     assert not alarm.learned and not untested.warns and (alarm.streak, alarm.misses) == (0, 1)
     assert alarm.standing  # an untested check is no evidence that the shortcut went
+    held_alarm = copy.copy(alarm)  # ... nor does it drop the class from the next draw
+    held_alarm._raised = Verdict(raised=[named])
+    assert held_alarm.focus == [3]
     assert not check(tag_model, clean, alarm=alarm).warns and not alarm.standing
     assert not check(tag_model, tag, alarm=alarm).warns  # one confirmation again: not raised
     resumed = ShortcutAlarm(kinds=["region"], transplants=4)

@@ -301,11 +301,11 @@ class ShortcutAlarm:
 
     @property
     def focus(self) -> list[int]:
-        """The classes the last check confirmed a finding on, or that the alarm stands on:
-        tested again first at the next check."""
-        verdict = self.last_verdict
-        groups = (s.group for s in [*verdict.suspects, *verdict.raised] if s.group is not None)
-        return list(dict.fromkeys(groups))
+        """The classes the last check confirmed a finding on, or that the alarm stands on
+        (also across a check that tested nothing): tested again first at the next check."""
+        standing = self._raised.raised if self.standing and self._raised is not None else []
+        found = [*self.last_verdict.suspects, *standing]
+        return list(dict.fromkeys(s.group for s in found if s.group is not None))
 
     def state_dict(self) -> dict[str, Any]:
         """Each kind's state (e.g. the places remembered for the next evaluation), the checks
