@@ -346,11 +346,15 @@ def _cue_data(data: str, kind: str, p: float, seed: int, num_train: int | None =
     )  # fmt: skip
 
 
-def replay(run: dict[str, Any], checkpoints: str, threads: int = 0) -> dict[str, Any]:
+def replay(
+    run: dict[str, Any], checkpoints: str, threads: int = 0, probe_seed: int = 0
+) -> dict[str, Any]:
     """The run's records with the verdicts of the alarm as it is now: the monitoring core the
     callback uses (``ViTMonitor``, at the callback's defaults) run on the weights the run
     saved after each evaluation (``--checkpoints``), its probes drawn and rotated as in the
-    run. The training records (accuracies, swap) are the run's own. Cue data only."""
+    run. The training records (accuracies, swap) are the run's own. Cue data only.
+    ``probe_seed``: the monitor's ``seed`` (its alarm draws with ``seed + 1``); 0 draws the
+    run's own probes, another value other probes of the same validation set."""
     from lightning_vitrcam import ViTMonitor
     from lightning_vitrcam.demo import ViTClassifier
 
@@ -363,10 +367,11 @@ def replay(run: dict[str, Any], checkpoints: str, threads: int = 0) -> dict[str,
     dm = _cue_data(data, run["kind"], run["p"], run["seed"], num_train=1)  # no training here
     model = ViTClassifier(model_kwargs=CUE_VIT, num_classes=len(dm.class_names),
                           task=CUE_DATA[data].get("task", "multiclass"))  # fmt: skip
-    out = dict(run, rows=[dict(r) for r in run["rows"]], replayed=folder)
+    out = dict(run, rows=[dict(r) for r in run["rows"]], replayed=folder, probe_seed=probe_seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the verdicts are read from the results
-        monitor = ViTMonitor(model, dm.val_dataloader(), log_images=False, report=False)
+        monitor = ViTMonitor(model, dm.val_dataloader(), log_images=False, report=False,
+                             seed=probe_seed)  # fmt: skip
         for row in out["rows"]:
             model.load_state_dict(torch.load(f"{folder}/epoch{row['epoch']}.pt"))
             found = monitor.evaluate(step=row["epoch"], epoch=row["epoch"])
@@ -604,7 +609,16 @@ def main() -> None:
         help="with --table: the alarm as it is now on the weights each run saved there"
         " (--checkpoints), in place of the recorded verdicts",
     )
+    parser.add_argument(
+        "--probe-seed",
+        type=int,
+        default=0,
+        help="with --replay: draw the alarm's probes with this monitor seed (0: the run's own"
+        " draw; another value: other probes of the same validation set)",
+    )
     args = parser.parse_args()
+    if args.probe_seed and not args.replay:
+        parser.error("--probe-seed redraws the probes of --replay")
     if args.replay and not args.table:
         parser.error("--replay reads the runs to replay from --table FILE")
     if args.model == "alt" and args.data not in ALT_VITS:
@@ -614,7 +628,7 @@ def main() -> None:
         if args.replay:
             replayed = []
             for run in runs:
-                replayed.append(replay(run, args.replay, args.threads))
+                replayed.append(replay(run, args.replay, args.threads, args.probe_seed))
                 warned = [r["epoch"] for r in replayed[-1]["rows"] if r["warned"]]
                 print(f"{replayed[-1]['replayed']}: warned at epochs {warned}", flush=True)
                 if args.out:
