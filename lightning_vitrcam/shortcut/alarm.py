@@ -179,8 +179,8 @@ class ShortcutAlarm:
         #: whether the alarm warns: raised by ``confirmations`` confirmations in a row,
         #: dropped by as many checks in a row that confirm nothing
         self.standing = False
-        # the last verdict that raised findings: what a standing alarm repeats at a check
-        # that confirms nothing (its findings index its own probes)
+        # the last verdict that raised findings, kept only while the alarm stands: what it
+        # repeats at a check that confirms nothing (its findings index its own probes)
         self._raised: Verdict | None = None
         self.kinds: dict[str, Evidence] = {name: EVIDENCE[name](self) for name in names}
         #: whether the last :meth:`check` ran the occlusion search
@@ -303,7 +303,7 @@ class ShortcutAlarm:
     def focus(self) -> list[int]:
         """The classes the last check confirmed a finding on, or that the alarm stands on
         (also across a check that tested nothing): tested again first at the next check."""
-        standing = self._raised.raised if self.standing and self._raised is not None else []
+        standing = self._raised.raised if self._raised is not None else []
         found = [*self.last_verdict.suspects, *standing]
         return list(dict.fromkeys(s.group for s in found if s.group is not None))
 
