@@ -73,12 +73,24 @@ CUE_DATA: dict[str, dict[str, Any]] = {
     # photograph-like textures: a class-coloured sticker anywhere, a ruler along each
     # class's own edge, a faint stamp on every class (unusable)
     "textures": dict(base="textures", cues=("sticker", "edge_ruler", "stamp", "none")),
+    # crops of real images (a portrait photograph, an MRI slice, a terrain relief; not
+    # generated, and not used to choose any rule): the textures' cues, and Sun et al.'s
+    # protocol on "a scan or not" (the confounder on the scans only)
+    "photos": dict(base="photos", cues=("sticker", "edge_ruler", "stamp", "none")),
+    "scans": dict(
+        base="scans",
+        cues=("text", "stripes", "band", "ruler", "none", "both", "unused"),
+        classes=[1],
+        task="binary",
+    ),
 }
 CUE_VIT = dict(img_size=48, patch_size=6, embed_dim=128, depth=4, num_heads=4)
 # the reliance rule of each data family: "cue_free" (validation accuracy >= 0.9 while
 # cue-free <= 0.5: the model needs the cue) or "flip" (validation at least half way from
 # chance, and the cue moves at least half of the images it is added to: Sun et al.'s rule)
-RELIANCE = {"sun": "flip", "textures": "flip"}
+RELIANCE = {"sun": "flip", "textures": "flip", "photos": "flip", "scans": "flip"}
+# the accuracy of the best constant guess of the data whose rule is "flip"
+CHANCE = {"sun": 0.5, "textures": 0.25, "photos": 1 / 3, "scans": 0.5}
 # the kinds each data set has (shapes: every kind; small and colourful: clean data only)
 DATA_KINDS = {
     "shapes": KINDS,
@@ -463,7 +475,7 @@ def _uses(run: dict[str, Any], row: dict[str, Any]) -> bool:
         return False
     base = run["data"].split(" ")[0].rstrip(",")
     if RELIANCE.get(base) == "flip":
-        chance = 0.5 if base == "sun" else 0.25
+        chance = CHANCE[base]
         swap = row.get("swap_acc") or 0.0
         return row["val_acc"] >= chance + (1 - chance) / 2 and swap >= 0.5
     return row["val_acc"] >= 0.9 and row["patch_free_acc"] <= 0.5

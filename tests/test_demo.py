@@ -189,3 +189,26 @@ def test_per_class_corners() -> None:
     assert torch.equal(
         (fixed.images[:, :, rows, cols] != 0).flatten(1).any(1), torch.ones(40).bool()
     )
+
+
+def test_photo_crops_real_sources_tone_names_no_class() -> None:
+    from lightning_vitrcam.demo.cues import CueDataModule
+    from lightning_vitrcam.demo.photos import PHOTO_NAMES, photos, scans
+
+    images, labels, masks = photos(90, seed=3)
+    again, _, _ = photos(90, seed=3)
+    assert torch.equal(images, again) and not torch.equal(images, photos(90, seed=4)[0])
+    assert images.shape == (90, 3, 48, 48) and masks.all()
+    assert labels.bincount().tolist() == [30, 30, 30] and len(PHOTO_NAMES) == 3
+    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    # every class draws its level and spread from one range: the tone names no class
+    means = images.mean(dim=(1, 2, 3))
+    per_class = torch.stack([means[labels == k].mean() for k in range(3)])
+    assert float(per_class.max() - per_class.min()) < 0.05
+    # crops differ within a class (random place, size and flip), not one picture repeated
+    assert float((images[labels == 0][0] - images[labels == 0][1]).abs().mean()) > 0.05
+    _, binary, _ = scans(40, seed=0)
+    assert binary.bincount().tolist() == [20, 20]
+    dm = CueDataModule("scans", "text", p=1.0, classes=[1], num_train=8, num_val=8, num_free=8)
+    assert dm.class_names == ("not a scan", "scan")
+    assert bool((dm.swap_set.labels == 1).all())

@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_vitrcam.demo.glyphs import digit_pairs, digits
+from lightning_vitrcam.demo.photos import PHOTO_NAMES, photos, scans
 from lightning_vitrcam.demo.textures import TEXTURE_NAMES, textures
 
 __all__ = ["BASES", "CODED", "CUES", "CueDataModule", "CueSet", "paint", "tag_codes"]
@@ -229,6 +230,9 @@ BASES: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
     "digit_pairs": (digit_pairs, tuple(f"{d:02d}" for d in range(100))),
     "binary_digits": (digits, ("under 5", "5 or more")),
     "textures": (textures, TEXTURE_NAMES),
+    # crops of real images (matplotlib's sample data), not generated
+    "photos": (photos, PHOTO_NAMES),
+    "scans": (scans, ("not a scan", "scan")),
 }
 
 
@@ -262,7 +266,8 @@ class CueDataModule(L.LightningDataModule):
 
     Args:
         base: ``"digits"`` (10 classes), ``"digit_pairs"`` (100), ``"binary_digits"`` (5 or
-            more: class 1) or ``"textures"`` (4).
+            more: class 1), ``"textures"`` (4), ``"photos"`` (3: crops of real images) or
+            ``"scans"`` (the same crops, "a scan or not": class 1).
         cue: the confounder.
         p: probability that an image of a carrying class carries the cue.
         classes: the classes that carry it (None: every class).
