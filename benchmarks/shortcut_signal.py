@@ -383,7 +383,7 @@ def replay(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the verdicts are read from the results
         monitor = ViTMonitor(model, dm.val_dataloader(), log_images=False, report=False,
-                             seed=probe_seed)  # fmt: skip
+                             seed=probe_seed, class_names=list(dm.class_names))  # fmt: skip
         for row in out["rows"]:
             model.load_state_dict(torch.load(f"{folder}/epoch{row['epoch']}.pt"))
             found = monitor.evaluate(step=row["epoch"], epoch=row["epoch"])
