@@ -89,8 +89,6 @@ CUE_VIT = dict(img_size=48, patch_size=6, embed_dim=128, depth=4, num_heads=4)
 # cue-free <= 0.5: the model needs the cue) or "flip" (validation at least half way from
 # chance, and the cue moves at least half of the images it is added to: Sun et al.'s rule)
 RELIANCE = {"sun": "flip", "textures": "flip", "photos": "flip", "scans": "flip"}
-# the accuracy of the best constant guess of the data whose rule is "flip"
-CHANCE = {"sun": 0.5, "textures": 0.25, "photos": 1 / 3, "scans": 0.5}
 # the kinds each data set has (shapes: every kind; small and colourful: clean data only)
 DATA_KINDS = {
     "shapes": KINDS,
@@ -475,7 +473,10 @@ def _uses(run: dict[str, Any], row: dict[str, Any]) -> bool:
         return False
     base = run["data"].split(" ")[0].rstrip(",")
     if RELIANCE.get(base) == "flip":
-        chance = CHANCE[base]
+        from lightning_vitrcam.demo.cues import BASES
+
+        # the best constant guess: the classes of these data are balanced
+        chance = 1 / len(BASES[CUE_DATA[base]["base"]][1])
         swap = row.get("swap_acc") or 0.0
         return row["val_acc"] >= chance + (1 - chance) / 2 and swap >= 0.5
     return row["val_acc"] >= 0.9 and row["patch_free_acc"] <= 0.5
