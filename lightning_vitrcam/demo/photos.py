@@ -117,6 +117,7 @@ def scans(n: int, seed: int = 0, size: int = 48) -> tuple[torch.Tensor, torch.Te
     portrait or the terrain (as many of each)."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randperm(n, generator=g) % 2
-    other = torch.where(torch.randperm(n, generator=g) % 2 == 0, 0, 2)
-    classes = torch.where(labels == 1, PHOTO_NAMES.index("scan"), other)
+    portrait, scan, terrain = (PHOTO_NAMES.index(c) for c in ("portrait", "scan", "terrain"))
+    other = torch.where(torch.randperm(n, generator=g) % 2 == 0, portrait, terrain)
+    classes = torch.where(labels == 1, scan, other)
     return _draw(classes, size, g), labels, torch.ones(n, size, size, dtype=torch.bool)
