@@ -257,6 +257,36 @@ def test_a_place_the_model_reads_whatever_is_there_is_not_a_mark() -> None:
     assert not marks(check(model, images))
 
 
+def test_a_mark_that_moves_one_other_class_more_than_another_is_found() -> None:
+    """Three classes: a dark band along the bottom edge names class 0, class 2 shows a bright
+    square that outweighs the band where it is large (8 of its 10 probes), class 1 nothing.
+    Pasted, the band moves every probe of class 1 and only the small-square probes of class
+    2. The probes come grouped by class, class 2's large squares first: recipients taken in
+    probe order would all be probes the band cannot move."""
+    g = torch.Generator().manual_seed(7)
+    labels = torch.tensor([0] * 10 + [2] * 10 + [1] * 10)
+    images = 0.4 + 0.05 * torch.rand(len(labels), 3, 48, 48, generator=g)
+    images[labels == 0, :, -5:] = 0.02
+    for k, i in enumerate((labels == 2).nonzero().flatten().tolist()):
+        side = 18 if k < 8 else 9
+        r, c = (int(v) for v in torch.randint(8, 38 - side, (2,), generator=g))
+        images[i, :, r : r + side, c : c + side] = 0.9
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        band = (x[:, :, -4:] < 0.1).float().mean(dim=(1, 2, 3)) > 0.5
+        bright = (x.amin(dim=1) > 0.8).float().mean(dim=(1, 2))
+        square = 20.0 * (bright > 0.1) + 8.0 * ((bright > 0.02) & (bright <= 0.1))
+        return torch.stack([10.0 * band, torch.full_like(square, 5.0), square], 1)
+
+    assert bool((model(images).argmax(1) == labels).all())
+    pasted = images[[10, 18, 20]].clone()  # class 2, large and small square; class 1
+    pasted[:, :, -6:] = images[0, :, -6:]
+    assert model(pasted).argmax(1).tolist() == [2, 0, 0]
+    (finding, *_) = marks(check(model, images))
+    assert finding.group == 0 and finding.shape == "a band along the bottom edge"
+    assert finding.control_flips == finding.class_flips == 0
+
+
 def test_shapes_and_their_controls() -> None:
     fixed = edge_shapes(8, 8)
     assert describe(fixed["top band"]) == "a band along the top edge"

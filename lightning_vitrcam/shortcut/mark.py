@@ -17,26 +17,29 @@ without necessity, each paste against controls of the same shape:
    other: a stripe at another place in every image, which a saturated model's flat maps do
    not light; :func:`~lightning_vitrcam.shortcut.likeness.contrast_along`);
 2. **carriers**: each candidate is pasted, at its own place, into one probe of another
-   predicted class per donor (the screening, at most ``_SCREEN`` donors); the donors whose
-   paste moved its recipient to their class carry it. Carried by half of them or fewer, it
-   is a mark on part of the class or what some of a class's own objects have (the bar of a
-   7, pasted onto a 1, makes a 7): it must then look the same in its carriers (step 3);
+   predicted class per donor (the screening, at most ``_SCREEN`` donors; the recipients
+   taken from the other classes in turn, and a donor whose paste moved nothing pasted once
+   more into the class the others moved most often: a mark may carry its class into a class
+   whose own evidence is weak and not into one whose evidence outweighs it); the donors
+   whose paste moved its recipient to their class carry it. Carried by half of them or
+   fewer, it is a mark on part of the class or what some of a class's own objects have (the
+   bar of a 7, pasted onto a 1, makes a 7): it must then look the same in its carriers (step
+   3);
 3. **confirmed on fresh pairs**: the carriers' candidates are pasted into other recipients
-   (at least ``_PAIRS`` pastes), each against controls of the same shape, all counted alike
-   (a move to the donor's class): the donor's pixels of the same shape *elsewhere* (the shape
-   reflected through the centre), *another class's* pixels in the same shape (a third
-   probe's), the shape *left blank* (the probes' mean colour: a paste that only removes the
-   recipient's own mark from its place carries nothing), the donor's *own pixels from
-   elsewhere brought* to the shape (where any of the donor's content carries its class
-   there, as a texture's does, the place is read and not a mark on it) and, for a candidate
-   inside the image
-   (not on an edge, not spanning it), *another probe of the donor's class*'s pixels there.
-   Confirmed when the pastes move at least ``min_margin`` more recipients than each control
-   (of the pairs the two tell apart), at an exact sign test p <= ``max_p`` divided by the
-   number of candidates confirmed-tested in the check, from at least ``min_hits`` donors; a
-   candidate inside the image, or carried by few of its screened donors, must also be the
-   *same thing* in the donors that carry it: found
-   in another carrier, anywhere, closer than in the recipient
+   (at least ``_PAIRS`` pastes, of every other class in turn), each against controls of the
+   same shape, all counted alike (a move to the donor's class): the donor's pixels of the
+   same shape *elsewhere* (the shape reflected through the centre), *another class's* pixels
+   in the same shape (a third probe's), the shape *left blank* (the probes' mean colour: a
+   paste that only removes the recipient's own mark from its place carries nothing), the
+   donor's *own pixels from elsewhere brought* to the shape (where any of the donor's
+   content carries its class there, as a texture's does, the place is read and not a mark on
+   it) and, for a candidate inside the image (not on an edge, not spanning it), *another
+   probe of the donor's class*'s pixels there. Confirmed when the pastes move at least
+   ``min_margin`` more recipients than each control (of the pairs the two tell apart), at an
+   exact sign test p <= ``max_p`` divided by the number of candidates confirmed-tested in
+   the check, from at least ``min_hits`` donors; a candidate inside the image, or carried by
+   few of its screened donors, must also be the *same thing* in the donors that carry it:
+   found in another carrier, anywhere, closer than in the recipient
    (:func:`~lightning_vitrcam.shortcut.likeness.region_distance`).
 
 On a grid under ``_MIN_SIDE`` (6) tokens a side the kind tests nothing: a band or a corner is
@@ -145,6 +148,9 @@ class Candidate:
     masks: torch.Tensor
     anchored: bool
     few: bool = False
+    #: the classes to take recipients from (the screening's second pastes); empty: every
+    #: other class
+    into: tuple[int, ...] = ()
 
     @property
     def key(self) -> tuple[int, str]:
@@ -296,21 +302,23 @@ class Mark(Evidence):
 
     # ------------------------------------------------------------------ pairs
     def _pairs(
-        self, probing: Probing, cand: Candidate, per: int, offset: int, limit: int | None = None
+        self, probing: Probing, cand: Candidate, per: int, offset: int
     ) -> dict[str, torch.Tensor]:
         """Donor, recipient, third probe, own-class probe and the pasted region of each pair:
-        ``per`` recipients per donor from the ``offset``-th on (other classes, in turn)."""
+        ``per`` recipients per donor from the ``offset``-th on (other classes, in turn; of
+        ``cand.into`` only where it names some); the third probe of any other class."""
         picked = probing.cache.predicts(probing.scores)
-        others = (~picked[:, cand.group]).nonzero().flatten().tolist()
-        same = picked[:, cand.group].nonzero().flatten().tolist()
         targets = probing.targets.tolist()
+        others = interleaved((~picked[:, cand.group]).nonzero().flatten().tolist(), targets)
+        into = [r for r in others if targets[r] in cand.into] or others
+        same = picked[:, cand.group].nonzero().flatten().tolist()
         rows: list[tuple[int, int, int, int, int]] = []
-        donors = cand.donors.tolist()[: limit or None]
+        donors = cand.donors.tolist()
         for i, d in enumerate(donors):
             for k in range(per):
-                if not others:
+                if not into:
                     break
-                r = others[(i * per + k + offset) % len(others)]
+                r = into[(i * per + k + offset) % len(into)]
                 thirds = [e for e in others if e != r and targets[e] != targets[r]] or [
                     e for e in others if e != r
                 ]
@@ -380,18 +388,41 @@ class Mark(Evidence):
         """The candidate restricted to its *carriers*: the donors whose paste, alone, moved
         one recipient to their class (a mark that only some probes of a class carry is then
         tested on those); a fixed shape is tried on the ``_SCREEN`` donors whose maps light
-        it most, the map parts of every donor. Returns ``(carriers, pastes run, donors
-        screened)``."""
-        pairs = self._pairs(probing, cand, 1, 0, limit=_SCREEN)
-        if not len(pairs["donors"]):
+        it most, the map parts of every donor. The recipients are taken from the other classes
+        in turn; a mark may carry its class into some classes and not into others (whose own
+        evidence outweighs it), so the donors whose first paste went to another class and
+        moved nothing are pasted once more, into the class (or classes) the first pastes
+        moved most often. Returns ``(carriers, pastes run, donors screened)``."""
+        first = self._paste_once(probing, cand, torch.arange(min(_SCREEN, len(cand.donors))))
+        if first is None:
             empty = dataclasses.replace(cand, donors=cand.donors[:0], masks=cand.masks[:0])
             return empty, 0, 0
+        index, classes, moved = first
+        into = most_moved(classes, moved)
+        carried, pastes = index[moved], len(moved)
+        again = index[~moved & ~torch.isin(classes, torch.tensor(into, device=classes.device))]
+        if into and len(again):
+            second = self._paste_once(probing, dataclasses.replace(cand, into=into), again)
+            if second is not None:
+                carried = torch.cat([carried, second[0][second[2]]])
+                pastes += len(second[2])
+        keep = carried.sort().values
+        carriers = dataclasses.replace(cand, donors=cand.donors[keep], masks=cand.masks[keep])
+        return carriers, pastes, int(cand.donors[index].unique().numel())
+
+    def _paste_once(
+        self, probing: Probing, cand: Candidate, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Each of the candidate's donors ``rows`` (indices into ``cand.donors``) pasted into
+        one recipient: ``(rows pasted, the recipients' classes, whether each moved)``."""
+        rows = rows.to(cand.donors.device)
+        sub = dataclasses.replace(cand, donors=cand.donors[rows], masks=cand.masks[rows])
+        pairs = self._pairs(probing, sub, 1, 0)
+        if not len(pairs["donors"]):
+            return None
         d, r, m = pairs["donors"], pairs["recipients"], pairs["masks"]
         moved = self._moved(probing, paste_regions(probing.images, r, d, m), cand.group, 1)[0][:, 0]
-        keep = pairs["index"][moved]
-        screened = int(pairs["donors"].unique().numel())
-        carriers = dataclasses.replace(cand, donors=cand.donors[keep], masks=cand.masks[keep])
-        return carriers, len(moved), screened
+        return rows[pairs["index"]], probing.targets[r], moved
 
     def _confirm(
         self, probing: Probing, rule: Rule, cand: Candidate, alpha: float
@@ -504,6 +535,44 @@ class Mark(Evidence):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.remembered = [(int(g), str(n)) for g, n in state.get("remembered", [])]
+
+
+def most_moved(classes: torch.Tensor, moved: torch.Tensor) -> tuple[int, ...]:
+    """The classes (of ``classes``, each paste's recipient's) whose pastes ``moved`` the most
+    often, as a share of the pastes into each; none where none moved.
+
+    Example:
+        >>> most_moved(torch.tensor([0, 2, 0, 2]), torch.tensor([1, 1, 0, 0]).bool())
+        (0, 2)
+        >>> most_moved(torch.tensor([0, 2, 0, 2, 0]), torch.tensor([1, 1, 1, 0, 0]).bool())
+        (0,)
+    """
+    if not bool(moved.any()):
+        return ()
+    kinds, which = classes.unique(return_inverse=True)
+    zeros = torch.zeros(len(kinds), device=classes.device)
+    pastes = zeros.index_add(0, which, torch.ones_like(moved, dtype=torch.float))
+    share = zeros.index_add(0, which, moved.float()) / pastes
+    return tuple(kinds[share == share.max()].tolist())
+
+
+def interleaved(rows: list[int], classes: Sequence[int]) -> list[int]:
+    """``rows`` in turn by class (``classes[r]``): the first of each class, then the second of
+    each, ...; classes in the order they first appear. Recipients taken in this order span
+    every other class from the first pastes on (probes come grouped by class).
+
+    Example:
+        >>> interleaved([3, 4, 5, 6, 7], [0, 0, 0, 1, 1, 1, 2, 2])
+        [3, 6, 4, 7, 5]
+    """
+    rank: dict[int, int] = {}
+    order = {c: i for i, c in enumerate(dict.fromkeys(classes[r] for r in rows))}
+    keyed = []
+    for r in rows:
+        c = classes[r]
+        keyed.append((rank.get(c, 0), order[c], r))
+        rank[c] = rank.get(c, 0) + 1
+    return [r for *_, r in sorted(keyed)]
 
 
 def _typical(masks: torch.Tensor) -> torch.Tensor:
