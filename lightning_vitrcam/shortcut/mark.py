@@ -148,9 +148,6 @@ class Candidate:
     masks: torch.Tensor
     anchored: bool
     few: bool = False
-    #: the classes to take recipients from (the screening's second pastes); empty: every
-    #: other class
-    into: tuple[int, ...] = ()
 
     @property
     def key(self) -> tuple[int, str]:
@@ -302,23 +299,23 @@ class Mark(Evidence):
 
     # ------------------------------------------------------------------ pairs
     def _pairs(
-        self, probing: Probing, cand: Candidate, per: int, offset: int
+        self, probing: Probing, cand: Candidate, per: int, offset: int, into: Sequence[int] = ()
     ) -> dict[str, torch.Tensor]:
         """Donor, recipient, third probe, own-class probe and the pasted region of each pair:
-        ``per`` recipients per donor from the ``offset``-th on (other classes, in turn; of
-        ``cand.into`` only where it names some); the third probe of any other class."""
+        ``per`` recipients per donor from the ``offset``-th on (other classes, in turn; of the
+        classes ``into`` only where it names some); the third probe of any other class."""
         picked = probing.cache.predicts(probing.scores)
         targets = probing.targets.tolist()
         others = interleaved((~picked[:, cand.group]).nonzero().flatten().tolist(), targets)
-        into = [r for r in others if targets[r] in cand.into] or others
+        recipients = [r for r in others if targets[r] in into] or others
         same = picked[:, cand.group].nonzero().flatten().tolist()
         rows: list[tuple[int, int, int, int, int]] = []
         donors = cand.donors.tolist()
         for i, d in enumerate(donors):
             for k in range(per):
-                if not into:
+                if not recipients:
                     break
-                r = into[(i * per + k + offset) % len(into)]
+                r = recipients[(i * per + k + offset) % len(recipients)]
                 thirds = [e for e in others if e != r and targets[e] != targets[r]] or [
                     e for e in others if e != r
                 ]
@@ -402,7 +399,7 @@ class Mark(Evidence):
         carried, pastes = index[moved], len(moved)
         again = index[~moved & ~torch.isin(classes, torch.tensor(into, device=classes.device))]
         if into and len(again):
-            second = self._paste_once(probing, dataclasses.replace(cand, into=into), again)
+            second = self._paste_once(probing, cand, again, into)
             if second is not None:
                 carried = torch.cat([carried, second[0][second[2]]])
                 pastes += len(second[2])
@@ -411,13 +408,14 @@ class Mark(Evidence):
         return carriers, pastes, int(cand.donors[index].unique().numel())
 
     def _paste_once(
-        self, probing: Probing, cand: Candidate, rows: torch.Tensor
+        self, probing: Probing, cand: Candidate, rows: torch.Tensor, into: Sequence[int] = ()
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """Each of the candidate's donors ``rows`` (indices into ``cand.donors``) pasted into
-        one recipient: ``(rows pasted, the recipients' classes, whether each moved)``."""
+        one recipient (of the classes ``into``, where it names some): ``(rows pasted, the
+        recipients' classes, whether each moved)``."""
         rows = rows.to(cand.donors.device)
         sub = dataclasses.replace(cand, donors=cand.donors[rows], masks=cand.masks[rows])
-        pairs = self._pairs(probing, sub, 1, 0)
+        pairs = self._pairs(probing, sub, 1, 0, into)
         if not len(pairs["donors"]):
             return None
         d, r, m = pairs["donors"], pairs["recipients"], pairs["masks"]
