@@ -107,11 +107,37 @@ def test_thin_stripes_are_found_where_the_maps_light_nothing() -> None:
     found as the line of each positive that no negative has anything like along its length."""
     images, _ = probes("stripes")
     (finding, *_) = marks(check(stripes_model, images))
-    assert finding.group == 1 and finding.candidate == "a line no other class has"
+    assert finding.group == 1 and finding.candidate == "lines no other class has"
+    # both stripes, together: the whole columns they lie on, and no other column
     columns = {i % GRID[1] for i in finding.region}
-    assert len(finding.region) == GRID[0] and len(columns) == 1, finding.region
-    named = ("vertical line", "left edge", "right edge")
-    assert any(word in finding.shape for word in named), finding.shape
+    assert len(finding.region) == GRID[0] * len(columns) and len(columns) >= 2, finding.region
+    assert "vertical line" in finding.shape, finding.shape  # two beside each other are one
+
+
+def pair_model(x: torch.Tensor) -> torch.Tensor:
+    # positive only where two bright full-height lines stand apart: one alone is not enough
+    bright = (x.amin(dim=1) > 0.85).float().mean(dim=1) > 0.9  # [B, W]
+    cols = torch.arange(x.shape[-1])
+    first = torch.where(bright, cols, x.shape[-1]).amin(1)
+    last = torch.where(bright, cols, -1).amax(1)
+    return two_classes((last - first).float() - 3.5)
+
+
+def test_a_pair_of_stripes_that_carries_the_class_only_together_is_found() -> None:
+    images, labels = probes("stripes")
+    assert bool((pair_model(images).argmax(1) == labels).all())
+    one = images.clone()
+    one[labels == 1] = probes("none")[0][labels == 1]
+    bright = (images.amin(dim=1) > 0.85).float().mean(dim=1) > 0.9
+    left = bright.float().argmax(1)  # each positive's first stripe column, alone
+    cols = torch.arange(48)[None]
+    keep = (cols >= left[:, None]) & (cols < left[:, None] + 2) & bright
+    one = torch.where(keep[:, None, None, :], images, one)
+    assert not bool(pair_model(one).argmax(1).any())  # a stripe alone says nothing
+    (finding, *_) = marks(check(pair_model, images))
+    assert finding.group == 1 and finding.candidate == "lines no other class has"
+    columns = {i % GRID[1] for i in finding.region}
+    assert len(finding.region) == GRID[0] * len(columns) and len(columns) >= 2, finding.region
 
 
 def _squares(

@@ -12,10 +12,10 @@ without necessity, each paste against controls of the same shape:
    deep, a box in each corner; :func:`~lightning_vitrcam.shortcut.shapes.edge_shapes`), and
    each probe's own connected high-saliency parts of its map (any shape up to a third of the
    grid; a thin part that runs over half the grid also as the whole rows or columns it lies
-   on), and each probe's token row or column that no probe of another class has anything
-   like along its whole length (twice as far from every one of them as they are from each
-   other: a stripe at another place in every image, which a saturated model's flat maps do
-   not light; :func:`~lightning_vitrcam.shortcut.likeness.contrast_along`);
+   on), and each probe's token rows and columns that no probe of another class has anything
+   like along their whole length (each twice as far from every one of them as they are from
+   each other), together: stripes at another place in every image, which a saturated model's
+   flat maps do not light (:func:`~lightning_vitrcam.shortcut.likeness.contrast_along`);
 2. **carriers**: each candidate is pasted, at its own place, into one probe of another
    predicted class per donor (the screening, at most ``_SCREEN`` donors; the recipients
    taken from the other classes in turn, and a donor whose paste moved nothing pasted once
@@ -86,6 +86,7 @@ from lightning_vitrcam.shortcut.likeness import contrast_along, region_distance
 from lightning_vitrcam.shortcut.report import Example, Finding, group_name, prediction_of
 from lightning_vitrcam.shortcut.rule import Rule, margin, sign_test
 from lightning_vitrcam.shortcut.shapes import (
+    components,
     describe,
     edge_shapes,
     elsewhere,
@@ -276,11 +277,13 @@ class Mark(Evidence):
     def _line(
         self, probing: Probing, group: int, rows: torch.Tensor, lines: torch.Tensor
     ) -> Candidate | None:
-        """Each donor's token row or column least like any probe of another class along its
-        whole length, where it is further from all of them than any of them is from the rest
-        (:func:`~lightning_vitrcam.shortcut.likeness.contrast_along`), the most unlike donors
-        first: a stripe at a different place in every image, which the maps may not light (a
-        saturated prediction gives flat maps) and no fixed shape holds."""
+        """Each donor's token rows and columns unlike any probe of another class along their
+        whole length, where each is further from all of them than any of them is from the
+        rest (:func:`~lightning_vitrcam.shortcut.likeness.contrast_along`), together; the most
+        unlike donors first: stripes at different places in every image, which the maps may
+        not light (a saturated prediction gives flat maps) and no fixed shape holds. Together,
+        because a pair of stripes carries its class where one of them alone may not; only the
+        lines that run the same way as the donor's most unlike one, as stripes do."""
         others = (~probing.cache.predicts(probing.scores)[:, group]).nonzero().flatten()
         if not len(others) or not len(rows):
             return None
@@ -290,12 +293,16 @@ class Mark(Evidence):
         # by chance on one of 16 lines in most checks; a stripe is thousands of times further
         excess = contrast / spread.clamp_min(1e-12)
         best, which = excess.max(1)
-        keep = best > _APART
+        # stripes run the same way: the lines parallel to the donor's most unlike one
+        h = probing.grid[0]
+        rows_way = torch.arange(lines.shape[0], device=excess.device) < h
+        unlike = (excess > _APART) & (rows_way[None] == (which < h)[:, None])  # [donors, lines]
+        keep = unlike.any(1)
         if not bool(keep.any()):
             return None
         order = best[keep].argsort(descending=True)
-        donors, masks = rows[keep][order], lines[which[keep][order]]
-        return Candidate(group, "a line no other class has", donors, masks, True)
+        masks = (unlike[keep][:, :, None, None] & lines[None]).any(1)[order]
+        return Candidate(group, "lines no other class has", rows[keep][order], masks, True)
 
     # ------------------------------------------------------------------ pairs
     def _pairs(
@@ -509,6 +516,11 @@ class Mark(Evidence):
         if len(mates) < 2:
             return 0, 0
         device = probing.targets.device
+        # a mark in pieces (two stripes) is compared by its first piece: the box of the whole
+        # would hold whatever lies between the pieces, which differs from image to image
+        labels = components(masks)
+        first_label = torch.where(labels >= 0, labels, labels.new_tensor(masks[0].numel()))
+        masks = labels == first_label.flatten(1).amin(1)[:, None, None]
         ys = masks.any(2)
         xs = masks.any(1)
         first = lambda t: t.float().argmax(1)
