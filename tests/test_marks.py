@@ -15,7 +15,7 @@ from lightning_vitrcam import ViTReciproCAMCallback
 from lightning_vitrcam.demo import ViTClassifier
 from lightning_vitrcam.demo.cues import CueDataModule, _text
 from lightning_vitrcam.shortcut import PossibleShortcutWarning, ShortcutAlarm
-from lightning_vitrcam.shortcut.mark import anchored
+from lightning_vitrcam.shortcut.mark import Mark, anchored
 from lightning_vitrcam.shortcut.shapes import describe, edge_shapes, elsewhere
 
 GRID = (8, 8)
@@ -138,6 +138,35 @@ def test_a_pair_of_stripes_that_carries_the_class_only_together_is_found() -> No
     assert finding.group == 1 and finding.candidate == "lines no other class has"
     columns = {i % GRID[1] for i in finding.region}
     assert len(finding.region) == GRID[0] * len(columns) and len(columns) >= 2, finding.region
+
+
+def test_lines_over_most_of_the_image_are_no_mark(monkeypatch) -> None:
+    """Where the other class's probes are near-copies of each other, nothing spreads and every
+    line of a donor passes the gate: lines over more than half the image point at no mark and
+    are not pasted (a paste of most of an image carries its class whatever it shows)."""
+    g = torch.Generator().manual_seed(0)
+    bases = torch.rand(4, 3, 48, 48, generator=g)
+    images = bases.repeat_interleave(8, 0) + 0.01 * torch.rand(32, 3, 48, 48, generator=g)
+    labels = torch.arange(4).repeat_interleave(8) % 2
+
+    def nearest_base(x: torch.Tensor) -> torch.Tensor:
+        d = (x[:, None] - bases[None]).square().mean(dim=(2, 3, 4))  # [B, 4]
+        return two_classes(d[:, 0::2].amin(1) - d[:, 1::2].amin(1))
+
+    assert bool((nearest_base(images).argmax(1) == labels).all())
+    seen = []
+    line = Mark._line
+
+    def spy(self, *args):
+        out = line(self, *args)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(Mark, "_line", spy)
+    verdict = check(nearest_base, images)
+    sizes = [None if c is None else c.masks.sum((1, 2)).tolist() for c in seen]
+    assert seen and all(c is None for c in seen), sizes
+    assert not [f for f in marks(verdict) if f.candidate == "lines no other class has"]
 
 
 def _squares(

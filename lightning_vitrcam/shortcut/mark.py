@@ -294,10 +294,15 @@ class Mark(Evidence):
         excess = contrast / spread.clamp_min(1e-12)
         best, which = excess.max(1)
         # stripes run the same way: the lines parallel to the donor's most unlike one
-        h = probing.grid[0]
+        h, w = probing.grid
         rows_way = torch.arange(lines.shape[0], device=excess.device) < h
         unlike = (excess > _APART) & (rows_way[None] == (which < h)[:, None])  # [donors, lines]
-        keep = unlike.any(1)
+        # lines over more than half of the image point at no mark, as a map high nearly
+        # everywhere points at no part: the donor is unlike the other class everywhere (where
+        # that class's probes are near-copies of each other, nothing spreads and every line
+        # passes), and pasting most of an image carries its class whatever it shows
+        across = torch.where(which < h, h, w)
+        keep = unlike.any(1) & (2 * unlike.sum(1) <= across)
         if not bool(keep.any()):
             return None
         order = best[keep].argsort(descending=True)
