@@ -261,6 +261,50 @@ def test_a_clean_known_answer_is_not_flagged() -> None:
     assert not marks(check(model, images))
 
 
+def test_controls_run_only_where_the_pastes_alone_could_confirm(monkeypatch) -> None:
+    """Every candidate sent to confirmation (the screening forced to call every donor a
+    carrier): on the clean model the pastes move too few recipients for any control to
+    matter, so none is run (their pair records say so); on the band model they move enough,
+    the controls run and the band is confirmed."""
+    screen = Mark._screen
+
+    def every_donor(self, probing, cand):
+        _, n, screened = screen(self, probing, cand)
+        return cand, n, screened
+
+    batches: list[tuple[int, int]] = []
+    moved = Mark._moved
+
+    def spy(self, probing, images, group, k):
+        batches.append((len(images), k))
+        return moved(self, probing, images, group, k)
+
+    monkeypatch.setattr(Mark, "_screen", every_donor)
+    monkeypatch.setattr(Mark, "_moved", spy)
+
+    def clean(x: torch.Tensor) -> torch.Tensor:
+        return two_classes((x.amin(dim=1) > 0.8).float().mean(dim=(1, 2)) - 0.1)
+
+    images = _squares(1, inside=(4, 40))[0]
+    alarm = ShortcutAlarm(kinds=["mark"], thorough=True)
+    targets, maps = clean(images).argmax(1), torch.zeros(len(images), *GRID)
+    unread = torch.zeros(len(images), dtype=torch.bool)
+    verdict = alarm.check(clean, lambda z: z.softmax(-1), images, [maps], targets, unread)
+    pairs = [t for t in alarm.last_tests if t.kind == "mark"]
+    assert pairs and all(t.control_moved is None for t in pairs)
+    assert batches and all(k == 1 for _, k in batches)
+    assert not marks(verdict)
+
+    batches.clear()
+    images, labels = _squares(0, inside=(4, 40))
+    images[labels == 1, :, -5:] = 0.02
+    verdict = check(band_model, images)
+    assert any(k >= 4 for _, k in batches)  # the band's controls (4 or 5 of them) ran
+    (finding, *_) = marks(verdict)
+    assert finding.group == 1 and "bottom" in finding.shape
+    assert finding.control_flips is not None
+
+
 def test_an_object_part_below_the_edge_band_is_not_taken_for_a_mark() -> None:
     """Objects that fill the image: every one has a stem, the positives a bar across its top
     (the top bar of a 7) in the second token row. The bar carries the class when pasted, as

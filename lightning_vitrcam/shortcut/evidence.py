@@ -103,7 +103,8 @@ class RegionTest:
 class PairTest:
     """One intervention between two probes and its control (``kind``: ``"transplant"``,
     ``"colour"`` or ``"background"``): the donor's explained class, whether the recipient
-    was moved to it, and whether the control moved it (the transplant's ``box``: the donor's
+    was moved to it, and whether the control moved it (``None``: not run, where the
+    interventions alone could not pass the test; the transplant's ``box``: the donor's
     region; ``class_control_moved``: whether another class's decisive region moved it)."""
 
     kind: str
@@ -111,7 +112,7 @@ class PairTest:
     recipient: int
     donor_target: int
     moved: bool
-    control_moved: bool
+    control_moved: bool | None
     box: tuple[int, int, int, int] | None = None
     class_control_moved: bool | None = None
 

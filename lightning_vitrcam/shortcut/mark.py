@@ -37,9 +37,11 @@ without necessity, each paste against controls of the same shape:
    probe of the donor's class*'s pixels there. Confirmed when the pastes move at least
    ``min_margin`` more recipients than each control (of the pairs the two tell apart), at an
    exact sign test p <= ``max_p`` divided by the number of candidates confirmed-tested in
-   the check, from at least ``min_hits`` donors; a candidate inside the image, or carried by
-   few of its screened donors, must also be the *same thing* in the donors that carry it:
-   found in another carrier, anywhere, closer than in the recipient
+   the check, from at least ``min_hits`` donors (the controls are run only where the pastes
+   alone move enough recipients to pass: no control can raise the margin or lower the p);
+   a candidate inside the image, or carried by few of its screened donors, must also be the
+   *same thing* in the donors that carry it: found in another carrier, anywhere, closer than
+   in the recipient
    (:func:`~lightning_vitrcam.shortcut.likeness.region_distance`).
 
 On a grid under ``_MIN_SIDE`` (6) tokens a side the kind tests nothing: a band or a corner is
@@ -446,36 +448,55 @@ class Mark(Evidence):
         if n < rule.min_hits:
             return None, [], 0
         d, r, e, q, m = (pairs[k] for k in ("donors", "recipients", "thirds", "mates", "masks"))
+        # the pastes first, their controls only where the pastes alone could pass: no control
+        # raises the margin above the share of pastes that moved, nor lowers the sign test's
+        # p below 2**-moved (a control that moved nothing), so skipping them changes nothing
+        moved, score, top = self._moved(probing, paste_regions(images, r, d, m), cand.group, 1)
+        flips = moved[:, 0]
+        carriers = d[flips].unique()
+        could = (
+            float(flips.float().mean()) >= alarm.min_margin
+            and 0.5 ** int(flips.sum()) <= alpha
+            and len(carriers) >= rule.min_hits
+        )
         moved_mask = elsewhere(m)
-        # the blank paste: the region filled with the probes' mean colour, so that a paste
-        # that only removes what the recipient had there (its own mark) does not count
-        batch = [
-            paste_regions(images, r, d, m),
-            paste_regions(images, r, d, moved_mask),
-            paste_regions(images, r, e, m),
-            paste_regions(fill_colour(images).expand_as(images), r, d, m, base=images),
-        ]
-        # the donor's own pixels from elsewhere brought to the mark's place: where any of the
-        # donor's content carries its class there, the place is read, not a mark on it
-        here = brought_here(images, d, m)
-        batch.append(paste_regions(here, r, torch.arange(len(d), device=d.device), m, base=images))
         own = not cand.anchored and bool((q >= 0).all())
-        if own:
-            batch.append(paste_regions(images, r, q, m))
-        k = len(batch)
-        moved, score, top = self._moved(probing, torch.stack(batch, 1).flatten(0, 1), cand.group, k)
-        flips, controls = moved[:, 0], [moved[:, j] for j in range(1, k)]
+        if could:
+            # the blank paste: the region filled with the probes' mean colour, so that a paste
+            # that only removes what the recipient had there (its own mark) does not count
+            batch = [
+                paste_regions(images, r, d, moved_mask),
+                paste_regions(images, r, e, m),
+                paste_regions(fill_colour(images).expand_as(images), r, d, m, base=images),
+            ]
+            # the donor's own pixels from elsewhere brought to the mark's place: where any of
+            # the donor's content carries its class there, the place is read, not a mark on it
+            here = brought_here(images, d, m)
+            arange = torch.arange(len(d), device=d.device)
+            batch.append(paste_regions(here, r, arange, m, base=images))
+            if own:
+                batch.append(paste_regions(images, r, q, m))
+            rest = self._moved(probing, torch.stack(batch, 1).flatten(0, 1), cand.group, len(batch))
+            moved, score, top = (
+                torch.cat([a, b], 1) for a, b in zip((moved, score, top), rest, strict=True)
+            )
+        self.last[cand.key] = {"pairs": pairs, "moved": moved}
+        run = n * moved.shape[1]
+        if not could:
+            tests = [
+                PairTest("mark", di, ri, cand.group, fi, None)
+                for di, ri, fi in zip(d.tolist(), r.tolist(), flips.tolist(), strict=True)
+            ]
+            return None, tests, run
+        controls = list(moved[:, 1:].unbind(1))
         moved_more = min(margin(flips, c) for c in controls)
         p = max(sign_test(flips, c) for c in controls)
-        carriers = d[flips].unique()
         tests = [
             PairTest("mark", di, ri, cand.group, fi, ci, None, oi)
             for di, ri, fi, ci, oi in zip(d.tolist(), r.tolist(), flips.tolist(),
                                           controls[0].tolist(), controls[1].tolist(), strict=True)
         ]  # fmt: skip
-        self.last[cand.key] = {"pairs": pairs, "moved": moved}
         confirmed = moved_more >= alarm.min_margin and p <= alpha
-        confirmed &= len(carriers) >= rule.min_hits
         alike = unlike = 0
         if confirmed and (not cand.anchored or cand.few):
             alike, unlike = self._likeness(probing, cand, carriers, r[flips], d[flips], m[flips])
@@ -487,7 +508,7 @@ class Mark(Evidence):
                 and sign_test(closer, ~closer) <= alarm.max_p
             )
         if not confirmed:
-            return None, tests, k * n
+            return None, tests, run
         region = _typical(cand.masks[pairs["index"][flips]])
         finding = MarkFinding(
             group=cand.group,
@@ -508,7 +529,7 @@ class Mark(Evidence):
             unlike=unlike,
             examples=_examples(probing, pairs, moved, score, top, moved_mask),
         )
-        return finding, tests, k * n
+        return finding, tests, run
 
     def _likeness(
         self, probing: Probing, cand: Candidate, carriers: torch.Tensor,
