@@ -16,6 +16,7 @@ from lightning_vitrcam.demo import ViTClassifier
 from lightning_vitrcam.demo.cues import CueDataModule, _text
 from lightning_vitrcam.shortcut import PossibleShortcutWarning, ShortcutAlarm
 from lightning_vitrcam.shortcut.mark import Mark, anchored
+from lightning_vitrcam.shortcut.rule import margin, sign_test
 from lightning_vitrcam.shortcut.shapes import describe, edge_shapes, elsewhere
 
 GRID = (8, 8)
@@ -259,6 +260,21 @@ def test_a_clean_known_answer_is_not_flagged() -> None:
         return two_classes((x.amin(dim=1) > 0.8).float().mean(dim=(1, 2)) - 0.1)
 
     assert not marks(check(model, images))
+
+
+def test_no_control_raises_the_margin_or_lowers_the_p_below_the_pastes_alone() -> None:
+    """The bound the confirmation skips its controls on, over every outcome of 6 pairs: a
+    control never raises the margin above the share of pastes that moved, nor lowers the sign
+    test's p below ``2**-moved`` (both reached by a control that moved nothing)."""
+    n = 6
+    bits = torch.tensor([[(v >> i) & 1 for i in range(n)] for v in range(2**n)]).bool()
+    for flips in bits:
+        moved = int(flips.sum())
+        assert margin(flips, torch.zeros(n).bool()) == moved / n
+        assert sign_test(flips, torch.zeros(n).bool()) == 0.5**moved
+        for control in bits:
+            assert margin(flips, control) <= moved / n + 1e-12
+            assert sign_test(flips, control) >= 0.5**moved - 1e-12
 
 
 def test_controls_run_only_where_the_pastes_alone_could_confirm(monkeypatch) -> None:
