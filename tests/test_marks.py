@@ -314,11 +314,14 @@ def test_controls_run_only_where_the_pastes_alone_could_confirm(monkeypatch) -> 
     batches.clear()
     images, labels = _squares(0, inside=(4, 40))
     images[labels == 1, :, -5:] = 0.02
-    verdict = check(band_model, images)
+    alarm = ShortcutAlarm(kinds=["mark"], thorough=True)
+    targets, maps = band_model(images).argmax(1), torch.zeros(len(images), *GRID)
+    verdict = alarm.check(band_model, lambda z: z.softmax(-1), images, [maps], targets, unread)
     assert any(k >= 4 for _, k in batches)  # the band's controls (4 or 5 of them) ran
     (finding, *_) = marks(verdict)
     assert finding.group == 1 and "bottom" in finding.shape
-    assert finding.control_flips is not None
+    recorded = [t for t in alarm.last_tests if t.kind == "mark" and t.control_moved is not None]
+    assert len(recorded) >= finding.pairs
 
 
 def test_an_object_part_below_the_edge_band_is_not_taken_for_a_mark() -> None:

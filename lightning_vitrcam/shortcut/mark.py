@@ -482,20 +482,17 @@ class Mark(Evidence):
             )
         self.last[cand.key] = {"pairs": pairs, "moved": moved}
         run = n * moved.shape[1]
-        if not could:
-            tests = [
-                PairTest("mark", di, ri, cand.group, fi, None)
-                for di, ri, fi in zip(d.tolist(), r.tolist(), flips.tolist(), strict=True)
-            ]
-            return None, tests, run
         controls = list(moved[:, 1:].unbind(1))
-        moved_more = min(margin(flips, c) for c in controls)
-        p = max(sign_test(flips, c) for c in controls)
+        shown = [c.tolist() for c in controls[:2]] if could else [[None] * n] * 2
         tests = [
             PairTest("mark", di, ri, cand.group, fi, ci, None, oi)
-            for di, ri, fi, ci, oi in zip(d.tolist(), r.tolist(), flips.tolist(),
-                                          controls[0].tolist(), controls[1].tolist(), strict=True)
+            for di, ri, fi, ci, oi in zip(d.tolist(), r.tolist(), flips.tolist(), *shown,
+                                          strict=True)
         ]  # fmt: skip
+        if not could:
+            return None, tests, run
+        moved_more = min(margin(flips, c) for c in controls)
+        p = max(sign_test(flips, c) for c in controls)
         confirmed = moved_more >= alarm.min_margin and p <= alpha
         alike = unlike = 0
         if confirmed and (not cand.anchored or cand.few):
