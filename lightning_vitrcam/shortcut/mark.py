@@ -40,8 +40,9 @@ without necessity, each paste against controls of the same shape:
    the check, from at least ``min_hits`` donors (the controls are run only where the pastes
    alone move enough recipients to pass: no control can raise the margin or lower the p);
    a candidate inside the image, or carried by few of its screened donors, must also be the
-   *same thing* in the donors that carry it: found in another carrier, anywhere, closer than
-   in the recipient
+   *same thing* in the donors that carry it: what the paste brought (each pixel weighed by
+   how much more it stands out than the recipient there) found in another carrier,
+   anywhere, closer than in the recipient
    (:func:`~lightning_vitrcam.shortcut.likeness.region_distance`).
 
 On a grid under ``_MIN_SIDE`` (6) tokens a side the kind tests nothing: a band or a corner is
@@ -550,17 +551,20 @@ class Mark(Evidence):
         last = lambda t: t.shape[1] - t.flip(1).float().argmax(1)
         boxes = torch.stack([first(ys), last(ys), first(xs), last(xs)], 1).long()
         order = {c: i for i, c in enumerate(mates)}
+        # the other carriers in turn (never the donor itself)
         partner = torch.tensor(
-            [mates[(order[int(d)] + 1 + k) % len(mates)] for k, d in enumerate(donors.tolist())],
+            [mates[(order[int(d)] + 1 + k % (len(mates) - 1)) % len(mates)]
+             for k, d in enumerate(donors.tolist())],
             device=device,
-        )
-        partner = torch.where(partner == donors, torch.tensor(mates[0], device=device), partner)
+        )  # fmt: skip
         h, w = probing.grid
         whole = torch.tensor([[0, h, 0, w]], device=device).expand(len(donors), 4)
+        # both read at what the paste brought: a ruler in a corner box is a few of its pixels,
+        # and the box's background, alike in every image, would decide its plain median
         own = region_distance(probing.images, donors, boxes, partner, whole, probing.grid,
-                              centre=True)  # fmt: skip
+                              centre=True, against=recipients)  # fmt: skip
         other = region_distance(probing.images, donors, boxes, recipients, whole, probing.grid,
-                                centre=True)  # fmt: skip
+                                centre=True, against=recipients)  # fmt: skip
         return int((own < other).sum()), int((own > other).sum())
 
     def state_dict(self) -> dict[str, Any]:
