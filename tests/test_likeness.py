@@ -1,4 +1,5 @@
-"""The likeness of regions: what a paste brought is read, not the background around it."""
+"""The likeness of regions: where a paste changed the image is read, not the background
+around it."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def _line_images() -> torch.Tensor:
     return x
 
 
-def test_what_the_paste_brought_is_read_not_the_background_around_it() -> None:
+def test_where_the_paste_changed_the_image_is_read_not_the_background_around_it() -> None:
     x = _line_images()
     box = torch.tensor([[0, 3, 0, 3]])
     whole = torch.tensor([[0, 8, 0, 8]])
@@ -33,20 +34,20 @@ def test_what_the_paste_brought_is_read_not_the_background_around_it() -> None:
     # the whole box: its median pixel is background, found in both alike
     own, other = distances()
     assert abs(own - other) < 0.1 * max(own, other)
-    # what the paste brought (the line) is found in the carrier and nowhere in the recipient
+    # where the paste changed the recipient (the line): found in the carrier, not in it
     own, other = distances(against=recipient)
     assert own < 0.1 * other
 
 
-def test_a_region_that_brings_nothing_is_read_whole() -> None:
+def test_a_paste_that_changes_nothing_is_read_whole() -> None:
     x = _line_images()
     x[2] = x[0]  # the recipient is the donor: the paste changes nothing
     box = torch.tensor([[0, 3, 0, 3]])
     whole = torch.tensor([[0, 8, 0, 8]])
     rows = torch.tensor([0]), box, torch.tensor([1]), whole, (8, 8)
     read_whole = region_distance(x, *rows, centre=True)
-    read_brought = region_distance(x, *rows, centre=True, against=torch.tensor([2]))
-    assert torch.equal(read_brought, read_whole)
+    read_changed = region_distance(x, *rows, centre=True, against=torch.tensor([2]))
+    assert torch.equal(read_changed, read_whole)
 
 
 def test_each_carrier_is_compared_with_the_others_never_itself(monkeypatch) -> None:

@@ -233,8 +233,8 @@ def test_a_mark_on_half_of_a_class_is_found() -> None:
 def test_a_thin_ruler_in_a_corner_on_half_of_a_class_is_found() -> None:
     """A 2-pixel ruler-coloured bar at a varying place in the bottom-left corner on half of
     the positives: it fills a few percent of the corner's box, whose median pixel is
-    background in every image, and the negatives' objects often sit in that box too; what
-    the paste brings (the bar) is read and found alike in the carriers."""
+    background in every image (the negatives' objects often sit in that box too); read
+    where the paste changed the recipient, the bar is found alike in the carriers."""
     images, labels = _squares(7)
     carriers = (torch.arange(len(images)) % 4 == 1).nonzero().flatten()
     g = torch.Generator().manual_seed(1)

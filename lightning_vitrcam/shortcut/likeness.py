@@ -13,8 +13,9 @@ read at the region's median pixel at the closest placement: most of the region, 
 (which bits are lit) and not only its colours, must be found (a tag that fills less than half
 of its box is not: it is left to the other kinds of evidence). It has no threshold and is
 only ever compared with the distance of a control of the same size. Where the region was
-pasted into another image, its pixels can be weighed by what the paste brought there
-(``against``): a ruler that crosses a corner box is then read, not the box's background.
+pasted into another image, its pixels can be weighed by how much the paste changed that
+image there (``against``): a ruler that crosses a corner box is then read, not the box's
+background.
 
 Example:
     >>> import torch
@@ -84,10 +85,9 @@ def region_distance(
     median), so that a mark darker or brighter than its image's background is found in an
     image of another brightness.
     ``against``: one row of ``images`` per pair, where the region was pasted: each pixel of
-    the region counts as much as it stands out from its image's typical colour more than
-    that image does there, so the median is read at what the paste brought (a thin ruler,
-    not the background around it, which every image has alike, nor the pasted-into image's
-    own object it covered); all of it alike where the paste brought nothing. Both distances
+    the region counts as much as the paste changed that image there, so the median is read
+    where the paste changed the image (a thin ruler, not the background around it, which
+    every image has alike); all of it alike where the paste changed nothing. Both distances
     of a comparison given the same ``against`` read the same pixels."""
     if not len(a_rows):
         return torch.zeros(0, device=images.device)
@@ -106,9 +106,6 @@ def region_distance(
     win_r = int((grown[:, 1] - grown[:, 0]).max()) * th + side_r - 1
     win_c = int((grown[:, 3] - grown[:, 2]).max()) * tw + side_c - 1
     padded = F.pad(x, (0, win_c, 0, win_r), value=float("nan"))
-    if against is not None:  # each image relative to its own typical colour
-        typical = x if centre else x - x.flatten(2).median(dim=2).values[:, :, None, None]
-        typical = F.pad(typical, (0, win_c, 0, win_r), value=float("nan"))
     out = []
     for s in range(0, len(a_rows), chunk):
         part = slice(s, s + chunk)
@@ -118,14 +115,11 @@ def region_distance(
         valid = ~patch[:, 0].isnan()  # [p, sr, sc]: the region's own pixels
         weight = valid.flatten(1).float()  # [p, S]: how much each pixel counts
         if against is not None:
-            # what the paste brought: where the region stands out from its image's typical
-            # colour more than the image it was pasted into does there (not what it removed)
-            there = _crops(typical, against[part], a_boxes[part], th, tw, (side_r, side_c))
-            mine = _crops(typical, a_rows[part], a_boxes[part], th, tw, (side_r, side_c))
-            brought = (mine.abs().mean(dim=1) - there.abs().mean(dim=1)).clamp_min(0)
-            brought = torch.nan_to_num(brought, nan=0.0).flatten(1)
-            # a paste that brings nothing is read whole
-            weight = torch.where(brought.sum(1, keepdim=True) > 0, brought, weight)
+            # what the paste changed in the image it was pasted into
+            there = _crops(padded, against[part], a_boxes[part], th, tw, (side_r, side_c))
+            change = torch.nan_to_num((patch - there).abs().mean(dim=1), nan=0.0).flatten(1)
+            # a paste that changes nothing is read whole
+            weight = torch.where(change.sum(1, keepdim=True) > 0, change, weight)
         gap = (slid - patch[:, :, None, None]).abs().mean(dim=1)  # [p, Lr, Lc, sr, sc]
         gap = torch.nan_to_num(gap, nan=float("inf")).flatten(3)  # off the window: never close
         gap = torch.where(valid.flatten(1)[:, None, None], gap, torch.full_like(gap, float("inf")))

@@ -40,10 +40,9 @@ without necessity, each paste against controls of the same shape:
    the check, from at least ``min_hits`` donors (the controls are run only where the pastes
    alone move enough recipients to pass: no control can raise the margin or lower the p);
    a candidate inside the image, or carried by few of its screened donors, must also be the
-   *same thing* in the donors that carry it: what the paste brought (each pixel weighed by
-   how much more it stands out than the recipient there) found in another carrier,
-   anywhere, closer than in the recipient
-   (:func:`~lightning_vitrcam.shortcut.likeness.region_distance`).
+   *same thing* in the donors that carry it: the region, each pixel weighed by how much
+   the paste changed the recipient there, found in another carrier, anywhere, closer than
+   in the recipient (:func:`~lightning_vitrcam.shortcut.likeness.region_distance`).
 
 On a grid under ``_MIN_SIDE`` (6) tokens a side the kind tests nothing: a band or a corner is
 then a large part of the image, where an object fits. Scalars: ``shortcut_mark`` (the
@@ -559,8 +558,9 @@ class Mark(Evidence):
         )  # fmt: skip
         h, w = probing.grid
         whole = torch.tensor([[0, h, 0, w]], device=device).expand(len(donors), 4)
-        # both read at what the paste brought: a ruler in a corner box is a few of its pixels,
-        # and the box's background, alike in every image, would decide its plain median
+        # both read where the paste changed the recipient: a ruler in a corner box is a few
+        # of its pixels, and the box's background, alike in every image, would decide its
+        # plain median
         own = region_distance(probing.images, donors, boxes, partner, whole, probing.grid,
                               centre=True, against=recipients)  # fmt: skip
         other = region_distance(probing.images, donors, boxes, recipients, whole, probing.grid,
