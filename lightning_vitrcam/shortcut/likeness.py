@@ -88,7 +88,9 @@ def region_distance(
     the region counts as much as the paste changed that image there, so the median is read
     where the paste changed the image (a thin ruler, not the background around it, which
     every image has alike); all of it alike where the paste changed nothing. Both distances
-    of a comparison given the same ``against`` read the same pixels."""
+    of a comparison given the same ``against`` read the same pixels; where ``against`` is one
+    of the two compared images, the weights mark its own differences and its distance comes
+    out larger than the other's would (a known lean, docs/shortcut_alarm.md)."""
     if not len(a_rows):
         return torch.zeros(0, device=images.device)
     x, th, tw = _resized(images, grid)
