@@ -1,5 +1,5 @@
-"""The likeness of regions: where a paste changed the image is read, not the background
-around it."""
+"""The likeness of regions: what a region has that a typical image lacks is read, not the
+background around it, and the two compared images are treated alike."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _line_images() -> torch.Tensor:
     return x
 
 
-def test_where_the_paste_changed_the_image_is_read_not_the_background_around_it() -> None:
+def test_what_the_region_has_that_a_typical_image_lacks_is_read_not_the_background() -> None:
     x = _line_images()
     box = torch.tensor([[0, 3, 0, 3]])
     whole = torch.tensor([[0, 8, 0, 8]])
@@ -34,20 +34,20 @@ def test_where_the_paste_changed_the_image_is_read_not_the_background_around_it(
     # the whole box: its median pixel is background, found in both alike
     own, other = distances()
     assert abs(own - other) < 0.1 * max(own, other)
-    # where the paste changed the recipient (the line): found in the carrier, not in it
-    own, other = distances(against=recipient)
+    # what the donor's box has that the typical image lacks (the line): found in the carrier,
+    # not in the recipient
+    own, other = distances(reference=x.median(dim=0).values)
     assert own < 0.1 * other
 
 
-def test_a_paste_that_changes_nothing_is_read_whole() -> None:
+def test_a_region_like_the_reference_everywhere_is_read_whole() -> None:
     x = _line_images()
-    x[2] = x[0]  # the recipient is the donor: the paste changes nothing
     box = torch.tensor([[0, 3, 0, 3]])
     whole = torch.tensor([[0, 8, 0, 8]])
     rows = torch.tensor([0]), box, torch.tensor([1]), whole, (8, 8)
     read_whole = region_distance(x, *rows, centre=True)
-    read_changed = region_distance(x, *rows, centre=True, against=torch.tensor([2]))
-    assert torch.equal(read_changed, read_whole)
+    read_unusual = region_distance(x, *rows, centre=True, reference=x[0])  # the donor itself
+    assert torch.equal(read_unusual, read_whole)
 
 
 def test_each_carrier_is_compared_with_the_others_never_itself(monkeypatch) -> None:
@@ -57,14 +57,16 @@ def test_each_carrier_is_compared_with_the_others_never_itself(monkeypatch) -> N
     from lightning_vitrcam.shortcut import mark
 
     seen: list[tuple[list[int], list[int]]] = []
+    references: list[torch.Tensor] = []
 
     def record(images, a_rows, a_boxes, b_rows, *args, **kwargs):
         seen.append((a_rows.tolist(), b_rows.tolist()))
+        references.append(kwargs["reference"])
         return torch.zeros(len(a_rows))
 
     monkeypatch.setattr(mark, "region_distance", record)
-    probing = SimpleNamespace(images=torch.zeros(8, 3, 32, 32), targets=torch.zeros(8).long(),
-                              grid=(8, 8))  # fmt: skip
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    probing = SimpleNamespace(images=images, targets=torch.zeros(8).long(), grid=(8, 8))
     donors = torch.tensor([1, 1, 1, 1, 5, 5, 5, 9, 9])
     masks = torch.zeros(len(donors), 8, 8, dtype=torch.bool)
     masks[:, 5:, :3] = True
@@ -74,3 +76,29 @@ def test_each_carrier_is_compared_with_the_others_never_itself(monkeypatch) -> N
     assert all(p != d and p in (1, 5, 9) for d, p in zip(rows, partners, strict=True))
     # every donor meets every other carrier
     assert {(d, p) for d, p in zip(rows, partners, strict=True)} >= {(1, 5), (1, 9), (5, 1), (5, 9)}
+    # both distances weigh the pixels by the same image, which neither compared image sets
+    # more than the other (the probes' median): the comparison leans towards neither side
+    own_ref, other_ref = references
+    assert torch.equal(own_ref, other_ref)
+    assert torch.equal(own_ref, images.median(dim=0).values)
+
+
+def test_a_comparison_counts_only_where_one_image_is_twice_as_close(monkeypatch) -> None:
+    """Content that both images have something like (a digit's strokes) is found at much the
+    same distance in both: such comparisons count neither way; the rule is the same both
+    ways."""
+    from types import SimpleNamespace
+
+    from lightning_vitrcam.shortcut import mark
+
+    distances = iter([torch.tensor([1.0, 1.0, 0.1, 3.0]), torch.tensor([1.5, 3.0, 1.0, 1.0])])
+    monkeypatch.setattr(mark, "region_distance", lambda *a, **k: next(distances))
+    probing = SimpleNamespace(images=torch.zeros(8, 3, 32, 32), targets=torch.zeros(8).long(),
+                              grid=(8, 8))  # fmt: skip
+    masks = torch.zeros(4, 8, 8, dtype=torch.bool)
+    masks[:, 5:, :3] = True
+    donors, carriers = torch.tensor([1, 5, 1, 5]), torch.tensor([1, 5])
+    closer, further = mark.Mark._likeness(None, probing, None, carriers, torch.arange(4), donors,
+                                          masks)  # fmt: skip
+    # own 1 vs 1.5: too close to call; 1 vs 3 and 0.1 vs 1: the carrier; 3 vs 1: the recipient
+    assert (closer, further) == (2, 1)

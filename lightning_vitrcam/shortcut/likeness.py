@@ -12,10 +12,9 @@ which also averages out pixel noise, and a ViT-B/16 costs what the demo does. Th
 read at the region's median pixel at the closest placement: most of the region, a tag's code
 (which bits are lit) and not only its colours, must be found (a tag that fills less than half
 of its box is not: it is left to the other kinds of evidence). It has no threshold and is
-only ever compared with the distance of a control of the same size. Where the region was
-pasted into another image, its pixels can be weighed by how much the paste changed that
-image there (``against``): a ruler that crosses a corner box is then read, not the box's
-background.
+only ever compared with the distance of a control of the same size. The region's pixels can
+be weighed by how much they differ from a reference image (``reference``, such as the probes'
+per-pixel median): a ruler that crosses a corner box is then read, not the box's background.
 
 Example:
     >>> import torch
@@ -74,7 +73,7 @@ def region_distance(
     grid: tuple[int, int],
     chunk: int = 32,
     centre: bool = False,
-    against: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[P]``: for each pair, how far the pixels of ``images[a_rows[k]]`` inside the token box
     ``a_boxes[k]`` are from the pixels of ``images[b_rows[k]]`` at the closest placement of that
@@ -84,19 +83,21 @@ def region_distance(
     ``centre``: each image is compared relative to its own typical colour (its per-channel
     median), so that a mark darker or brighter than its image's background is found in an
     image of another brightness.
-    ``against``: one row of ``images`` per pair, where the region was pasted: each pixel of
-    the region counts as much as the paste changed that image there, so the median is read
-    where the paste changed the image (a thin ruler, not the background around it, which
-    every image has alike); all of it alike where the paste changed nothing. Both distances
-    of a comparison given the same ``against`` read the same pixels; where ``against`` is one
-    of the two compared images, the weights mark its own differences and its distance comes
-    out larger than the other's would (a known lean, docs/shortcut_alarm.md)."""
+    ``reference``: one image ``[C, H, W]`` (such as the probes' per-pixel median): each pixel
+    of the region counts as much as it differs from the reference there, so the distance is
+    read on what the region has that a typical image does not (a thin ruler, not the
+    background around it); all of it alike where it differs nowhere. The reference must not
+    be set by either compared image more than by the other (then both distances read the
+    same pixels for the same reason and the comparison is fair)."""
     if not len(a_rows):
         return torch.zeros(0, device=images.device)
+    n = len(images)
+    if reference is not None:
+        images = torch.cat([images, reference[None].to(images)])
     x, th, tw = _resized(images, grid)
     if centre:
         x = x - x.flatten(2).median(dim=2).values[:, :, None, None]
-    x = x / x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    x = x / x[:n].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     h, w = grid
     side_r = int((a_boxes[:, 1] - a_boxes[:, 0]).max()) * th
     side_c = int((a_boxes[:, 3] - a_boxes[:, 2]).max()) * tw
@@ -116,12 +117,12 @@ def region_distance(
         slid = window.unfold(2, side_r, 1).unfold(3, side_c, 1)  # [p, C, Lr, Lc, sr, sc]
         valid = ~patch[:, 0].isnan()  # [p, sr, sc]: the region's own pixels
         weight = valid.flatten(1).float()  # [p, S]: how much each pixel counts
-        if against is not None:
-            # what the paste changed in the image it was pasted into
-            there = _crops(padded, against[part], a_boxes[part], th, tw, (side_r, side_c))
-            change = torch.nan_to_num((patch - there).abs().mean(dim=1), nan=0.0).flatten(1)
-            # a paste that changes nothing is read whole
-            weight = torch.where(change.sum(1, keepdim=True) > 0, change, weight)
+        if reference is not None:
+            typical = torch.full_like(a_rows[part], len(x) - 1)
+            there = _crops(padded, typical, a_boxes[part], th, tw, (side_r, side_c))
+            unusual = torch.nan_to_num((patch - there).abs().mean(dim=1), nan=0.0).flatten(1)
+            # a region like the reference everywhere is read whole
+            weight = torch.where(unusual.sum(1, keepdim=True) > 0, unusual, weight)
         gap = (slid - patch[:, :, None, None]).abs().mean(dim=1)  # [p, Lr, Lc, sr, sc]
         gap = torch.nan_to_num(gap, nan=float("inf")).flatten(3)  # off the window: never close
         gap = torch.where(valid.flatten(1)[:, None, None], gap, torch.full_like(gap, float("inf")))

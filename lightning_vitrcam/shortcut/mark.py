@@ -40,9 +40,12 @@ without necessity, each paste against controls of the same shape:
    the check, from at least ``min_hits`` donors (the controls are run only where the pastes
    alone move enough recipients to pass: no control can raise the margin or lower the p);
    a candidate inside the image, or carried by few of its screened donors, must also be the
-   *same thing* in the donors that carry it: the region, each pixel weighed by how much
-   the paste changed the recipient there, found in another carrier, anywhere, closer than
-   in the recipient (:func:`~lightning_vitrcam.shortcut.likeness.region_distance`).
+   *same thing* in the donors that carry it: the region, each pixel weighed by how much it
+   differs from the probes' typical (per-pixel median) image, found in another carrier,
+   anywhere, twice as close as in the recipient more often than the other way round
+   (:func:`~lightning_vitrcam.shortcut.likeness.region_distance`). The typical image is set
+   by every probe alike and the rule is the same both ways, so the two counts are
+   exchangeable where the region is no more like the carriers than the recipients.
 
 On a grid under ``_MIN_SIDE`` (6) tokens a side the kind tests nothing: a band or a corner is
 then a large part of the image, where an object fits. Scalars: ``shortcut_mark`` (the
@@ -103,6 +106,10 @@ _THRESHOLD = 0.5  # the map level of a salient token
 # on a smaller grid a band or a corner is a large part of the image, where objects sit
 _MIN_SIDE = 6
 _APART = 2.0  # how much further a line must be from the other classes than they are apart
+# a comparison of looks counts only where the region is this many times closer in one image
+# than in the other: a mark is found near-exactly where it is and far from where it is not,
+# while strokes that every digit has are found at much the same distance in both
+_CLOSER = 2.0
 _PAIRS = 24  # fewest pastes a confirmation rests on (recipients per carrier grow to reach it)
 
 
@@ -534,7 +541,8 @@ class Mark(Evidence):
     ) -> tuple[int, int]:  # fmt: skip
         """For each paste that moved its recipient: the donor's region looked for anywhere in
         another carrier and, as the control, anywhere in that recipient (a probe of another
-        class): ``(closer, further)`` over the comparisons that tell them apart."""
+        class): ``(closer, further)``, the comparisons that find it ``_CLOSER`` times closer in
+        the carrier, and in the recipient (the rest tell them apart too little to count)."""
         mates = carriers.tolist()
         if len(mates) < 2:
             return 0, 0
@@ -558,14 +566,18 @@ class Mark(Evidence):
         )  # fmt: skip
         h, w = probing.grid
         whole = torch.tensor([[0, h, 0, w]], device=device).expand(len(donors), 4)
-        # both read where the paste changed the recipient: a ruler in a corner box is a few
-        # of its pixels, and the box's background, alike in every image, would decide its
-        # plain median
+        # both read what the donor's region has that the probes' typical image lacks: a ruler
+        # in a corner box is a few of its pixels, and the box's background, alike in every
+        # image, would decide its plain median. The typical image is every probe's per-pixel
+        # median, which neither compared image sets more than the other: the two distances
+        # are exchangeable where the region is no more like the carriers than the recipients
+        typical = probing.images.median(dim=0).values
         own = region_distance(probing.images, donors, boxes, partner, whole, probing.grid,
-                              centre=True, against=recipients)  # fmt: skip
+                              centre=True, reference=typical)  # fmt: skip
         other = region_distance(probing.images, donors, boxes, recipients, whole, probing.grid,
-                                centre=True, against=recipients)  # fmt: skip
-        return int((own < other).sum()), int((own > other).sum())
+                                centre=True, reference=typical)  # fmt: skip
+        # the rule is the same both ways, so the two counts stay exchangeable
+        return int((_CLOSER * own < other).sum()), int((_CLOSER * other < own).sum())
 
     def state_dict(self) -> dict[str, Any]:
         return {"remembered": [[g, n] for g, n in self.remembered]}
