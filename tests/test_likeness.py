@@ -51,7 +51,9 @@ def test_a_region_like_the_reference_everywhere_is_read_whole() -> None:
 
 
 def test_each_carrier_is_compared_with_the_others_never_itself(monkeypatch) -> None:
-    """The comparison of looks pairs each paste's donor with the other carriers in turn."""
+    """The comparison of looks pairs each paste's donor with the other carriers in turn and,
+    as the control, with the paste's recipient: both sides in one call (the probes are resized
+    and normalised once)."""
     from types import SimpleNamespace
 
     from lightning_vitrcam.shortcut import mark
@@ -62,25 +64,39 @@ def test_each_carrier_is_compared_with_the_others_never_itself(monkeypatch) -> N
     def record(images, a_rows, a_boxes, b_rows, *args, **kwargs):
         seen.append((a_rows.tolist(), b_rows.tolist()))
         references.append(kwargs["reference"])
-        return torch.zeros(len(a_rows))
+        return torch.ones(len(a_rows))
 
     monkeypatch.setattr(mark, "region_distance", record)
     images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     probing = SimpleNamespace(images=images, targets=torch.zeros(8).long(), grid=(8, 8))
     donors = torch.tensor([1, 1, 1, 1, 5, 5, 5, 9, 9])
+    recipients = torch.tensor([0, 2, 3, 4, 6, 7, 0, 2, 3])
     masks = torch.zeros(len(donors), 8, 8, dtype=torch.bool)
     masks[:, 5:, :3] = True
     carriers = torch.tensor([1, 5, 9])
-    mark.Mark._likeness(None, probing, None, carriers, torch.arange(9) % 2, donors, masks)
-    rows, partners = seen[0]
-    assert all(p != d and p in (1, 5, 9) for d, p in zip(rows, partners, strict=True))
+    mark.Mark._likeness(None, probing, None, carriers, recipients, donors, masks)
+    assert len(seen) == 1
+    rows, looked_in = seen[0]
+    assert rows == donors.tolist() * 2
+    partners, controls = looked_in[: len(donors)], looked_in[len(donors) :]
+    assert controls == recipients.tolist()
+    assert all(p != d and p in (1, 5, 9) for d, p in zip(donors.tolist(), partners, strict=True))
     # every donor meets every other carrier
-    assert {(d, p) for d, p in zip(rows, partners, strict=True)} >= {(1, 5), (1, 9), (5, 1), (5, 9)}
+    pairs = set(zip(donors.tolist(), partners, strict=True))
+    assert pairs >= {(1, 5), (1, 9), (5, 1), (5, 9), (9, 1), (9, 5)}
     # both distances weigh the pixels by the same image, which neither compared image sets
     # more than the other (the probes' median): the comparison leans towards neither side
-    own_ref, other_ref = references
-    assert torch.equal(own_ref, other_ref)
-    assert torch.equal(own_ref, images.median(dim=0).values)
+    assert torch.equal(references[0], images.median(dim=0).values)
+
+
+def _lookup(table: dict[tuple[int, int], float]):
+    """A ``region_distance`` that reads each pair's distance from ``table``."""
+
+    def distance(images, a_rows, a_boxes, b_rows, *args, **kwargs):
+        return torch.tensor([table[(a, b)] for a, b in zip(a_rows.tolist(), b_rows.tolist(),
+                                                           strict=True)])  # fmt: skip
+
+    return distance
 
 
 def test_a_comparison_counts_only_where_one_image_is_twice_as_close(monkeypatch) -> None:
@@ -91,14 +107,18 @@ def test_a_comparison_counts_only_where_one_image_is_twice_as_close(monkeypatch)
 
     from lightning_vitrcam.shortcut import mark
 
-    distances = iter([torch.tensor([1.0, 1.0, 0.1, 3.0]), torch.tensor([1.5, 3.0, 1.0, 1.0])])
-    monkeypatch.setattr(mark, "region_distance", lambda *a, **k: next(distances))
+    table = {(1, 5): 1.0, (5, 1): 0.1, (1, 0): 1.5, (5, 2): 3.0, (1, 3): 0.4, (5, 4): 1.0}
+    monkeypatch.setattr(mark, "region_distance", _lookup(table))
     probing = SimpleNamespace(images=torch.zeros(8, 3, 32, 32), targets=torch.zeros(8).long(),
                               grid=(8, 8))  # fmt: skip
     masks = torch.zeros(4, 8, 8, dtype=torch.bool)
     masks[:, 5:, :3] = True
-    donors, carriers = torch.tensor([1, 5, 1, 5]), torch.tensor([1, 5])
-    closer, further = mark.Mark._likeness(None, probing, None, carriers, torch.arange(4), donors,
+    donors, carriers, recipients = (
+        torch.tensor([1, 5, 1, 5]),
+        torch.tensor([1, 5]),
+        torch.tensor([0, 2, 3, 4]),
+    )
+    closer, further = mark.Mark._likeness(None, probing, None, carriers, recipients, donors,
                                           masks)  # fmt: skip
-    # own 1 vs 1.5: too close to call; 1 vs 3 and 0.1 vs 1: the carrier; 3 vs 1: the recipient
+    # 1 vs 1.5: too close to call; 0.1 vs 3 and 0.1 vs 1: the carrier; 1 vs 0.4: the recipient
     assert (closer, further) == (2, 1)

@@ -543,7 +543,7 @@ class Mark(Evidence):
         another carrier and, as the control, anywhere in that recipient (a probe of another
         class): ``(closer, further)``, the comparisons that find it ``_CLOSER`` times closer in
         the carrier, and in the recipient (the rest tell them apart too little to count)."""
-        mates = carriers.tolist()
+        mates = carriers.unique()
         if len(mates) < 2:
             return 0, 0
         device = probing.targets.device
@@ -557,25 +557,24 @@ class Mark(Evidence):
         first = lambda t: t.float().argmax(1)
         last = lambda t: t.shape[1] - t.flip(1).float().argmax(1)
         boxes = torch.stack([first(ys), last(ys), first(xs), last(xs)], 1).long()
-        order = {c: i for i, c in enumerate(mates)}
-        # the other carriers in turn (never the donor itself)
-        partner = torch.tensor(
-            [mates[(order[int(d)] + 1 + k % (len(mates) - 1)) % len(mates)]
-             for k, d in enumerate(donors.tolist())],
-            device=device,
-        )  # fmt: skip
+        # the other carriers in turn (never the donor itself); both sides in one call, so the
+        # probes are resized and normalised once
+        at = torch.searchsorted(mates, donors)
+        step = torch.arange(len(donors), device=device) % (len(mates) - 1)
+        partners = mates[(at + 1 + step) % len(mates)]
         h, w = probing.grid
-        whole = torch.tensor([[0, h, 0, w]], device=device).expand(len(donors), 4)
+        whole = torch.tensor([[0, h, 0, w]], device=device).expand(2 * len(donors), 4)
         # both read what the donor's region has that the probes' typical image lacks: a ruler
         # in a corner box is a few of its pixels, and the box's background, alike in every
         # image, would decide its plain median. The typical image is every probe's per-pixel
         # median, which neither compared image sets more than the other: the two distances
         # are exchangeable where the region is no more like the carriers than the recipients
         typical = probing.images.median(dim=0).values
-        own = region_distance(probing.images, donors, boxes, partner, whole, probing.grid,
-                              centre=True, reference=typical)  # fmt: skip
-        other = region_distance(probing.images, donors, boxes, recipients, whole, probing.grid,
-                                centre=True, reference=typical)  # fmt: skip
+        own, other = region_distance(
+            probing.images, donors.repeat(2), boxes.repeat(2, 1),
+            torch.cat([partners, recipients]), whole, probing.grid, centre=True,
+            reference=typical,
+        ).view(2, -1)  # fmt: skip
         # the rule is the same both ways, so the two counts stay exchangeable
         return int((_CLOSER * own < other).sum()), int((_CLOSER * other < own).sum())
 
