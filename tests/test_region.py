@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -156,6 +157,39 @@ def test_a_finding_is_raised_by_two_confirmations_in_a_row_and_dropped_by_two_mi
     # a one-off check (the audit) raises at once, and only what it confirmed
     once = ShortcutAlarm(kinds=["region"], confirmations=1)
     assert check(tag_model, tag, alarm=once).warns and not check(tag_model, clean, alarm=once).warns
+
+
+def test_a_window_raises_on_confirmations_among_the_last_checks_not_only_in_a_row() -> None:
+    """``window=3``: two confirmations among the last three tested checks raise (a partial
+    cue one check's probes miss between two that find it); the default, two in a row, does
+    not; an untested check does not enter the window; the window survives a resume."""
+    tag, clean = tagged(12, [(0, 0)] * 12), tagged(12, [(0, 0)] * 12)
+    clean[:, :, :CELL, :CELL] = 0.0
+    targets, nothing_right = tag_model(tag).argmax(1), torch.zeros(12).bool()
+    row = ShortcutAlarm(kinds=["region"], transplants=4)
+    window = ShortcutAlarm(kinds=["region"], transplants=4, window=3)
+    for alarm in (row, window):
+        assert check(tag_model, tag, alarm=alarm).suspects
+        assert not check(tag_model, clean, alarm=alarm).suspects
+        alarm.check(tag_model, softmax, tag, [torch.zeros(12, 4, 4)], targets, nothing_right,
+                    right=(nothing_right, 0.5))  # fmt: skip
+    assert window.recent == [True, False]  # the untested check is not in the window
+    resumed = ShortcutAlarm(kinds=["region"], transplants=4, window=3)
+    resumed.load_state_dict(window.state_dict())
+    assert resumed.recent == [True, False]
+    assert not check(tag_model, tag, alarm=row).warns
+    third = check(tag_model, tag, alarm=resumed)
+    assert third.warns and third.raised == third.suspects
+    # a miss holds it (one of three is not enough to raise, but two misses in a row drop it)
+    assert check(tag_model, clean, alarm=resumed).held
+    assert not check(tag_model, clean, alarm=resumed).warns and not resumed.standing
+    # state saved before the window: the streak is the row of confirmations
+    old = {k: v for k, v in resumed.state_dict().items() if k != "recent"}
+    old.update(streak=1, misses=0)
+    resumed.load_state_dict(old)
+    assert resumed.recent == [True]
+    with pytest.raises(ValueError, match="window must be at least confirmations"):
+        ShortcutAlarm(confirmations=3, window=2)
 
 
 def test_the_records_hold_each_probe_and_each_pair() -> None:

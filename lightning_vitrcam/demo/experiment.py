@@ -49,6 +49,9 @@ class EpochSignals:
     #: ["not learned"] where the alarm tested nothing because the predictions did not yet
     #: agree with the probes' labels enough
     held_back: list[str] | None = None
+    #: whether this check itself confirmed a finding (the warning also depends on the checks
+    #: before it): other release rules can be counted from these offline
+    confirmed: bool | None = None
     #: accuracy on the data module's swap split (cue-free images given another class's cue,
     #: labelled with that class: the share the cue moves), where it has one
     swap_acc: float | None = None
@@ -100,6 +103,7 @@ class _SignalRecorder(Callback):
                 alarm_tests=[asdict(t) for t in alarm.last_tests] if alarm else None,
                 alarm_searched=alarm.searched if alarm else None,
                 held_back=None if alarm is None else ([] if alarm.learned else ["not learned"]),
+                confirmed=None if alarm is None else bool(alarm.last_verdict.suspects),
                 swap_acc=None if swap is None else pl_module.evaluate_accuracy(swap()),
             )
         )

@@ -37,11 +37,11 @@ __all__ = ["DEFAULT_KINDS", "ShortcutAlarm", "Verdict"]
 class Verdict:
     """One check's result: the findings of every kind confirmed at this check (``suspects``,
     strongest first), the findings the alarm warns of (``raised``: this check's, once
-    ``confirmations`` checks in a row confirmed a finding; or, where this check confirmed
-    nothing but the alarm still stands, the last confirming check's: ``held``), each kind's
-    scalars (e.g. ``shortcut_mark``), logged under ``vitrcam/``, and the probes the raised
-    findings' examples index (``images``, ``masks``: the alarm's own probes of the check that
-    confirmed them, which the evidence picture is drawn on)."""
+    ``confirmations`` of the last ``window`` tested checks confirmed a finding; or, where this
+    check confirmed nothing but the alarm still stands, the last confirming check's:
+    ``held``), each kind's scalars (e.g. ``shortcut_mark``), logged under ``vitrcam/``, and the
+    probes the raised findings' examples index (``images``, ``masks``: the alarm's own probes
+    of the check that confirmed them, which the evidence picture is drawn on)."""
 
     suspects: list[Finding] = field(default_factory=list)
     scalars: dict[str, float] = field(default_factory=dict)
@@ -101,6 +101,11 @@ class ShortcutAlarm:
             once does not silence it). A check whose model has not learned tests nothing and
             counts neither way. 1 warns at each confirmation only (a one-off check such as
             ``audit`` does).
+        window: the tested checks, up to this one, among which ``confirmations`` must have
+            confirmed a finding for a confirming check to raise the alarm (``window ==
+            confirmations``: in a row; 3 with 2: a partial cue that one check's probes miss
+            between two that find it is warned about too). Stopping still takes
+            ``confirmations`` checks in a row that confirm nothing.
 
     Why these defaults, and what the alarm cannot see: ``docs/shortcut_alarm.md``.
 
@@ -109,7 +114,7 @@ class ShortcutAlarm:
         >>> alarm.rule.min_drop, alarm.state_dict()["region"]
         (0.6, {'places': [], 'checks': 0})
         >>> {k: v for k, v in alarm.state_dict().items() if k not in alarm.kinds}
-        {'streak': 0, 'misses': 0, 'standing': False}
+        {'streak': 0, 'misses': 0, 'standing': False, 'recent': []}
     """
 
     def __init__(
@@ -130,6 +135,7 @@ class ShortcutAlarm:
         per_class: int = 4,
         thorough: bool = False,
         confirmations: int = 2,
+        window: int = 2,
     ) -> None:
         self.rule = Rule(min_drop, min_share, min_hits)
         if max_box < 1:
@@ -152,6 +158,11 @@ class ShortcutAlarm:
                 f"confirmations must be at least 1 (1: warn at the first confirmation), got"
                 f" {confirmations}"
             )
+        if window < confirmations:
+            raise ValueError(
+                f"window must be at least confirmations ({confirmations}): the confirmations"
+                f" are counted among the last `window` tested checks, got {window}"
+            )
         names = list(DEFAULT_KINDS) if kinds is None else list(kinds)
         unknown = [k for k in names if k not in EVIDENCE]
         if unknown or not names:
@@ -172,12 +183,15 @@ class ShortcutAlarm:
         self.probes, self.per_class = probes, per_class
         self.thorough = thorough
         self.confirmations = confirmations
+        self.window = window
+        #: whether each of the last ``window`` tested checks confirmed a finding, oldest first
+        self.recent: list[bool] = []
         #: the checks in a row, up to the last one, that confirmed a finding
         self.streak = 0
         #: the checks in a row, up to the last one, that confirmed nothing
         self.misses = 0
-        #: whether the alarm warns: raised by ``confirmations`` confirmations in a row,
-        #: dropped by as many checks in a row that confirm nothing
+        #: whether the alarm warns: raised by ``confirmations`` confirmations among the last
+        #: ``window`` tested checks, dropped by as many checks in a row that confirm nothing
         self.standing = False
         # the last verdict that raised findings, kept only while the alarm stands: what it
         # repeats at a check that confirms nothing (its findings index its own probes)
@@ -276,14 +290,16 @@ class ShortcutAlarm:
         self, suspects: list[Finding], scalars: dict[str, float], images: torch.Tensor,
         masks: torch.Tensor | None,
     ) -> Verdict:  # fmt: skip
-        """Raised once ``confirmations`` checks in a row confirm a finding, dropped once as
-        many confirm nothing: each check's probes and pairs are fresh, so a chance
+        """Raised at a check that confirms a finding once ``confirmations`` of the last
+        ``window`` tested checks have (in a row by default), dropped once ``confirmations``
+        checks in a row confirm nothing: each check's probes and pairs are fresh, so a chance
         confirmation (or an object part a few probes show) rarely repeats, while a shortcut
         the model keeps using does; and a cue on part of a class that one check's probes
         happen to miss is not taken for a model that stopped using it."""
+        self.recent = [*self.recent, bool(suspects)][-self.window :]
         if suspects:
             self.streak, self.misses = self.streak + 1, 0
-            self.standing = self.standing or self.streak >= self.confirmations
+            self.standing = self.standing or sum(self.recent) >= self.confirmations
         else:
             self.streak, self.misses = 0, self.misses + 1
             self.standing = self.standing and self.misses < self.confirmations
@@ -313,7 +329,8 @@ class ShortcutAlarm:
         (``"misses"``), and whether the alarm stands (``"standing"``; its findings are not
         saved: a standing alarm resumed repeats nothing until a check confirms again)."""
         state: dict[str, Any] = {name: kind.state_dict() for name, kind in self.kinds.items()}
-        return {**state, "streak": self.streak, "misses": self.misses, "standing": self.standing}
+        return {**state, "streak": self.streak, "misses": self.misses, "standing": self.standing,
+                "recent": list(self.recent)}  # fmt: skip
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for name, kind in self.kinds.items():
@@ -322,4 +339,7 @@ class ShortcutAlarm:
         self.streak = int(state.get("streak", 0))
         self.misses = int(state.get("misses", 0))
         self.standing = bool(state.get("standing", False))
+        # saved before the window: the row of confirmations is what the streak counted
+        row = [True] * min(self.streak, self.window)
+        self.recent = [bool(r) for r in state.get("recent", row)][-self.window :]
         self._raised = None
