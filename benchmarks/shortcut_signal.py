@@ -83,12 +83,20 @@ CUE_DATA: dict[str, dict[str, Any]] = {
         classes=[1],
         task="binary",
     ),
+    # skin-lesion-like images, "irregular or not" (generated, added after every rule was
+    # chosen): Sun et al.'s protocol, the confounder on the irregular lesions only
+    "lesions": dict(
+        base="lesions",
+        cues=("text", "stripes", "band", "ruler", "none", "both", "unused"),
+        classes=[1],
+        task="binary",
+    ),
 }
 CUE_VIT = dict(img_size=48, patch_size=6, embed_dim=128, depth=4, num_heads=4)
 # the reliance rule of each data family: "cue_free" (validation accuracy >= 0.9 while
 # cue-free <= 0.5: the model needs the cue) or "flip" (validation at least half way from
 # chance, and the cue moves at least half of the images it is added to: Sun et al.'s rule)
-RELIANCE = {"sun": "flip", "textures": "flip", "photos": "flip", "scans": "flip"}
+RELIANCE = {"sun": "flip", "textures": "flip", "photos": "flip", "scans": "flip", "lesions": "flip"}
 # the kinds each data set has (shapes: every kind; small and colourful: clean data only)
 DATA_KINDS = {
     "shapes": KINDS,
@@ -386,8 +394,11 @@ def replay(
             model.load_state_dict(torch.load(f"{folder}/epoch{row['epoch']}.pt"))
             found = monitor.evaluate(step=row["epoch"], epoch=row["epoch"])
             learned = found.scalars.get("vitrcam/shortcut_learned", 1.0) > 0
+            # this check's own verdict, so that other release rules can be counted offline
+            confirmed = bool(monitor.alarm.last_verdict.suspects) if monitor.alarm else None
             row.update(warned=found.warning is not None, message=found.warning,
-                       held_back=[] if learned else ["not learned"])  # fmt: skip
+                       held_back=[] if learned else ["not learned"],
+                       confirmed=confirmed)  # fmt: skip
     return out
 
 

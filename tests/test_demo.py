@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lightning_vitrcam.demo import (
     CORNERS,
@@ -212,3 +213,31 @@ def test_photo_crops_real_sources_tone_names_no_class() -> None:
     dm = CueDataModule("scans", "text", p=1.0, classes=[1], num_train=8, num_val=8, num_free=8)
     assert dm.class_names == ("not a scan", "scan")
     assert bool((dm.swap_set.labels == 1).all())
+
+
+def test_lesions_are_ragged_and_blotched_more_often_when_irregular_skin_names_no_class() -> None:
+    from lightning_vitrcam.demo.cues import CueDataModule
+    from lightning_vitrcam.demo.lesions import LESION_NAMES, lesions
+
+    images, labels, masks = lesions(400, seed=3)
+    assert torch.equal(images, lesions(400, seed=3)[0])
+    assert not torch.equal(images, lesions(400, seed=4)[0])
+    assert images.shape == (400, 3, 48, 48) and labels.bincount().tolist() == [200, 200]
+    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    # the lesion is darker than the skin around it, in every image
+    grey = images.mean(1)
+    inside = (grey * masks).flatten(1).sum(1) / masks.flatten(1).sum(1)
+    outside = (grey * ~masks).flatten(1).sum(1) / (~masks).flatten(1).sum(1)
+    assert bool((inside < outside).all())
+    # a ragged border: more border pixels for the same area (the class's own evidence)
+    eroded = -F.max_pool2d(-masks.float()[:, None], 3, 1, 1)[:, 0] > 0.5
+    edge = masks & ~eroded
+    ragged = edge.flatten(1).sum(1) / masks.flatten(1).sum(1).sqrt()
+    assert float(ragged[labels == 1].mean()) > 1.1 * float(ragged[labels == 0].mean())
+    # ... but the classes overlap: neither border nor colour alone sorts them
+    assert float(ragged[labels == 1].min()) < float(ragged[labels == 0].max())
+    skin = (images * ~masks[:, None]).flatten(2).sum(2) / (~masks).flatten(1).sum(1)[:, None]
+    assert float((skin[labels == 1].mean(0) - skin[labels == 0].mean(0)).abs().max()) < 0.02
+    dm = CueDataModule("lesions", "ruler", p=1.0, classes=[1], num_train=8, num_val=8,
+                       num_free=8)  # fmt: skip
+    assert dm.class_names == LESION_NAMES == ("regular", "irregular")

@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_vitrcam.demo.glyphs import digit_pairs, digits
+from lightning_vitrcam.demo.lesions import LESION_NAMES, lesions
 from lightning_vitrcam.demo.photos import PHOTO_NAMES, photos, scans
 from lightning_vitrcam.demo.textures import TEXTURE_NAMES, textures
 
@@ -233,6 +234,8 @@ BASES: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
     # crops of real images (matplotlib's sample data), not generated
     "photos": (photos, PHOTO_NAMES),
     "scans": (scans, ("not a scan", "scan")),
+    # skin-lesion-like images, "irregular or not" (generated; no rule was chosen on them)
+    "lesions": (lesions, LESION_NAMES),
 }
 
 
