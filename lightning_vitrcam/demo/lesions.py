@@ -21,17 +21,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from lightning_vitrcam.demo.textures import _smooth
+
 __all__ = ["LESION_NAMES", "lesions"]
 
 LESION_NAMES: tuple[str, ...] = ("regular", "irregular")
-
-
-def _smooth(n: int, size: int, cells: int, g: torch.Generator) -> torch.Tensor:
-    """``[n, size, size]`` smooth noise in [-1, 1] from a ``cells`` x ``cells`` lattice."""
-    lattice = 2 * torch.rand(n, 1, cells, cells, generator=g) - 1
-    return F.interpolate(lattice, size=(size, size), mode="bicubic", align_corners=False)[
-        :, 0
-    ].clamp(-1, 1)
 
 
 def _outline(
@@ -91,8 +85,8 @@ def lesions(
     blotch = inner & shrink & blotched[:, None, None]
     skin = torch.tensor([0.72, 0.54, 0.46]) + 0.08 * (2 * torch.rand(n, 3, generator=g) - 1)
     brown = torch.tensor([0.36, 0.21, 0.13]) + 0.06 * (2 * torch.rand(n, 3, generator=g) - 1)
-    shade = 1 + 0.08 * _smooth(n, size, 4, g)
-    texture = 1 + 0.12 * _smooth(n, size, 12, g)
+    shade = 1 + 0.08 * _smooth(n, size, 4, g)[:, 0]
+    texture = 1 + 0.12 * _smooth(n, size, 12, g)[:, 0]
     images = skin[:, :, None, None] * shade[:, None]
     lesion = brown[:, :, None, None] * texture[:, None]
     lesion = torch.where(blotch[:, None], lesion * 0.55, lesion)
