@@ -42,7 +42,8 @@ without necessity, each paste against controls of the same shape:
    a candidate inside the image, or carried by few of its screened donors, must also be the
    *same thing* in the donors that carry it: the region, each pixel weighed by how much it
    differs from the probes' typical (per-pixel median) image, found in another carrier,
-   anywhere, twice as close as in the recipient more often than the other way round
+   anywhere, twice as close as in the recipient at most of the pastes that moved, and more
+   often than the other way round
    (:func:`~lightning_vitrcam.shortcut.likeness.region_distance`). The typical image is set
    by every probe alike and the rule is the same both ways, so the two counts are
    exchangeable where the region is no more like the carriers than the recipients.
@@ -506,8 +507,12 @@ class Mark(Evidence):
             alike, unlike = self._likeness(probing, cand, carriers, r[flips], d[flips], m[flips])
             told = alike + unlike
             closer = torch.arange(told) < alike
+            # a mark is found near-exactly where it is: twice as close in a carrier at most of
+            # the pastes that moved, not only more often than the other way round; what a
+            # class's objects share (a lesion's blotches) is found at much the same distance
+            # in both at most of them, and only the few told apart lean to the carriers
             confirmed = (
-                told > 0
+                2 * alike > int(flips.sum())
                 and margin(closer, ~closer) >= alarm.min_margin
                 and sign_test(closer, ~closer) <= alarm.max_p
             )
