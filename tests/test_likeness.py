@@ -122,3 +122,22 @@ def test_a_comparison_counts_only_where_one_image_is_twice_as_close(monkeypatch)
                                           masks)  # fmt: skip
     # 1 vs 1.5: too close to call; 0.1 vs 3 and 0.1 vs 1: the carrier; 1 vs 0.4: the recipient
     assert (closer, further) == (2, 1)
+
+
+def test_the_closest_median_is_the_smallest_weighted_median_over_every_placement() -> None:
+    from lightning_vitrcam.shortcut.likeness import _SHARE, _closest_median
+
+    g = torch.Generator().manual_seed(1)
+    gap = torch.rand(6, 50, 30, generator=g)
+    gap[:, :5] *= 0.2  # a few close placements, as where a mark is found
+    gap[:, 7, :4] = float("inf")  # placements partly off the window
+    gap[2, :, 3] = float("inf")  # a pixel outside the region (no weight)
+    weight = torch.rand(6, 30, generator=g)
+    weight[2, 3] = 0.0
+    weight[4] = 1.0  # the region read whole
+    # every placement sorted, as the definition says
+    ordered, order = gap.sort(dim=2)
+    cum = weight[:, None].expand_as(gap).gather(2, order).cumsum(2)
+    k = (cum < _SHARE * cum[..., -1:]).sum(2, keepdim=True).clamp_max(gap.shape[2] - 1)
+    expected = ordered.gather(2, k).flatten(1).amin(1)
+    assert torch.equal(_closest_median(gap, weight), expected)

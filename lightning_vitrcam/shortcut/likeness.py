@@ -35,6 +35,7 @@ import torch.nn.functional as F
 __all__ = ["carrier_likeness", "contrast_along", "region_distance"]
 
 _TOKEN_PIXELS = 4  # the most pixels a token side is compared at
+_CHUNK_VALUES = 1 << 24  # the most differences held at once (64 MB of float32)
 _SHARE = 0.5  # the share of a region's pixels the distance is read at: its median
 
 
@@ -109,6 +110,8 @@ def region_distance(
     win_r = int((grown[:, 1] - grown[:, 0]).max()) * th + side_r - 1
     win_c = int((grown[:, 3] - grown[:, 2]).max()) * tw + side_c - 1
     padded = F.pad(x, (0, win_c, 0, win_r), value=float("nan"))
+    per_pair = x.shape[1] * (win_r - side_r + 1) * (win_c - side_c + 1) * side_r * side_c
+    chunk = max(1, min(chunk, _CHUNK_VALUES // per_pair))
     out = []
     for s in range(0, len(a_rows), chunk):
         part = slice(s, s + chunk)
@@ -126,14 +129,31 @@ def region_distance(
         gap = (slid - patch[:, :, None, None]).abs().mean(dim=1)  # [p, Lr, Lc, sr, sc]
         gap = torch.nan_to_num(gap, nan=float("inf")).flatten(3)  # off the window: never close
         gap = torch.where(valid.flatten(1)[:, None, None], gap, torch.full_like(gap, float("inf")))
-        # the region's (weighted) median pixel: most of it must be found (a tag's code, which
-        # bits are lit, and not only its colours)
-        ordered, order = gap.sort(dim=3)
-        w = weight[:, None, None].expand_as(gap).gather(3, order).cumsum(3)
-        k = (w < _SHARE * w[..., -1:]).sum(3, keepdim=True).clamp_max(gap.shape[3] - 1)
-        closest = ordered.gather(3, k)
-        out.append(closest.flatten(1).amin(dim=1))
+        out.append(_closest_median(gap.flatten(1, 2), weight))
     return torch.cat(out)
+
+
+def _closest_median(gap: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``[p]``: the smallest, over the placements, of the region's weighted median difference
+    (``gap`` ``[p, L, S]``: each placement's difference at each of the region's pixels,
+    ``weight`` ``[p, S]``): the value at which the weight of the pixels that close reaches
+    ``_SHARE`` of the whole; most of the region must be found (a tag's code, which bits are
+    lit, and not only its colours). Exact, without sorting every placement: a placement's
+    median is at most its weighted mean over ``1 - _SHARE`` (Markov's inequality), so the
+    smallest of those bounds ``U`` bounds the answer, and only the placements with that share
+    of their weight within ``U`` can reach it (found exactly, a mark leaves a few)."""
+    w = weight[:, None]  # [p, 1, S]
+    total = weight.sum(1)  # [p]
+    need = _SHARE * total * (1 - 1e-5)  # the sums below are not added in the same order
+    spent = torch.where(w > 0, gap * w, torch.zeros_like(gap)).sum(2)  # [p, L]; inf off-window
+    bound = (spent / total[:, None]).amin(1) / (1 - _SHARE) * (1 + 1e-5)  # [p]
+    within = torch.where(gap <= bound[:, None, None], w, torch.zeros_like(gap)).sum(2)
+    keep = int((within >= need[:, None]).sum(1).max().clamp_min(1))
+    gap = gap.gather(1, within.topk(keep, dim=1).indices[:, :, None].expand(-1, -1, gap.shape[2]))
+    ordered, order = gap.sort(dim=2)
+    cum = weight[:, None].expand_as(gap).gather(2, order).cumsum(2)
+    k = (cum < _SHARE * cum[..., -1:]).sum(2, keepdim=True).clamp_max(gap.shape[2] - 1)
+    return ordered.gather(2, k).flatten(1).amin(dim=1)
 
 
 def carrier_likeness(
