@@ -145,13 +145,14 @@ def _closest_median(gap: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     w = weight[:, None]  # [p, 1, S]
     total = weight.sum(1)  # [p]
     need = _SHARE * total * (1 - 1e-5)  # the sums below are not added in the same order
-    spent = torch.where(w > 0, gap * w, torch.zeros_like(gap)).sum(2)  # [p, L]; inf off-window
+    # a pixel outside the region (no weight, infinitely far) adds nothing; off the window, inf
+    spent = (gap * w).nan_to_num(nan=0.0, posinf=float("inf")).sum(2)  # [p, L]
     bound = (spent / total[:, None]).amin(1) / (1 - _SHARE) * (1 + 1e-5)  # [p]
-    within = torch.where(gap <= bound[:, None, None], w, torch.zeros_like(gap)).sum(2)
+    within = ((gap <= bound[:, None, None]) * w).sum(2)
     keep = int((within >= need[:, None]).sum(1).max().clamp_min(1))
     gap = gap.gather(1, within.topk(keep, dim=1).indices[:, :, None].expand(-1, -1, gap.shape[2]))
     ordered, order = gap.sort(dim=2)
-    cum = weight[:, None].expand_as(gap).gather(2, order).cumsum(2)
+    cum = w.expand_as(gap).gather(2, order).cumsum(2)
     k = (cum < _SHARE * cum[..., -1:]).sum(2, keepdim=True).clamp_max(gap.shape[2] - 1)
     return ordered.gather(2, k).flatten(1).amin(dim=1)
 
