@@ -40,12 +40,10 @@ without necessity, each paste against controls of the same shape:
    the check, from at least ``min_hits`` donors (the controls are run only where the pastes
    alone move enough recipients to pass: no control can raise the margin or lower the p);
    a candidate inside the image, or carried by few of its screened donors, must also be the
-   *same thing* in the donors that carry it (few carriers: unless the donors screened that
-   carried nothing, pasted into the same recipients, move less than ``min_margin`` fewer of
-   them; then every donor has the mark, and which recipients it moves decided the count):
-   the region, each pixel weighed by how much it differs from the probes' typical
-   (per-pixel median) image, found in another carrier, anywhere, twice as close as in the
-   recipient at most of the pastes that moved, and more often than the other way round
+   *same thing* in the donors that carry it: the region, each pixel weighed by how much it
+   differs from the probes' typical (per-pixel median) image, found in another carrier,
+   anywhere, twice as close as in the recipient at most of the pastes that moved, and more
+   often than the other way round
    (:func:`~lightning_vitrcam.shortcut.likeness.region_distance`). The typical image is set
    by every probe alike and the rule is the same both ways, so the two counts are
    exchangeable where the region is no more like the carriers than the recipients.
@@ -153,9 +151,7 @@ class Candidate:
     """Regions of one class's probes to paste: ``masks[i]`` of donor ``donors[i]`` (all the
     same for a fixed shape), named ``name``; ``anchored``: on the edge or spanning (no
     own-class control); ``few``: carried by half of the donors screened or fewer (it must
-    look the same in its carriers, as a candidate inside the image must, unless the donors
-    screened that carried nothing, ``rest`` (their donors and masks), move its recipients as
-    often)."""
+    look the same in its carriers, as a candidate inside the image must)."""
 
     group: int
     name: str
@@ -163,7 +159,6 @@ class Candidate:
     masks: torch.Tensor
     anchored: bool
     few: bool = False
-    rest: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def key(self) -> tuple[int, str]:
@@ -385,8 +380,7 @@ class Mark(Evidence):
                 # on half of the screened donors or fewer, it may be what some of a class's
                 # objects have (the bar of a 7, read as "7" when it completes a 1) or a mark
                 # on part of the class: a mark looks the same in every carrier, object parts
-                # do not (the comparison of looks decides, as for a mark inside the image),
-                # unless the donors that carried nothing move the same recipients as often
+                # do not (the comparison of looks decides, as for a mark inside the image)
                 carrying.append(dataclasses.replace(carriers, few=2 * count <= screened))
         findings: list[MarkFinding] = []
         tests: list[PairTest] = []
@@ -432,14 +426,7 @@ class Mark(Evidence):
                 carried = torch.cat([carried, second[0][second[2]]])
                 pastes += len(second[2])
         keep = carried.sort().values
-        tried = index.unique()
-        rest = tried[~torch.isin(tried, keep)]
-        carriers = dataclasses.replace(
-            cand,
-            donors=cand.donors[keep],
-            masks=cand.masks[keep],
-            rest=(cand.donors[rest], cand.masks[rest]),
-        )
+        carriers = dataclasses.replace(cand, donors=cand.donors[keep], masks=cand.masks[keep])
         return carriers, pastes, int(cand.donors[index].unique().numel())
 
     def _paste_once(
@@ -516,11 +503,7 @@ class Mark(Evidence):
         p = max(sign_test(flips, c) for c in controls)
         confirmed = moved_more >= alarm.min_margin and p <= alpha
         alike = unlike = 0
-        few = cand.few
-        if confirmed and cand.anchored and few:
-            few, pasted = self._carriers_differ(probing, cand, r, flips)
-            run += pasted
-        if confirmed and (not cand.anchored or few):
+        if confirmed and (not cand.anchored or cand.few):
             alike, unlike = self._likeness(probing, cand, carriers, r[flips], d[flips], m[flips])
             told = alike + unlike
             closer = torch.arange(told) < alike
@@ -556,25 +539,6 @@ class Mark(Evidence):
             examples=_examples(probing, pairs, moved, score, top, moved_mask),
         )
         return finding, tests, run
-
-    def _carriers_differ(
-        self, probing: Probing, cand: Candidate, recipients: torch.Tensor, flips: torch.Tensor
-    ) -> tuple[bool, int]:
-        """Whether carrying is the carriers' own: the donors screened that carried nothing,
-        each with its own region of the candidate, pasted in turn into the confirmation's
-        recipients, must move at least ``min_margin`` fewer of them than the carriers did
-        (the same recipients, so the margin is paired). A mark on part of the class, or what
-        some of a class's objects have, moves them from its carriers only; a mark on every
-        donor that the model reads only where a recipient's own evidence is weak moves the
-        same recipients from any donor, and the screening's few carriers were its
-        recipients' doing. Returns ``(differ, pastes run)``."""
-        if cand.rest is None or not len(cand.rest[0]):
-            return True, 0
-        donors, masks = cand.rest
-        turn = torch.arange(len(recipients), device=recipients.device) % len(donors)
-        pasted = paste_regions(probing.images, recipients, donors[turn], masks[turn])
-        moved = self._moved(probing, pasted, cand.group, 1)[0][:, 0]
-        return margin(flips, moved) >= self.alarm.min_margin, len(moved)
 
     def _likeness(
         self, probing: Probing, cand: Candidate, carriers: torch.Tensor,
