@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -167,6 +168,46 @@ def test_lines_over_most_of_the_image_are_no_mark(monkeypatch) -> None:
     verdict = check(nearest_base, images)
     sizes = [None if c is None else c.masks.sum((1, 2)).tolist() for c in seen]
     assert seen and all(c is None for c in seen), sizes
+    assert not [f for f in marks(verdict) if f.candidate == "lines no other class has"]
+
+
+def test_a_column_of_the_object_that_every_probe_of_its_class_carries_is_no_line_mark() -> None:
+    """The object of every probe is a column at one place (a lesion's column): grey on the
+    negatives, bright on the positives, over its whole height on half of them (lines no
+    other class has) and over its upper half on the rest (like the negatives below: no line
+    unlike them along its whole length); the model reads the column's brightness. A stripe
+    sits at a new place in each image; an object's part carries its class from any probe of
+    the class, and the own-class control (a positive without such a line in the shape) moves
+    the recipients as the paste does."""
+    g = torch.Generator().manual_seed(0)
+    n = 32
+    labels = torch.arange(n) % 2
+    images = 0.05 * torch.rand(n, 3, 48, 48, generator=g)
+    images[:, :, :, 18:24] += (0.3 + 0.2 * torch.rand(n, generator=g))[:, None, None, None]
+    images[1::2, :, :24, 18:24] = 1.0  # every positive: bright above
+    images[1::4, :, 24:, 18:24] = 1.0  # half of them: bright all the way down
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return two_classes(x[:, :, :, 18:24].mean(dim=(1, 2, 3)) - 0.55)
+
+    assert bool((model(images).argmax(1) == labels).all())
+    # the bright columns, pasted into the negatives, carry the class into every one of them
+    pasted = images.clone()
+    pasted[0::2, :, :, 18:24] = images[1::4, :, :, 18:24].repeat(2, 1, 1, 1)
+    assert bool(model(pasted[0::2]).argmax(1).all())
+    seen = []
+    line = Mark._line
+
+    def spy(self, *args):
+        out = line(self, *args)
+        seen.append(out)
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Mark, "_line", spy)
+        verdict = check(model, images)
+    found = [c for c in seen if c is not None and c.group == 1]
+    assert found and {int(d) % 4 for d in found[0].donors} == {1}  # the bright ones
     assert not [f for f in marks(verdict) if f.candidate == "lines no other class has"]
 
 

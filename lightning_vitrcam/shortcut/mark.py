@@ -34,7 +34,11 @@ without necessity, each paste against controls of the same shape:
    donor's *own pixels from elsewhere brought* to the shape (where any of the donor's
    content carries its class there, as a texture's does, the place is read and not a mark on
    it) and, for a candidate inside the image (not on an edge, not spanning it), *another
-   probe of the donor's class*'s pixels there. Confirmed when the pastes move at least
+   probe of the donor's class*'s pixels there; for the lines no other class has, another
+   probe of the donor's class without such a line of its own in the shape (a stripe sits at
+   a new place in each image, so that probe's pixels there carry nothing; an object's part
+   that names its class at that place, a lesion's column, carries it from there too).
+   Confirmed when the pastes move at least
    ``min_margin`` more recipients than each control (of the pairs the two tell apart), at an
    exact sign test p <= ``max_p`` divided by the number of candidates confirmed-tested in
    the check, from at least ``min_hits`` donors (the controls are run only where the pastes
@@ -151,7 +155,9 @@ class Candidate:
     """Regions of one class's probes to paste: ``masks[i]`` of donor ``donors[i]`` (all the
     same for a fixed shape), named ``name``; ``anchored``: on the edge or spanning (no
     own-class control); ``few``: carried by half of the donors screened or fewer (it must
-    look the same in its carriers, as a candidate inside the image must)."""
+    look the same in its carriers, as a candidate inside the image must); ``lined``
+    (``[N, h, w]``, every probe's tokens on its own lines unlike the other class): where
+    given, the own-class control is a probe of the class with none of them in the shape."""
 
     group: int
     name: str
@@ -159,6 +165,7 @@ class Candidate:
     masks: torch.Tensor
     anchored: bool
     few: bool = False
+    lined: torch.Tensor | None = None
 
     @property
     def key(self) -> tuple[int, str]:
@@ -172,8 +179,8 @@ class MarkFinding(Finding):
     on the ``grid``) moved ``flips`` to the class; the same shape from elsewhere in the donor
     ``control_flips``, another class's pixels there ``class_flips``, the shape left blank
     (the probes' mean colour) ``blank_flips``, the donor's own pixels from that other place
-    brought to the shape ``brought_flips`` and, for a mark inside the image, another probe
-    of the class's pixels there ``own_flips``; ``carriers``
+    brought to the shape ``brought_flips`` and, for a mark inside the image or a line,
+    another probe of the class's pixels there ``own_flips``; ``carriers``
     distinct donors moved a recipient."""
 
     kind: str = "mark"
@@ -297,11 +304,18 @@ class Mark(Evidence):
         others = (~probing.cache.predicts(probing.scores)[:, group]).nonzero().flatten()
         if not len(others) or not len(rows):
             return None
-        contrast, spread = contrast_along(probing.images, rows, others, lines, probing.grid)
+        everyone = torch.arange(len(probing.images), device=rows.device)
+        contrast, spread = contrast_along(probing.images, everyone, others, lines, probing.grid)
         # a donor's line twice as far from every other probe as they are from each other:
         # where they differ by pixel noise alone, one of 17 probes is the most isolated
         # by chance on one of 16 lines in most checks; a stripe is thousands of times further
-        excess = contrast / spread.clamp_min(1e-12)
+        excess_all = contrast / spread.clamp_min(1e-12)
+        # the own-class control of a line: a probe of the class without such a line in the
+        # shape (a stripe sits at a new place in each image, so another probe's pixels there
+        # carry nothing; an object's part that names its class at that place, a lesion's
+        # column, carries its class from any probe of the class, and moves it too)
+        lined = ((excess_all > _APART)[:, :, None, None] & lines[None]).any(1)
+        excess = excess_all[rows]
         best, which = excess.max(1)
         # stripes run the same way: the lines parallel to the donor's most unlike one
         h, w = probing.grid
@@ -317,7 +331,9 @@ class Mark(Evidence):
             return None
         order = best[keep].argsort(descending=True)
         masks = (unlike[keep][:, :, None, None] & lines[None]).any(1)[order]
-        return Candidate(group, "lines no other class has", rows[keep][order], masks, True)
+        return Candidate(
+            group, "lines no other class has", rows[keep][order], masks, True, lined=lined
+        )
 
     # ------------------------------------------------------------------ pairs
     def _pairs(
@@ -330,9 +346,16 @@ class Mark(Evidence):
         targets = probing.targets.tolist()
         others = interleaved((~picked[:, cand.group]).nonzero().flatten().tolist(), targets)
         recipients = [r for r in others if targets[r] in into] or others
-        same = picked[:, cand.group].nonzero().flatten().tolist()
+        same_t = picked[:, cand.group].nonzero().flatten()
+        same = same_t.tolist()
         rows: list[tuple[int, int, int, int, int]] = []
         donors = cand.donors.tolist()
+        # [donors, same]: a probe of the class with a line of its own in the donor's shape
+        busy = (
+            (cand.lined[same_t][None] & cand.masks[:, None]).flatten(2).any(2).tolist()
+            if cand.lined is not None
+            else [[False] * len(same)] * len(donors)
+        )
         for i, d in enumerate(donors):
             for k in range(per):
                 if not recipients:
@@ -341,7 +364,7 @@ class Mark(Evidence):
                 thirds = [e for e in others if e != r and targets[e] != targets[r]] or [
                     e for e in others if e != r
                 ]
-                mates = [q for q in same if q != d]
+                mates = [q for q, b in zip(same, busy[i], strict=True) if q != d and not b]
                 e = thirds[(i + k + offset) % len(thirds)] if thirds else -1
                 q = mates[(i + k + offset) % len(mates)] if mates else -1
                 rows.append((i, d, r, e, q))
@@ -468,7 +491,7 @@ class Mark(Evidence):
             and len(carriers) >= rule.min_hits
         )
         moved_mask = elsewhere(m)
-        own = not cand.anchored and bool((q >= 0).all())
+        own = (not cand.anchored or cand.lined is not None) and bool((q >= 0).all())
         if could:
             # the blank paste: the region filled with the probes' mean colour, so that a paste
             # that only removes what the recipient had there (its own mark) does not count
