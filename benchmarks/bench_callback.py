@@ -27,7 +27,7 @@ nothing is confirmed, so every kind runs), against one plain forward of 16 image
 
     python benchmarks/bench_callback.py                  # the demo, 3 epochs of 47 steps
     python benchmarks/bench_callback.py --steps 300      # longer epochs
-    python benchmarks/bench_callback.py --repeats 3      # 3 alternated pairs, and the medians
+    python benchmarks/bench_callback.py --repeats 4      # 4 pairs, order flipped each time; medians
     python benchmarks/bench_callback.py --vit-b          # one evaluation on ViT-B/16
     python benchmarks/bench_callback.py --set log_images=false   # other than the defaults
     python benchmarks/bench_callback.py --clean          # the clean demo's data
@@ -194,17 +194,24 @@ def overhead(args: argparse.Namespace) -> None:
         return _Fit(fit, cpu, writer.seconds, clock)
 
     pairs: list[tuple[_Fit, _Fit, TimedCallback]] = []
-    for _ in range(args.repeats):  # alternated, so that a drift of the machine hits both
-        without = run(None)
+    for i in range(args.repeats):
+        # The order flips from pair to pair: on this project's CPU the second fit of a pair
+        # ran slower whichever it was, which a fixed order books to the callback.
         callback = TimedCallback(**args.callback_kwargs)
-        pairs.append((without, run(callback), callback))
+        if i % 2 == 0:
+            without = run(None)
+            pairs.append((without, run(callback), callback))
+        else:
+            fit = run(callback)
+            pairs.append((run(None), fit, callback))
     print(f"torch threads: {torch.get_num_threads()}")
     print(
         f"{args.epochs} epochs x {args.steps} steps, batch {args.batch_size}, {args.val} val,"
         f" {'clean data (configs/clean_demo.yaml)' if args.clean else 'the shortcut demo'}"
     )
-    for base, fit, callback in pairs:
+    for i, (base, fit, callback) in enumerate(pairs):
         seconds, evals = callback.seconds, getattr(callback, "evaluations", [])
+        print(f"pair {i + 1}: {'without, then with' if i % 2 == 0 else 'with, then without'}")
         print(f"fit without callback: {base.seconds:8.2f} s")
         print(f"fit with callback:    {fit.seconds:8.2f} s  ({len(evals)} evaluations)")
         print(f"time inside callback: {seconds:8.2f} s (per epoch-end evaluation: "
@@ -324,7 +331,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--val", type=int, default=500, help="validation images")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--repeats", type=int, default=1, help="pairs of fits, alternated")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="pairs of fits; the order within a pair flips from pair to pair",
+    )
     parser.add_argument("--vit-b", action="store_true", help="one evaluation on ViT-B/16")
     parser.add_argument(
         "--clean",
