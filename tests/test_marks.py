@@ -67,6 +67,22 @@ def check(model, images: torch.Tensor, maps: torch.Tensor | None = None):
     return alarm.check(model, lambda z: z.softmax(-1), images, [maps], targets, informative)
 
 
+def check_seeing_lines(model, images: torch.Tensor) -> tuple:
+    """``check`` that also returns every candidate of "lines no other class has" built (or
+    None where a class had none)."""
+    seen = []
+    line = Mark._line
+
+    def spy(self, *args):
+        out = line(self, *args)
+        seen.append(out)
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Mark, "_line", spy)
+        return check(model, images), seen
+
+
 def marks(verdict) -> list:
     return [f for f in verdict.suspects if f.kind == "mark"]
 
@@ -142,7 +158,7 @@ def test_a_pair_of_stripes_that_carries_the_class_only_together_is_found() -> No
     assert len(finding.region) == GRID[0] * len(columns) and len(columns) >= 2, finding.region
 
 
-def test_lines_over_most_of_the_image_are_no_mark(monkeypatch) -> None:
+def test_lines_over_most_of_the_image_are_no_mark() -> None:
     """Where the other class's probes are near-copies of each other, nothing spreads and every
     line of a donor passes the gate: lines over more than half the image point at no mark and
     are not pasted (a paste of most of an image carries its class whatever it shows)."""
@@ -156,16 +172,7 @@ def test_lines_over_most_of_the_image_are_no_mark(monkeypatch) -> None:
         return two_classes(d[:, 0::2].amin(1) - d[:, 1::2].amin(1))
 
     assert bool((nearest_base(images).argmax(1) == labels).all())
-    seen = []
-    line = Mark._line
-
-    def spy(self, *args):
-        out = line(self, *args)
-        seen.append(out)
-        return out
-
-    monkeypatch.setattr(Mark, "_line", spy)
-    verdict = check(nearest_base, images)
+    verdict, seen = check_seeing_lines(nearest_base, images)
     sizes = [None if c is None else c.masks.sum((1, 2)).tolist() for c in seen]
     assert seen and all(c is None for c in seen), sizes
     assert not [f for f in marks(verdict) if f.candidate == "lines no other class has"]
@@ -195,17 +202,7 @@ def test_a_column_of_the_object_that_every_probe_of_its_class_carries_is_no_line
     pasted = images.clone()
     pasted[0::2, :, :, 18:24] = images[1::4, :, :, 18:24].repeat(2, 1, 1, 1)
     assert bool(model(pasted[0::2]).argmax(1).all())
-    seen = []
-    line = Mark._line
-
-    def spy(self, *args):
-        out = line(self, *args)
-        seen.append(out)
-        return out
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Mark, "_line", spy)
-        verdict = check(model, images)
+    verdict, seen = check_seeing_lines(model, images)
     found = [c for c in seen if c is not None and c.group == 1]
     assert found and {int(d) % 4 for d in found[0].donors} == {1}  # the bright ones
     assert not [f for f in marks(verdict) if f.candidate == "lines no other class has"]
