@@ -4,10 +4,12 @@ training on a positives-only confounder that must warn."""
 
 from __future__ import annotations
 
+import random
 import warnings
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -99,6 +101,19 @@ def test_a_band_along_the_bottom_edge_is_named() -> None:
     (finding, *_) = marks(check(band_model, probes("band")[0]))
     assert finding.group == 1 and finding.shape == "a band along the bottom edge"
     assert finding.flips > finding.pairs * 0.9 and "band along the bottom edge" in finding.summary()
+
+
+def test_the_mark_evidence_leaves_every_random_generator_alone() -> None:
+    """The pastes, their controls and the comparison of looks run between training steps: a
+    draw from a global generator there would change the training that follows."""
+    images, _ = _strip_on_half()
+    # the legacy global generators are the ones a training's data pipeline may draw from
+    before = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()  # noqa: NPY002
+    (finding, *_) = marks(check(_strip_or_big, images))
+    assert finding.alike > 0  # the pastes, their controls and the comparison of looks ran
+    after = torch.get_rng_state(), np.random.get_state()[1], random.getstate()  # noqa: NPY002
+    assert torch.equal(before[0], after[0])
+    assert (before[1] == after[1]).all() and before[2] == after[2]
 
 
 def test_a_line_of_text_near_a_corner_is_found_where_no_small_region_is_necessary() -> None:
@@ -250,18 +265,26 @@ def test_a_cue_only_the_positives_carry_redundant_with_the_object_is_found() -> 
     assert finding.group == 1 and "bottom" in finding.shape
 
 
-def test_a_mark_on_half_of_a_class_is_found() -> None:
-    """A ruler-like strip along the left edge on half of the positives (p = 0.5), beside
-    their object: it carries the class from half of the donors screened (no whole line of
-    tokens holds it), and it looks the same in each of them."""
+def _strip_on_half() -> tuple[torch.Tensor, torch.Tensor]:
+    """Squares with a ruler-like strip along the left edge on half of the positives (p =
+    0.5), and their labels."""
     images, labels = _squares(5)
     carriers = torch.arange(len(images)) % 4 == 1
     images[carriers, :, 6:42, 0:5] = 0.95
     images[carriers, :, 6:42:4, 1:4] = 0.1  # the ticks
+    return images, labels
 
-    def model(x: torch.Tensor) -> torch.Tensor:
-        return _big_or(x, (x[:, :, :, :6].amax(dim=1) > 0.9).float().mean(dim=(1, 2)) > 0.4)
 
+def _strip_or_big(x: torch.Tensor) -> torch.Tensor:
+    return _big_or(x, (x[:, :, :, :6].amax(dim=1) > 0.9).float().mean(dim=(1, 2)) > 0.4)
+
+
+def test_a_mark_on_half_of_a_class_is_found() -> None:
+    """A ruler-like strip along the left edge on half of the positives (p = 0.5), beside
+    their object: it carries the class from half of the donors screened (no whole line of
+    tokens holds it), and it looks the same in each of them."""
+    images, labels = _strip_on_half()
+    model = _strip_or_big
     assert bool((model(images).argmax(1) == labels).all())
     (finding, *_) = marks(check(model, images))
     assert finding.group == 1 and finding.shape == "a band along the left edge"
