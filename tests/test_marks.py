@@ -104,8 +104,9 @@ def test_a_band_along_the_bottom_edge_is_named() -> None:
 
 
 def test_the_mark_evidence_leaves_every_random_generator_alone() -> None:
-    """The pastes, their controls and the comparison of looks run between training steps: a
-    draw from a global generator there would change the training that follows."""
+    """``ShortcutAlarm.check`` is public and may run outside the callback's isolated
+    generators (``isolate_rng``): its pastes, controls and comparison of looks draw from no
+    global generator, which would change a training that follows."""
     images, _ = _strip_on_half()
     # the legacy global generators are the ones a training's data pipeline may draw from
     before = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()  # noqa: NPY002
