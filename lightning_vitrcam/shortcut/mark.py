@@ -314,7 +314,7 @@ class Mark(Evidence):
         # shape (a stripe sits at a new place in each image, so another probe's pixels there
         # carry nothing; an object's part that names its class at that place, a lesion's
         # column, carries its class from any probe of the class, and moves it too)
-        lined = ((excess_all > _APART)[:, :, None, None] & lines[None]).any(1)
+        lined = _on_lines(excess_all > _APART, lines)
         excess = excess_all[rows]
         best, which = excess.max(1)
         # stripes run the same way: the lines parallel to the donor's most unlike one
@@ -330,7 +330,7 @@ class Mark(Evidence):
         if not bool(keep.any()):
             return None
         order = best[keep].argsort(descending=True)
-        masks = (unlike[keep][:, :, None, None] & lines[None]).any(1)[order]
+        masks = _on_lines(unlike[keep], lines)[order]
         return Candidate(
             group, "lines no other class has", rows[keep][order], masks, True, lined=lined
         )
@@ -357,6 +357,7 @@ class Mark(Evidence):
             else [[False] * len(same)] * len(donors)
         )
         for i, d in enumerate(donors):
+            mates = [q for q, b in zip(same, busy[i], strict=True) if q != d and not b]
             for k in range(per):
                 if not recipients:
                     break
@@ -364,7 +365,6 @@ class Mark(Evidence):
                 thirds = [e for e in others if e != r and targets[e] != targets[r]] or [
                     e for e in others if e != r
                 ]
-                mates = [q for q, b in zip(same, busy[i], strict=True) if q != d and not b]
                 e = thirds[(i + k + offset) % len(thirds)] if thirds else -1
                 q = mates[(i + k + offset) % len(mates)] if mates else -1
                 rows.append((i, d, r, e, q))
@@ -649,6 +649,12 @@ def interleaved(rows: list[int], classes: Sequence[int]) -> list[int]:
         keyed.append((rank.get(c, 0), order[c], r))
         rank[c] = rank.get(c, 0) + 1
     return [r for *_, r in sorted(keyed)]
+
+
+def _on_lines(chosen: torch.Tensor, lines: torch.Tensor) -> torch.Tensor:
+    """``[B, h, w]``: the tokens of each row's chosen lines (``chosen`` ``[B, L]`` of the
+    token lines ``lines`` ``[L, h, w]``), together."""
+    return (chosen[:, :, None, None] & lines[None]).any(1)
 
 
 def _typical(masks: torch.Tensor) -> torch.Tensor:
