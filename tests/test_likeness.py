@@ -74,7 +74,7 @@ def test_each_carrier_is_compared_with_the_others_never_itself(monkeypatch) -> N
     masks = torch.zeros(len(donors), 8, 8, dtype=torch.bool)
     masks[:, 5:, :3] = True
     carriers = torch.tensor([1, 5, 9])
-    mark.Mark._likeness(None, probing, None, carriers, recipients, donors, masks)
+    mark.Mark._likeness(None, probing, False, carriers, recipients, donors, masks)
     assert len(seen) == 1
     rows, looked_in = seen[0]
     assert rows == donors.tolist() * 2
@@ -118,7 +118,7 @@ def test_a_comparison_counts_only_where_one_image_is_twice_as_close(monkeypatch)
         torch.tensor([1, 5]),
         torch.tensor([0, 2, 3, 4]),
     )
-    closer, further = mark.Mark._likeness(None, probing, None, carriers, recipients, donors,
+    closer, further = mark.Mark._likeness(None, probing, False, carriers, recipients, donors,
                                           masks)  # fmt: skip
     # 1 vs 1.5: too close to call; 0.1 vs 3 and 0.1 vs 1: the carrier; 1 vs 0.4: the recipient
     assert (closer, further) == (2, 1)
@@ -141,3 +141,44 @@ def test_the_closest_median_is_the_smallest_weighted_median_over_every_placement
     k = (cum < _SHARE * cum[..., -1:]).sum(2, keepdim=True).clamp_max(gap.shape[2] - 1)
     expected = ordered.gather(2, k).flatten(1).amin(1)
     assert torch.equal(_closest_median(gap, weight), expected)
+
+
+def _ruler(length: int) -> torch.Tensor:
+    """A graduated bar: 2 pixels thick, a 2-pixel tick every 4 pixels (along the rows)."""
+    bar = torch.zeros(4, length, dtype=torch.bool)
+    bar[2:] = True
+    bar[:2, ::4] = True
+    return bar
+
+
+def test_a_strip_along_another_edge_is_found_alike_in_every_orientation() -> None:
+    """The runs along an edge are compared in every orientation of the other image, the
+    recipient's as the carrier's: a ruler along the left edge of one image is the ruler along
+    the top edge of another, turned; a recipient without it gains nothing by being turned."""
+    from types import SimpleNamespace
+
+    from lightning_vitrcam.shortcut import mark
+
+    g = torch.Generator().manual_seed(4)
+    x = 0.3 * torch.rand(8, 1, 48, 48, generator=g)
+    bar = _ruler(25)
+    # carriers 0-3: the ruler along the top, left, bottom and right edges
+    x[0, :, 1:5, 8:33] = torch.where(bar, 0.9, x[0, :, 1:5, 8:33])
+    x[1, :, 10:35, 1:5] = torch.where(bar.T, 0.9, x[1, :, 10:35, 1:5])
+    x[2, :, 43:47, 14:39] = torch.where(bar.flip(0), 0.9, x[2, :, 43:47, 14:39])
+    x[3, :, 5:30, 43:47] = torch.where(bar.T.flip(1), 0.9, x[3, :, 5:30, 43:47])
+    x[4:, :, 20:28, 10:14] = 0.9  # the recipients' own bright objects
+    masks = torch.zeros(8, 8, 8, dtype=torch.bool)
+    masks[0, 0, 1:6] = masks[1, 2:6, 0] = masks[2, 7, 2:7] = masks[3, 1:5, 7] = True
+    masks[4:] = masks[:4]
+    donors = torch.tensor([0, 1, 2, 3] * 2)
+    recipients = torch.tensor([4, 5, 6, 7] * 2)
+    probing = SimpleNamespace(images=x, targets=torch.zeros(8).long(), grid=(8, 8))
+    counts = {
+        turned: mark.Mark._likeness(
+            None, probing, turned, donors.unique(), recipients, donors, masks
+        )
+        for turned in (False, True)
+    }
+    assert counts[True][0] > len(donors) / 2 and counts[True][1] == 0
+    assert counts[False][0] <= len(donors) / 2

@@ -224,6 +224,77 @@ def test_a_column_of_the_object_that_every_probe_of_its_class_carries_is_no_line
     assert not [f for f in marks(verdict) if f.candidate == "lines no other class has"]
 
 
+RUNS = "runs along an edge no other class has"
+
+
+def ruler_model(x: torch.Tensor) -> torch.Tensor:
+    # the ruler's yellow (red and green high, blue low) anywhere within 8 pixels of an edge
+    yellow = ((x[:, 0] > 0.8) & (x[:, 1] > 0.75) & (x[:, 2] < 0.6)).float()
+    frame = torch.ones_like(yellow[0])
+    frame[8:-8, 8:-8] = 0
+    return two_classes((yellow * frame).sum(dim=(1, 2)) - 20)
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_a_ruler_at_any_place_along_any_edge_is_found_as_runs_along_an_edge(p: float) -> None:
+    """A graduated bar 24-32 pixels long (4-5 of 8 tokens) at a random place along a random
+    edge, on every positive or on half of them, read wherever it is, flat maps: no fixed
+    shape holds it in most donors and no whole line holds it at all; each donor's runs of
+    tokens along its ruler's edge that no negative has anything like do."""
+    images, _ = probes("ruler", p=p)
+    seen = []
+    segment = Mark._segment
+
+    def spy(self, *args):
+        out = segment(self, *args)
+        seen.append(out)
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Mark, "_segment", spy)
+        verdict = check(ruler_model, images)
+    found = [f for f in marks(verdict) if f.candidate == RUNS]
+    assert found and found[0].group == 1, [(f.candidate, f.shape) for f in marks(verdict)]
+    assert found[0].shape == "a strip along an edge, at another place in each image"
+    (runs,) = [c for c in seen if c is not None and c.group == 1]
+    # each donor's runs lie on the outermost token line of one edge, 3 to 7 tokens long
+    outer = torch.ones(GRID, dtype=torch.bool)
+    outer[1:-1, 1:-1] = False
+    assert bool((runs.masks & ~outer).flatten(1).any(1).logical_not().all())
+    assert set(runs.masks.sum((1, 2)).tolist()) <= set(range(3, 8)), runs.masks.sum((1, 2))
+    # and every positive's ruler is among them (the model predicts exactly those)
+    predicted = ruler_model(images).argmax(1).nonzero().flatten()
+    assert set(runs.donors.tolist()) >= set(predicted.tolist())
+
+
+def test_a_run_every_probe_of_its_class_has_is_left_to_the_fixed_shapes() -> None:
+    """Every positive has the same bright strip along the top edge (tokens 1-6 of 8): no
+    positive lacks such a run to control with, so the runs are not tested (on real images
+    that is the class's own content, the dark edge of a scan); the strip, at one place in
+    every image, is found by the top band."""
+    images, labels = probes("none")
+    images[labels == 1, :, 1:4, 8:40] = 0.95
+
+    def strip_model(x: torch.Tensor) -> torch.Tensor:
+        return two_classes((x[:, :, 1:4, 8:40].amin(dim=1) > 0.9).float().mean(dim=(1, 2)) - 0.5)
+
+    assert bool((strip_model(images).argmax(1) == labels).all())
+    tried = []
+    confirm = Mark._confirm
+
+    def spy(self, probing, rule, cand, alpha):
+        out = confirm(self, probing, rule, cand, alpha)
+        tried.append((cand.name, out[2]))
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Mark, "_confirm", spy)
+        verdict = check(strip_model, images)
+    assert (RUNS, 0) in tried, tried  # sent to confirmation, and not a paste run
+    found = marks(verdict)
+    assert found and found[0].group == 1 and found[0].candidate != RUNS, found
+
+
 def _squares(
     seed: int, inside: tuple[int, int] = (10, 38), n: int = 32
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["carrier_likeness", "contrast_along", "region_distance"]
+__all__ = ["carrier_likeness", "contrast_along", "orientations", "pair_contrast", "region_distance"]
 
 _TOKEN_PIXELS = 4  # the most pixels a token side is compared at
 _CHUNK_VALUES = 1 << 24  # the most differences held at once (64 MB of float32)
@@ -133,6 +133,24 @@ def region_distance(
     return torch.cat(out)
 
 
+def orientations(images: torch.Tensor) -> torch.Tensor:
+    """``[K * N, C, H, W]``: the images ``[N, C, H, W]`` in each orientation that keeps their
+    shape, the untouched ones first: the eight quarter turns and mirror images of a square,
+    the four of a rectangle (``K``). A strip that lies along another edge in each image (a
+    ruler) is the same pixels in the edge's own frame, not in the image's.
+
+    Example:
+        >>> x = torch.arange(4.0).view(1, 1, 2, 2)
+        >>> orientations(x).shape, orientations(x[..., :1]).shape
+        (torch.Size([8, 1, 2, 2]), torch.Size([4, 1, 2, 1]))
+    """
+    turns = [images, images.flip(-1), images.flip(-2), images.flip(-2, -1)]
+    if images.shape[-1] == images.shape[-2]:
+        across = images.transpose(-2, -1)
+        turns += [across, across.flip(-1), across.flip(-2), across.flip(-2, -1)]
+    return torch.cat(turns)
+
+
 def _closest_median(gap: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``[p]``: the smallest, over the placements, of the region's weighted median difference
     (``gap`` ``[p, L, S]``: each placement's difference at each of the region's pixels,
@@ -224,24 +242,39 @@ def contrast_along(
         tensor([[ True, False],
                 [False, False]])
     """
+    contrast = pair_contrast(images, donors, others, masks, grid).amin(1)
+    among = pair_contrast(images, others, others, masks, grid)
+    eye = torch.eye(len(others), dtype=torch.bool, device=among.device)[:, :, None]
+    # with a single other probe there is no spread to compare with: inf, nothing exceeds it
+    spread = torch.where(eye, torch.tensor(float("inf"), device=among.device), among)
+    return contrast, spread.amin(1).amax(0)
+
+
+def pair_contrast(
+    images: torch.Tensor, a: torch.Tensor, b: torch.Tensor, masks: torch.Tensor,
+    grid: tuple[int, int],
+) -> torch.Tensor:  # fmt: skip
+    """``[len(a), len(b), M]``: for each pair of probes and each region ``masks`` (``[M, h,
+    w]``), the mean squared pixel difference of the region's *least* different token, each
+    image relative to its own typical colour (:func:`contrast_along`'s reading)."""
     x, th, tw = _resized(images, grid)
     x = x - x.flatten(2).median(dim=2).values[:, :, None, None]
     h, w = grid
     n, c = x.shape[:2]
     tokens = x.view(n, c, h, th, w, tw).permute(0, 2, 4, 1, 3, 5).reshape(n, h * w, -1)
     on = masks.flatten(1).to(x.device)  # [M, T]
-
-    def least(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``[A, B, M]``: each region's least different token, per pair."""
-        cross = torch.einsum("atp,btp->abt", a, b)
-        gap = (a.square().sum(-1)[:, None] + b.square().sum(-1)[None] - 2 * cross) / a.shape[-1]
-        inf = torch.tensor(float("inf"), device=gap.device)
-        return torch.where(on[None, None], gap[:, :, None, :], inf).amin(-1)
-
-    theirs = tokens[others]
-    contrast = least(tokens[donors], theirs).amin(1)
-    among = least(theirs, theirs)
-    eye = torch.eye(len(others), dtype=torch.bool, device=x.device)[:, :, None]
-    # with a single other probe there is no spread to compare with: inf, nothing exceeds it
-    spread = torch.where(eye, torch.tensor(float("inf"), device=x.device), among).amin(1).amax(0)
-    return contrast, spread
+    ta, tb = tokens[a], tokens[b]
+    cross = torch.einsum("atp,btp->abt", ta, tb)
+    gap = (ta.square().sum(-1)[:, None] + tb.square().sum(-1)[None] - 2 * cross) / ta.shape[-1]
+    inf = torch.tensor(float("inf"), device=gap.device)
+    if not len(on):
+        return gap.new_zeros(len(a), len(b), 0)
+    # regions in chunks: many regions on a large grid would hold A * B * M * T values at once
+    step = max(1, _CHUNK_VALUES // max(1, gap.numel()))
+    return torch.cat(
+        [
+            torch.where(part[None, None], gap[:, :, None, :], inf).amin(-1)
+            for part in on.split(step)
+        ],
+        dim=2,
+    )

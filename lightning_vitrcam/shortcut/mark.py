@@ -15,7 +15,10 @@ without necessity, each paste against controls of the same shape:
    on), and each probe's token rows and columns that no probe of another class has anything
    like along their whole length (each twice as far from every one of them as they are from
    each other), together: stripes at another place in every image, which a saturated model's
-   flat maps do not light (:func:`~lightning_vitrcam.shortcut.likeness.contrast_along`);
+   flat maps do not light (:func:`~lightning_vitrcam.shortcut.likeness.contrast_along`); and,
+   the same way, each probe's runs of three or more tokens along one edge, together
+   (:func:`~lightning_vitrcam.shortcut.shapes.edge_segments`): a ruler at another place along
+   another edge in each image, which no fixed shape holds in enough donors;
 2. **carriers**: each candidate is pasted, at its own place, into one probe of another
    predicted class per donor (the screening, at most ``_SCREEN`` donors; the recipients
    taken from the other classes in turn, and a donor whose paste moved nothing pasted once
@@ -37,18 +40,24 @@ without necessity, each paste against controls of the same shape:
    probe of the donor's class*'s pixels there; for the lines no other class has, another
    probe of the donor's class without such a line of its own in the shape (a stripe sits at
    a new place in each image, so that probe's pixels there carry nothing; an object's part
-   that names its class at that place, a lesion's column, carries it from there too).
+   that names its class at that place, a lesion's column, carries it from there too); for
+   the runs along an edge the same, and where a donor has no such probe (every probe of the
+   class has a run there: the class's own content, the dark edge of a scan) they are not
+   tested.
    Confirmed when the pastes move at least
    ``min_margin`` more recipients than each control (of the pairs the two tell apart), at an
    exact sign test p <= ``max_p`` divided by the number of candidates confirmed-tested in
    the check, from at least ``min_hits`` donors (the controls are run only where the pastes
    alone move enough recipients to pass: no control can raise the margin or lower the p);
-   a candidate inside the image, or carried by few of its screened donors, must also be the
-   *same thing* in the donors that carry it: the region, each pixel weighed by how much it
-   differs from the probes' typical (per-pixel median) image, found in another carrier,
-   anywhere, twice as close as in the recipient at most of the pastes that moved, and more
-   often than the other way round
-   (:func:`~lightning_vitrcam.shortcut.likeness.region_distance`). The typical image is set
+   a candidate inside the image, or carried by few of its screened donors, and the runs
+   along an edge, must also be the *same thing* in the donors that carry it: the region,
+   each pixel weighed by how much it differs from the probes' typical (per-pixel median)
+   image, found in another carrier, anywhere, twice as close as in the recipient at most of
+   the pastes that moved, and more often than the other way round
+   (:func:`~lightning_vitrcam.shortcut.likeness.region_distance`); the runs along an edge in
+   every orientation of the other image, the recipient's as the carrier's (a ruler lies
+   along another edge in each image: the same pixels in the edge's frame,
+   :func:`~lightning_vitrcam.shortcut.likeness.orientations`). The typical image is set
    by every probe alike and the rule is the same both ways, so the two counts are
    exchangeable where the region is no more like the carriers than the recipients.
 
@@ -92,12 +101,18 @@ from lightning_vitrcam.shortcut.evidence import (
     register_evidence,
 )
 from lightning_vitrcam.shortcut.interventions import brought_here, fill_colour, paste_regions
-from lightning_vitrcam.shortcut.likeness import contrast_along, region_distance
+from lightning_vitrcam.shortcut.likeness import (
+    contrast_along,
+    orientations,
+    pair_contrast,
+    region_distance,
+)
 from lightning_vitrcam.shortcut.report import Example, Finding, group_name, prediction_of
 from lightning_vitrcam.shortcut.rule import Rule, margin, sign_test
 from lightning_vitrcam.shortcut.shapes import (
     components,
     describe,
+    edge_segments,
     edge_shapes,
     elsewhere,
     salient_parts,
@@ -157,7 +172,11 @@ class Candidate:
     own-class control); ``few``: carried by half of the donors screened or fewer (it must
     look the same in its carriers, as a candidate inside the image must); ``lined``
     (``[N, h, w]``, every probe's tokens on its own lines unlike the other class): where
-    given, the own-class control is a probe of the class with none of them in the shape."""
+    given, the own-class control is a probe of the class with none of them in the shape;
+    ``wording``: what a finding names where the regions differ from donor to donor (else the
+    shape of the most frequent one); ``needs_own``: not tested where some donor has no such
+    probe of its class to control with; ``turned``: the regions lie along another edge in
+    each donor, so their looks are compared in every orientation (and always compared)."""
 
     group: int
     name: str
@@ -166,6 +185,9 @@ class Candidate:
     anchored: bool
     few: bool = False
     lined: torch.Tensor | None = None
+    wording: str | None = None
+    needs_own: bool = False
+    turned: bool = False
 
     @property
     def key(self) -> tuple[int, str]:
@@ -265,6 +287,7 @@ class Mark(Evidence):
         found &= informative[:, None]
         fixed = edge_shapes(h, w)
         lines = token_lines(h, w).to(maps.device)
+        segments, edges = (t.to(maps.device) for t in edge_segments(h, w))
         out: list[Candidate] = []
         for group, members in probing.groups:
             if group is None:
@@ -285,9 +308,12 @@ class Mark(Evidence):
                 mass = (maps[rows] * mask).flatten(1).sum(1)
                 order = rows[mass.argsort(descending=True)]
                 out.append(Candidate(group, name, order, mask.expand(len(order), h, w), True))
-            line = self._line(probing, group, rows, lines)
-            if line is not None:
-                out.append(line)
+            for found_here in (
+                self._line(probing, group, rows, lines),
+                self._segment(probing, group, rows, segments, edges),
+            ):
+                if found_here is not None:
+                    out.append(found_here)
         remembered = {key: i for i, key in enumerate(self.remembered)}
         return sorted(out, key=lambda c: remembered.get(c.key, len(remembered)))
 
@@ -333,6 +359,52 @@ class Mark(Evidence):
         masks = _on_lines(unlike[keep], lines)[order]
         return Candidate(
             group, "lines no other class has", rows[keep][order], masks, True, lined=lined
+        )
+
+    def _segment(
+        self, probing: Probing, group: int, rows: torch.Tensor, segments: torch.Tensor,
+        edges: torch.Tensor,
+    ) -> Candidate | None:  # fmt: skip
+        """Each donor's runs of tokens along one edge (:func:`~lightning_vitrcam.shortcut.
+        shapes.edge_segments`) unlike any probe of another class along their whole length,
+        as for the lines (twice as far from every one of them as they are from each other),
+        together, on the edge of the donor's most unlike run; the most unlike donors first: a
+        ruler at another place along another edge in every image, which no fixed shape holds
+        in enough donors and no whole line holds at all."""
+        others = (~probing.cache.predicts(probing.scores)[:, group]).nonzero().flatten()
+        if not len(others) or not len(rows) or not len(segments):
+            return None
+        everyone = torch.arange(len(probing.images), device=rows.device)
+        contrast, spread = contrast_along(probing.images, everyone, others, segments,
+                                          probing.grid)  # fmt: skip
+        unlike_all = contrast / spread.clamp_min(1e-12) > _APART
+        # a strip at another place in each image is also unlike most probes of its own class
+        # there; what the class has along its edges anyway (a photograph's content, against
+        # the dark edge of a scan) is not
+        own = pair_contrast(probing.images, rows, rows, segments, probing.grid)
+        apart = (own > _APART * spread.clamp_min(1e-12)).sum(1)  # never from itself
+        unusual = 2 * apart > len(rows) - 1
+        excess = torch.where(unusual, contrast[rows] / spread.clamp_min(1e-12), 0.0)
+        best, which = excess.max(1)
+        keep = best > _APART
+        if not bool(keep.any()):
+            return None
+        # the own-class control, as for the lines: a probe of the class with no such run of
+        # its own in the shape
+        lined = _on_lines(unlike_all, segments)
+        on_edge = unlike_all[rows] & unusual & (edges[None] == edges[which][:, None])
+        order = best[keep].argsort(descending=True)
+        masks = _on_lines(on_edge[keep], segments)[order]
+        return Candidate(
+            group,
+            "runs along an edge no other class has",
+            rows[keep][order],
+            masks,
+            True,
+            lined=lined,
+            wording="a strip along an edge, at another place in each image",
+            needs_own=True,
+            turned=True,
         )
 
     # ------------------------------------------------------------------ pairs
@@ -479,6 +551,11 @@ class Mark(Evidence):
         if n < rule.min_hits:
             return None, [], 0
         d, r, e, q, m = (pairs[k] for k in ("donors", "recipients", "thirds", "mates", "masks"))
+        own = (not cand.anchored or cand.lined is not None) and bool((q >= 0).all())
+        if cand.needs_own and not own:
+            # every probe of the class has such a run at that place: the class's own content
+            # there (the dark edge of a scan), which no probe of the class can control for
+            return None, [], 0
         # the pastes first, their controls only where the pastes alone could pass: no control
         # raises the margin above the share of pastes that moved, nor lowers the sign test's
         # p below 2**-moved (a control that moved nothing), so skipping them changes nothing
@@ -491,7 +568,6 @@ class Mark(Evidence):
             and len(carriers) >= rule.min_hits
         )
         moved_mask = elsewhere(m)
-        own = (not cand.anchored or cand.lined is not None) and bool((q >= 0).all())
         if could:
             # the blank paste: the region filled with the probes' mean colour, so that a paste
             # that only removes what the recipient had there (its own mark) does not count
@@ -526,8 +602,10 @@ class Mark(Evidence):
         p = max(sign_test(flips, c) for c in controls)
         confirmed = moved_more >= alarm.min_margin and p <= alpha
         alike = unlike = 0
-        if confirmed and (not cand.anchored or cand.few):
-            alike, unlike = self._likeness(probing, cand, carriers, r[flips], d[flips], m[flips])
+        if confirmed and (not cand.anchored or cand.few or cand.turned):
+            alike, unlike = self._likeness(
+                probing, cand.turned, carriers, r[flips], d[flips], m[flips]
+            )
             told = alike + unlike
             closer = torch.arange(told) < alike
             # a mark is found near-exactly where it is: twice as close in a carrier at most of
@@ -547,7 +625,7 @@ class Mark(Evidence):
             probes=int((probing.targets == cand.group).sum()),
             grid=probing.grid,
             candidate=cand.name,
-            shape=describe(region),
+            shape=cand.wording or describe(region),
             region=tuple(region.flatten().nonzero().flatten().tolist()),
             pairs=n,
             flips=int(flips.sum()),
@@ -564,13 +642,14 @@ class Mark(Evidence):
         return finding, tests, run
 
     def _likeness(
-        self, probing: Probing, cand: Candidate, carriers: torch.Tensor,
+        self, probing: Probing, turned: bool, carriers: torch.Tensor,
         recipients: torch.Tensor, donors: torch.Tensor, masks: torch.Tensor,
     ) -> tuple[int, int]:  # fmt: skip
         """For each paste that moved its recipient: the donor's region looked for anywhere in
         another carrier and, as the control, anywhere in that recipient (a probe of another
-        class): ``(closer, further)``, the comparisons that find it ``_CLOSER`` times closer in
-        the carrier, and in the recipient (the rest tell them apart too little to count)."""
+        class), in every orientation of both where ``turned``: ``(closer, further)``, the
+        comparisons that find it ``_CLOSER`` times closer in the carrier, and in the recipient
+        (the rest tell them apart too little to count)."""
         mates = carriers.unique()
         if len(mates) < 2:
             return 0, 0
@@ -598,11 +677,18 @@ class Mark(Evidence):
         # median, which neither compared image sets more than the other: the two distances
         # are exchangeable where the region is no more like the carriers than the recipients
         typical = probing.images.median(dim=0).values
+        images, n = probing.images, len(probing.images)
+        if turned:
+            # both sides looked for in every orientation of the compared image: the control
+            # gets the same chances, so the two distances stay exchangeable
+            images = orientations(images)
+        k = len(images) // n
+        shift = (torch.arange(k, device=device) * n).repeat_interleave(2 * len(donors))
         own, other = region_distance(
-            probing.images, donors.repeat(2), boxes.repeat(2, 1),
-            torch.cat([partners, recipients]), whole, probing.grid, centre=True,
-            reference=typical,
-        ).view(2, -1)  # fmt: skip
+            images, donors.repeat(2 * k), boxes.repeat(2 * k, 1),
+            torch.cat([partners, recipients]).repeat(k) + shift, whole.repeat(k, 1),
+            probing.grid, centre=True, reference=typical,
+        ).view(k, 2, -1).amin(0)  # fmt: skip
         # the rule is the same both ways, so the two counts stay exchangeable
         return int((_CLOSER * own < other).sum()), int((_CLOSER * other < own).sum())
 

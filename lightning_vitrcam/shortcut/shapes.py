@@ -25,6 +25,7 @@ import torch.nn.functional as F
 __all__ = [
     "components",
     "describe",
+    "edge_segments",
     "edge_shapes",
     "elsewhere",
     "salient_parts",
@@ -125,6 +126,38 @@ def token_lines(h: int, w: int) -> torch.Tensor:
     lines[rows, rows] = True
     lines[h + cols, :, cols] = True
     return lines
+
+
+def edge_segments(h: int, w: int, shortest: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(masks [M, h, w], edges [M])``: every run of at least ``shortest`` tokens, and shorter
+    than its side, along the outermost token line of each edge (``edges``: 0 top, 1 bottom,
+    2 left, 3 right): where a ruler lies along an edge at any place (a whole line is one of
+    :func:`token_lines`; one or two tokens, a small region the corner boxes hold).
+
+    Example:
+        >>> masks, edges = edge_segments(4, 5)
+        >>> masks.shape, edges.tolist()  # runs of 3 and 4 of 5 tokens; of 3 of 4
+        (torch.Size([14, 4, 5]), [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 3, 3])
+        >>> masks[0].nonzero().tolist()
+        [[0, 0], [0, 1], [0, 2]]
+    """
+    out: list[torch.Tensor] = []
+    edges: list[int] = []
+    for edge, side in enumerate((w, w, h, h)):
+        for length in range(shortest, side):
+            for start in range(side - length + 1):
+                run = torch.zeros(side, dtype=torch.bool)
+                run[start : start + length] = True
+                mask = torch.zeros(h, w, dtype=torch.bool)
+                if edge < 2:
+                    mask[0 if edge == 0 else h - 1] = run
+                else:
+                    mask[:, 0 if edge == 2 else w - 1] = run
+                out.append(mask)
+                edges.append(edge)
+    if not out:
+        return torch.zeros(0, h, w, dtype=torch.bool), torch.zeros(0, dtype=torch.long)
+    return torch.stack(out), torch.tensor(edges)
 
 
 def elsewhere(masks: torch.Tensor) -> torch.Tensor:
