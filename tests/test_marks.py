@@ -69,19 +69,20 @@ def check(model, images: torch.Tensor, maps: torch.Tensor | None = None):
     return alarm.check(model, lambda z: z.softmax(-1), images, [maps], targets, informative)
 
 
-def check_seeing_lines(model, images: torch.Tensor) -> tuple:
-    """``check`` that also returns every candidate of "lines no other class has" built (or
-    None where a class had none)."""
+def check_seeing(model, images: torch.Tensor, builder: str = "_line") -> tuple:
+    """``check`` that also returns every candidate the ``Mark`` method ``builder`` built
+    (``"_line"``: the lines no other class has; ``"_segment"``: the runs along an edge), or
+    None where a class had none."""
     seen = []
-    line = Mark._line
+    build = getattr(Mark, builder)
 
     def spy(self, *args):
-        out = line(self, *args)
+        out = build(self, *args)
         seen.append(out)
         return out
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Mark, "_line", spy)
+        mp.setattr(Mark, builder, spy)
         return check(model, images), seen
 
 
@@ -188,7 +189,7 @@ def test_lines_over_most_of_the_image_are_no_mark() -> None:
         return two_classes(d[:, 0::2].amin(1) - d[:, 1::2].amin(1))
 
     assert bool((nearest_base(images).argmax(1) == labels).all())
-    verdict, seen = check_seeing_lines(nearest_base, images)
+    verdict, seen = check_seeing(nearest_base, images)
     sizes = [None if c is None else c.masks.sum((1, 2)).tolist() for c in seen]
     assert seen and all(c is None for c in seen), sizes
     assert not [f for f in marks(verdict) if f.candidate == "lines no other class has"]
@@ -218,7 +219,7 @@ def test_a_column_of_the_object_that_every_probe_of_its_class_carries_is_no_line
     pasted = images.clone()
     pasted[0::2, :, :, 18:24] = images[1::4, :, :, 18:24].repeat(2, 1, 1, 1)
     assert bool(model(pasted[0::2]).argmax(1).all())
-    verdict, seen = check_seeing_lines(model, images)
+    verdict, seen = check_seeing(model, images)
     found = [c for c in seen if c is not None and c.group == 1]
     assert found and {int(d) % 4 for d in found[0].donors} == {1}  # the bright ones
     assert not [f for f in marks(verdict) if f.candidate == "lines no other class has"]
@@ -242,17 +243,7 @@ def test_a_ruler_at_any_place_along_any_edge_is_found_as_runs_along_an_edge(p: f
     shape holds it in most donors and no whole line holds it at all; each donor's runs of
     tokens along its ruler's edge that no negative has anything like do."""
     images, _ = probes("ruler", p=p)
-    seen = []
-    segment = Mark._segment
-
-    def spy(self, *args):
-        out = segment(self, *args)
-        seen.append(out)
-        return out
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Mark, "_segment", spy)
-        verdict = check(ruler_model, images)
+    verdict, seen = check_seeing(ruler_model, images, "_segment")
     found = [f for f in marks(verdict) if f.candidate == RUNS]
     assert found and found[0].group == 1, [(f.candidate, f.shape) for f in marks(verdict)]
     assert found[0].shape == "a strip along an edge, at another place in each image"
