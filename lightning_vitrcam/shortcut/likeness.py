@@ -242,8 +242,9 @@ def contrast_along(
         tensor([[ True, False],
                 [False, False]])
     """
-    contrast = pair_contrast(images, donors, others, masks, grid).amin(1)
-    among = pair_contrast(images, others, others, masks, grid)
+    tokens, on = _token_pixels(images, grid), masks.flatten(1).to(images.device)
+    contrast = _least(tokens[donors], tokens[others], on).amin(1)
+    among = _least(tokens[others], tokens[others], on)
     eye = torch.eye(len(others), dtype=torch.bool, device=among.device)[:, :, None]
     # with a single other probe there is no spread to compare with: inf, nothing exceeds it
     spread = torch.where(eye, torch.tensor(float("inf"), device=among.device), among)
@@ -257,18 +258,27 @@ def pair_contrast(
     """``[len(a), len(b), M]``: for each pair of probes and each region ``masks`` (``[M, h,
     w]``), the mean squared pixel difference of the region's *least* different token, each
     image relative to its own typical colour (:func:`contrast_along`'s reading)."""
+    tokens = _token_pixels(images, grid)
+    return _least(tokens[a], tokens[b], masks.flatten(1).to(images.device))
+
+
+def _token_pixels(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``[N, T, P]``: each token's pixels, each image relative to its own typical colour."""
     x, th, tw = _resized(images, grid)
     x = x - x.flatten(2).median(dim=2).values[:, :, None, None]
     h, w = grid
     n, c = x.shape[:2]
-    tokens = x.view(n, c, h, th, w, tw).permute(0, 2, 4, 1, 3, 5).reshape(n, h * w, -1)
-    on = masks.flatten(1).to(x.device)  # [M, T]
-    ta, tb = tokens[a], tokens[b]
+    return x.view(n, c, h, th, w, tw).permute(0, 2, 4, 1, 3, 5).reshape(n, h * w, -1)
+
+
+def _least(ta: torch.Tensor, tb: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
+    """``[A, B, M]``: the mean squared difference of each region's (``on`` ``[M, T]``) least
+    different token, for each pair of token pixels ``ta`` ``[A, T, P]`` and ``tb``."""
     cross = torch.einsum("atp,btp->abt", ta, tb)
     gap = (ta.square().sum(-1)[:, None] + tb.square().sum(-1)[None] - 2 * cross) / ta.shape[-1]
     inf = torch.tensor(float("inf"), device=gap.device)
     if not len(on):
-        return gap.new_zeros(len(a), len(b), 0)
+        return gap.new_zeros(len(ta), len(tb), 0)
     # regions in chunks: many regions on a large grid would hold A * B * M * T values at once
     step = max(1, _CHUNK_VALUES // max(1, gap.numel()))
     return torch.cat(
