@@ -182,3 +182,31 @@ def test_a_strip_along_another_edge_is_found_alike_in_every_orientation() -> Non
     }
     assert counts[True][0] > len(donors) / 2 and counts[True][1] == 0
     assert counts[False][0] <= len(donors) / 2
+
+
+def test_the_distance_does_not_depend_on_which_way_up_the_images_are() -> None:
+    """A region may hang off its window on every side alike: turning or mirroring both
+    images, and their boxes with them, gives the same distances (a strip a pixel nearer the
+    top edge than the region's own is found as one a pixel nearer the bottom edge is)."""
+    g = torch.Generator().manual_seed(2)
+    x = 0.2 * torch.rand(12, 3, 32, 32, generator=g)  # the last six without a ruler
+    bar = _ruler(14)
+    for i, top in enumerate([1, 0, 3, 2, 1, 0]):  # the ruler's inset, from one to the next
+        x[i, :, top : top + 4, 6:20] = torch.where(bar, 0.9, x[i, :, top : top + 4, 6:20])
+    a_rows, b_rows = torch.tensor([0, 2, 4, 1, 3, 5]), torch.tensor([1, 3, 5, 0, 2, 4])
+    a_boxes = torch.tensor([[0, 1, 1, 6], [0, 2, 0, 4], [0, 1, 2, 5]] * 2)
+    b_boxes = torch.tensor([[0, 1, 0, 8], [0, 3, 0, 8], [0, 8, 0, 8]] * 2)
+
+    def distance(images: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return region_distance(images, a_rows, a, b_rows, b, (8, 8), centre=True,
+                               reference=images.median(dim=0).values)  # fmt: skip
+
+    upright = distance(x, a_boxes, b_boxes)
+    flip_rows = lambda boxes: torch.stack([8 - boxes[:, 1], 8 - boxes[:, 0], *boxes[:, 2:].T], 1)
+    flip_cols = lambda boxes: torch.stack([*boxes[:, :2].T, 8 - boxes[:, 3], 8 - boxes[:, 2]], 1)
+    upside_down = distance(x.flip(-2), flip_rows(a_boxes), flip_rows(b_boxes))
+    mirrored = distance(x.flip(-1), flip_cols(a_boxes), flip_cols(b_boxes))
+    assert torch.allclose(upside_down, upright, atol=1e-5), (upright, upside_down)
+    assert torch.allclose(mirrored, upright, atol=1e-5), (upright, mirrored)
+    # the ruler is found in every image that carries it, nearer the edge or not
+    assert float(upright.max()) < 0.1, upright

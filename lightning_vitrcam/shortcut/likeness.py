@@ -49,20 +49,28 @@ def _resized(images: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor,
 
 
 def _crops(
-    padded: torch.Tensor, rows: torch.Tensor, boxes: torch.Tensor, th: int, tw: int, size: tuple
-) -> torch.Tensor:
-    """``[P, C, size]`` crops of ``padded[rows]`` (the images, NaN-padded on the bottom and
-    the right) from each box's top-left corner; the pixels outside the box are NaN (they never
-    match and are not counted)."""
-    ch, cw = size
-    top, left = boxes[:, 0] * th, boxes[:, 2] * tw
-    ys = top[:, None] + torch.arange(ch, device=padded.device)[None]  # [P, ch]
-    xs = left[:, None] + torch.arange(cw, device=padded.device)[None]
+    padded: torch.Tensor, margin: tuple[int, int], rows: torch.Tensor, boxes: torch.Tensor,
+    th: int, tw: int, size: tuple[int, int], before: tuple[int, int] = (0, 0),
+) -> torch.Tensor:  # fmt: skip
+    """``[P, C, size]`` crops of ``padded[rows]`` (the images, NaN-padded by ``margin`` pixels
+    on the top and the left, enough on the bottom and the right), each from ``before`` pixels
+    above and left of its box's top-left corner; the pixels outside the box are NaN (they
+    never match and are not counted)."""
+    ys, keep_r = _span(boxes[:, 0], boxes[:, 1], th, margin[0], before[0], size[0])
+    xs, keep_c = _span(boxes[:, 2], boxes[:, 3], tw, margin[1], before[1], size[1])
     crops = padded[rows[:, None, None], :, ys[:, :, None], xs[:, None, :]].permute(0, 3, 1, 2)
-    keep_r = ys < (boxes[:, 1] * th)[:, None]
-    keep_c = xs < (boxes[:, 3] * tw)[:, None]
     keep = keep_r[:, :, None] & keep_c[:, None, :]
     return torch.where(keep[:, None], crops, torch.full_like(crops, float("nan")))
+
+
+def _span(
+    lo: torch.Tensor, hi: torch.Tensor, step: int, margin: int, before: int, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[P, n]`` padded pixel indices from ``before`` pixels ahead of each span's start, and
+    whether each lies inside the span (token ``lo`` up to ``hi``)."""
+    start, end = (lo * step + margin)[:, None], (hi * step + margin)[:, None]
+    at = start - before + torch.arange(n, device=lo.device)[None]
+    return at, (at >= start) & (at < end)
 
 
 def region_distance(
@@ -78,9 +86,10 @@ def region_distance(
 ) -> torch.Tensor:
     """``[P]``: for each pair, how far the pixels of ``images[a_rows[k]]`` inside the token box
     ``a_boxes[k]`` are from the pixels of ``images[b_rows[k]]`` at the closest placement of that
-    region inside ``b_boxes[k]`` grown by one token on every side (clipped to the image): the
-    absolute difference, averaged over the channels (each in units of the images' standard
-    deviation), at the region's median pixel (``inf`` where it fits nowhere).
+    region over ``b_boxes[k]`` grown by one token on every side (clipped to the image; the
+    region may hang off it on any side, its pixels there never close): the absolute
+    difference, averaged over the channels (each in units of the images' standard deviation),
+    at the region's median pixel (``inf`` where it fits nowhere).
     ``centre``: each image is compared relative to its own typical colour (its per-channel
     median), so that a mark darker or brighter than its image's background is found in an
     image of another brightness.
@@ -106,23 +115,25 @@ def region_distance(
         [(b_boxes[:, 0] - 1).clamp_min(0), (b_boxes[:, 1] + 1).clamp_max(h),
          (b_boxes[:, 2] - 1).clamp_min(0), (b_boxes[:, 3] + 1).clamp_max(w)], dim=1,
     )  # fmt: skip
-    # windows as large as the largest grown box, plus room for a region to slide past its end
-    win_r = int((grown[:, 1] - grown[:, 0]).max()) * th + side_r - 1
-    win_c = int((grown[:, 3] - grown[:, 2]).max()) * tw + side_c - 1
-    padded = F.pad(x, (0, win_c, 0, win_r), value=float("nan"))
+    # windows as large as the largest grown box, plus room for a region to hang off it on
+    # every side by all but one pixel (a strip a pixel nearer the edge than the region's own)
+    margin = (side_r - 1, side_c - 1)
+    win_r = int((grown[:, 1] - grown[:, 0]).max()) * th + 2 * margin[0]
+    win_c = int((grown[:, 3] - grown[:, 2]).max()) * tw + 2 * margin[1]
+    padded = F.pad(x, (margin[1], win_c, margin[0], win_r), value=float("nan"))
     per_pair = x.shape[1] * (win_r - side_r + 1) * (win_c - side_c + 1) * side_r * side_c
     chunk = max(1, min(chunk, _CHUNK_VALUES // per_pair))
     out = []
     for s in range(0, len(a_rows), chunk):
         part = slice(s, s + chunk)
-        patch = _crops(padded, a_rows[part], a_boxes[part], th, tw, (side_r, side_c))
-        window = _crops(padded, b_rows[part], grown[part], th, tw, (win_r, win_c))
+        patch = _crops(padded, margin, a_rows[part], a_boxes[part], th, tw, (side_r, side_c))
+        window = _crops(padded, margin, b_rows[part], grown[part], th, tw, (win_r, win_c), margin)
         slid = window.unfold(2, side_r, 1).unfold(3, side_c, 1)  # [p, C, Lr, Lc, sr, sc]
         valid = ~patch[:, 0].isnan()  # [p, sr, sc]: the region's own pixels
         weight = valid.flatten(1).float()  # [p, S]: how much each pixel counts
         if reference is not None:
             typical = torch.full_like(a_rows[part], len(x) - 1)
-            there = _crops(padded, typical, a_boxes[part], th, tw, (side_r, side_c))
+            there = _crops(padded, margin, typical, a_boxes[part], th, tw, (side_r, side_c))
             unusual = torch.nan_to_num((patch - there).abs().mean(dim=1), nan=0.0).flatten(1)
             # a region like the reference everywhere is read whole
             weight = torch.where(unusual.sum(1, keepdim=True) > 0, unusual, weight)
