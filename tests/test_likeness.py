@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from lightning_vitrcam.demo.cues import _ruler
 from lightning_vitrcam.shortcut.likeness import region_distance
 
 
@@ -143,14 +144,6 @@ def test_the_closest_median_is_the_smallest_weighted_median_over_every_placement
     assert torch.equal(_closest_median(gap, weight), expected)
 
 
-def _ruler(length: int) -> torch.Tensor:
-    """A graduated bar: 2 pixels thick, a 2-pixel tick every 4 pixels (along the rows)."""
-    bar = torch.zeros(4, length, dtype=torch.bool)
-    bar[2:] = True
-    bar[:2, ::4] = True
-    return bar
-
-
 def test_a_strip_along_another_edge_is_found_alike_in_every_orientation() -> None:
     """The runs along an edge are compared in every orientation of the other image, the
     recipient's as the carrier's: a ruler along the left edge of one image is the ruler along
@@ -161,7 +154,7 @@ def test_a_strip_along_another_edge_is_found_alike_in_every_orientation() -> Non
 
     g = torch.Generator().manual_seed(4)
     x = 0.3 * torch.rand(8, 1, 48, 48, generator=g)
-    bar = _ruler(25)
+    bar = _ruler(25, vertical=False)
     # carriers 0-3: the ruler along the top, left, bottom and right edges
     x[0, :, 1:5, 8:33] = torch.where(bar, 0.9, x[0, :, 1:5, 8:33])
     x[1, :, 10:35, 1:5] = torch.where(bar.T, 0.9, x[1, :, 10:35, 1:5])
@@ -190,7 +183,7 @@ def test_the_distance_does_not_depend_on_which_way_up_the_images_are() -> None:
     top edge than the region's own is found as one a pixel nearer the bottom edge is)."""
     g = torch.Generator().manual_seed(2)
     x = 0.2 * torch.rand(12, 3, 32, 32, generator=g)  # the last six without a ruler
-    bar = _ruler(14)
+    bar = _ruler(14, vertical=False)
     for i, top in enumerate([1, 0, 3, 2, 1, 0]):  # the ruler's inset, from one to the next
         x[i, :, top : top + 4, 6:20] = torch.where(bar, 0.9, x[i, :, top : top + 4, 6:20])
     a_rows, b_rows = torch.tensor([0, 2, 4, 1, 3, 5]), torch.tensor([1, 3, 5, 0, 2, 4])
