@@ -203,3 +203,62 @@ def test_the_distance_does_not_depend_on_which_way_up_the_images_are() -> None:
     assert torch.allclose(mirrored, upright, atol=1e-5), (upright, mirrored)
     # the ruler is found in every image that carries it, nearer the edge or not
     assert float(upright.max()) < 0.1, upright
+
+
+def _distance_by_definition(
+    x: torch.Tensor, a: int, a_box: list[int], b: int, b_box: list[int], grid: tuple[int, int],
+    reference: torch.Tensor | None,
+) -> float:  # fmt: skip
+    """The distance as ``region_distance`` defines it, for one pair, with every placement of
+    the region that overlaps the window sorted in full (no bound, nothing pruned)."""
+    from lightning_vitrcam.shortcut.likeness import _SHARE
+
+    n, t = len(x), x.shape[-1] // grid[1]
+    y = torch.cat([x, reference[None]]) if reference is not None else x
+    y = y / y[:n].std(dim=(0, 2, 3), keepdim=True)
+    r0, r1, c0, c1 = (v * t for v in a_box)
+    region = y[a, :, r0:r1, c0:c1]
+    weight = torch.ones(region.shape[1:])
+    if reference is not None and bool(((region - y[n, :, r0:r1, c0:c1]).abs().sum()) > 0):
+        weight = (region - y[n, :, r0:r1, c0:c1]).abs().mean(0)
+    h, w = grid
+    g0, g1 = max(b_box[0] - 1, 0) * t, min(b_box[1] + 1, h) * t
+    g2, g3 = max(b_box[2] - 1, 0) * t, min(b_box[3] + 1, w) * t
+    sr, sc = region.shape[1:]
+    window = torch.full((x.shape[1], g1 - g0 + 2 * sr, g3 - g2 + 2 * sc), float("nan"))
+    window[:, sr : sr + g1 - g0, sc : sc + g3 - g2] = y[b, :, g0:g1, g2:g3]
+    slid = window.unfold(1, sr, 1).unfold(2, sc, 1)  # [C, Lr, Lc, sr, sc]: every overlap
+    gap = (slid - region[:, None, None]).abs().mean(0).nan_to_num(nan=float("inf")).flatten(2)
+    ordered, order = gap.sort(dim=2)
+    cum = weight.flatten()[order].cumsum(2)
+    k = (cum < _SHARE * cum[..., -1:]).sum(2, keepdim=True).clamp_max(gap.shape[2] - 1)
+    return float(ordered.gather(2, k).min())
+
+
+def test_the_distance_is_the_closest_placement_s_median_by_definition() -> None:
+    """The distances (placements pruned by a bound, windows in chunks) are those of the
+    definition, every placement sorted in full: a mark found at another place, near an edge
+    (the region hanging off the window), noise, regions of several sizes, read whole and
+    weighed by a reference; one chunk or one pair at a time alike."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(6, 3, 32, 32, generator=g)
+    x[0, :, 1:7, 2:9] = torch.rand(3, 6, 7, generator=g) + 1.0  # a mark near the top edge
+    x[1, :, 0:5, 20:27] = x[0, :, 2:7, 2:9]  # the same mark, partly, along the top edge
+    x[2, :, 12:18, 12:19] = x[0, :, 1:7, 2:9] + 0.05  # nearly the same, inside
+    reference = x.median(dim=0).values
+    a = torch.tensor([0, 0, 0, 3, 4, 5, 0])
+    a_boxes = torch.tensor([[0, 2, 0, 3], [0, 2, 0, 3], [0, 2, 0, 3], [2, 5, 2, 4],
+                            [6, 8, 6, 8], [3, 4, 0, 8], [0, 1, 0, 1]])  # fmt: skip
+    b = torch.tensor([1, 2, 4, 5, 0, 1, 2])
+    b_boxes = torch.tensor([[0, 2, 4, 7], [2, 5, 2, 5], [0, 8, 0, 8], [0, 3, 5, 8],
+                            [7, 8, 0, 2], [0, 8, 0, 8], [3, 4, 3, 4]])  # fmt: skip
+    for ref in (None, reference):
+        expected = torch.tensor([
+            _distance_by_definition(x, int(a[k]), a_boxes[k].tolist(), int(b[k]),
+                                    b_boxes[k].tolist(), (8, 8), ref)
+            for k in range(len(a))
+        ])  # fmt: skip
+        for chunk in (32, 1):
+            got = region_distance(x, a, a_boxes, b, b_boxes, (8, 8), chunk=chunk, reference=ref)
+            assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6), (got, expected)
+    assert float(expected[0]) < 0.5 * float(expected[2])  # the mark is found, noise is not

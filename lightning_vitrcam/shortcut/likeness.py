@@ -37,6 +37,7 @@ __all__ = ["carrier_likeness", "contrast_along", "orientations", "pair_contrast"
 _TOKEN_PIXELS = 4  # the most pixels a token side is compared at
 _CHUNK_VALUES = 1 << 24  # the most differences held at once (64 MB of float32)
 _SHARE = 0.5  # the share of a region's pixels the distance is read at: its median
+_FAR = 1e30  # a grey difference off the window: further than any bound but an infinite one
 
 
 def _resized(images: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
@@ -128,7 +129,6 @@ def region_distance(
         part = slice(s, s + chunk)
         patch = _crops(padded, margin, a_rows[part], a_boxes[part], th, tw, (side_r, side_c))
         window = _crops(padded, margin, b_rows[part], grown[part], th, tw, (win_r, win_c), margin)
-        slid = window.unfold(2, side_r, 1).unfold(3, side_c, 1)  # [p, C, Lr, Lc, sr, sc]
         valid = ~patch[:, 0].isnan()  # [p, sr, sc]: the region's own pixels
         weight = valid.flatten(1).float()  # [p, S]: how much each pixel counts
         if reference is not None:
@@ -137,11 +137,59 @@ def region_distance(
             unusual = torch.nan_to_num((patch - there).abs().mean(dim=1), nan=0.0).flatten(1)
             # a region like the reference everywhere is read whole
             weight = torch.where(unusual.sum(1, keepdim=True) > 0, unusual, weight)
-        gap = (slid - patch[:, :, None, None]).abs().mean(dim=1)  # [p, Lr, Lc, sr, sc]
-        gap = torch.nan_to_num(gap, nan=float("inf")).flatten(3)  # off the window: never close
-        gap = torch.where(valid.flatten(1)[:, None, None], gap, torch.full_like(gap, float("inf")))
-        out.append(_closest_median(gap.flatten(1, 2), weight))
+        gap = _distances(_placements(window, patch, weight), patch)
+        out.append(_closest_median(gap, weight))
     return torch.cat(out)
+
+
+def _placements(window: torch.Tensor, patch: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``[p, C, L, S]``: the window's pixels under each of the region's ``S`` pixels at the
+    placements that can be the closest, as many for every pair as the pair that has the most
+    (the rest of the others', never the closest, fill in). One placement's distance bounds the
+    closest; a pixel's grey difference (of the channels' means) is never larger than its
+    difference, so a placement whose grey differences reach the bound at less than ``_SHARE``
+    of the region's weight is further than that (as is one that mostly hangs off its window)
+    and is never compared in colour."""
+    p, _, side_r, side_c = patch.shape
+    # [p, S, L] (placements last: the sums over a region's pixels are then the fast ones)
+    grey = window.mean(1).nan_to_num_(nan=_FAR).unfold(1, side_r, 1).unfold(2, side_c, 1)
+    grey = grey.permute(0, 3, 4, 1, 2)  # [p, sr, sc, Lr, Lc], a view
+    near = torch.empty(grey.shape, dtype=grey.dtype, device=grey.device)
+    torch.sub(grey, patch.mean(1).nan_to_num(0.0)[..., None, None], out=near)
+    near = near.abs_().view(p, side_r * side_c, -1)
+    across = window.shape[-1] - side_c + 1
+    # the bound: the placement nearest in grey on average, compared in colour
+    first = torch.bmm(weight[:, None], near)[:, 0].argmin(1, keepdim=True)  # [p, 1]
+    bound = _closest_median(_distances(_under(window, first, side_r, side_c, across), patch),
+                            weight)  # fmt: skip
+    # 1 where the grey difference is within the bound (the means are not added in the order
+    # the differences are: margins keep every close one), else 0
+    below = near.sub_(bound[:, None, None] * (1 + 1e-4) + 1e-4).neg_().sign_()
+    below = below.add_(1).clamp_(max=1)
+    within = torch.bmm(weight[:, None], below)[:, 0]  # [p, L]
+    enough = within >= _SHARE * weight.sum(1, keepdim=True) * (1 - 1e-4)
+    keep = within.topk(int(enough.sum(1).max().clamp_min(1)), dim=1).indices
+    return _under(window, keep, side_r, side_c, across)
+
+
+def _under(
+    window: torch.Tensor, at: torch.Tensor, side_r: int, side_c: int, across: int
+) -> torch.Tensor:
+    """``[p, C, K, S]``: the window's pixels under the region at the placements ``at``
+    (``[p, K]``, flat indices over ``across`` placements a row)."""
+    device = at.device
+    down = torch.arange(side_r, device=device).repeat_interleave(side_c)  # [S]
+    right = torch.arange(side_c, device=device).repeat(side_r)
+    rows, cols = (at // across)[:, :, None] + down, (at % across)[:, :, None] + right
+    pairs = torch.arange(len(at), device=device)[:, None, None]
+    return window[pairs, :, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def _distances(slid: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
+    """``[p, K, S]``: each pixel's difference, averaged over the channels; ``inf`` where the
+    region has no pixel or the window none (off it): never close."""
+    gap = (slid - patch.flatten(2)[:, :, None]).abs().mean(dim=1)
+    return gap.nan_to_num_(nan=float("inf"))
 
 
 def orientations(images: torch.Tensor) -> torch.Tensor:
