@@ -125,8 +125,19 @@ def test_a_comparison_counts_only_where_one_image_is_twice_as_close(monkeypatch)
     assert (closer, further) == (2, 1)
 
 
+def _smallest_median(gap: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``[p]``: the smallest weighted median over the placements of ``gap`` (``[p, L, S]``,
+    ``weight`` ``[p, S]``) as the definition says, every placement sorted in full."""
+    from lightning_vitrcam.shortcut.likeness import _SHARE
+
+    ordered, order = gap.sort(dim=2)
+    cum = weight[:, None].expand_as(gap).gather(2, order).cumsum(2)
+    k = (cum < _SHARE * cum[..., -1:]).sum(2, keepdim=True).clamp_max(gap.shape[2] - 1)
+    return ordered.gather(2, k).flatten(1).amin(1)
+
+
 def test_the_closest_median_is_the_smallest_weighted_median_over_every_placement() -> None:
-    from lightning_vitrcam.shortcut.likeness import _SHARE, _closest_median
+    from lightning_vitrcam.shortcut.likeness import _closest_median
 
     g = torch.Generator().manual_seed(1)
     gap = torch.rand(6, 50, 30, generator=g)
@@ -136,12 +147,7 @@ def test_the_closest_median_is_the_smallest_weighted_median_over_every_placement
     weight = torch.rand(6, 30, generator=g)
     weight[2, 3] = 0.0
     weight[4] = 1.0  # the region read whole
-    # every placement sorted, as the definition says
-    ordered, order = gap.sort(dim=2)
-    cum = weight[:, None].expand_as(gap).gather(2, order).cumsum(2)
-    k = (cum < _SHARE * cum[..., -1:]).sum(2, keepdim=True).clamp_max(gap.shape[2] - 1)
-    expected = ordered.gather(2, k).flatten(1).amin(1)
-    assert torch.equal(_closest_median(gap, weight), expected)
+    assert torch.equal(_closest_median(gap, weight), _smallest_median(gap, weight))
 
 
 def test_a_strip_along_another_edge_is_found_alike_in_every_orientation() -> None:
@@ -211,8 +217,6 @@ def _distance_by_definition(
 ) -> float:  # fmt: skip
     """The distance as ``region_distance`` defines it, for one pair, with every placement of
     the region that overlaps the window sorted in full (no bound, nothing pruned)."""
-    from lightning_vitrcam.shortcut.likeness import _SHARE
-
     n, t = len(x), x.shape[-1] // grid[1]
     y = torch.cat([x, reference[None]]) if reference is not None else x
     y = y / y[:n].std(dim=(0, 2, 3), keepdim=True)
@@ -229,10 +233,7 @@ def _distance_by_definition(
     window[:, sr : sr + g1 - g0, sc : sc + g3 - g2] = y[b, :, g0:g1, g2:g3]
     slid = window.unfold(1, sr, 1).unfold(2, sc, 1)  # [C, Lr, Lc, sr, sc]: every overlap
     gap = (slid - region[:, None, None]).abs().mean(0).nan_to_num(nan=float("inf")).flatten(2)
-    ordered, order = gap.sort(dim=2)
-    cum = weight.flatten()[order].cumsum(2)
-    k = (cum < _SHARE * cum[..., -1:]).sum(2, keepdim=True).clamp_max(gap.shape[2] - 1)
-    return float(ordered.gather(2, k).min())
+    return float(_smallest_median(gap.flatten(0, 1)[None], weight.flatten()[None])[0])
 
 
 def test_the_distance_is_the_closest_placement_s_median_by_definition() -> None:
