@@ -75,7 +75,7 @@ def test_each_carrier_is_compared_with_the_others_never_itself(monkeypatch) -> N
     masks = torch.zeros(len(donors), 8, 8, dtype=torch.bool)
     masks[:, 5:, :3] = True
     carriers = torch.tensor([1, 5, 9])
-    mark.Mark._likeness(None, probing, False, carriers, recipients, donors, masks)
+    mark.Mark._likeness(None, probing, _edge(False), carriers, recipients, donors, masks)
     assert len(seen) == 1
     rows, looked_in = seen[0]
     assert rows == donors.tolist() * 2
@@ -88,6 +88,13 @@ def test_each_carrier_is_compared_with_the_others_never_itself(monkeypatch) -> N
     # both distances weigh the pixels by the same image, which neither compared image sets
     # more than the other (the probes' median): the comparison leans towards neither side
     assert torch.equal(references[0], images.median(dim=0).values)
+
+
+def _edge(turned: bool) -> object:
+    """A candidate on an edge (a corner box, a run along an edge), ``turned`` or not."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(turned=turned, anchored=True)
 
 
 def _lookup(table: dict[tuple[int, int], float]):
@@ -119,8 +126,8 @@ def test_a_comparison_counts_only_where_one_image_is_twice_as_close(monkeypatch)
         torch.tensor([1, 5]),
         torch.tensor([0, 2, 3, 4]),
     )
-    closer, further = mark.Mark._likeness(None, probing, False, carriers, recipients, donors,
-                                          masks)  # fmt: skip
+    closer, further = mark.Mark._likeness(None, probing, _edge(False), carriers, recipients,
+                                          donors, masks)  # fmt: skip
     # 1 vs 1.5: too close to call; 0.1 vs 3 and 0.1 vs 1: the carrier; 1 vs 0.4: the recipient
     assert (closer, further) == (2, 1)
 
@@ -175,7 +182,7 @@ def test_a_strip_along_another_edge_is_found_alike_in_every_orientation() -> Non
     probing = SimpleNamespace(images=x, targets=torch.zeros(8).long(), grid=(8, 8))
     counts = {
         turned: mark.Mark._likeness(
-            None, probing, turned, donors.unique(), recipients, donors, masks
+            None, probing, _edge(turned), donors.unique(), recipients, donors, masks
         )
         for turned in (False, True)
     }
@@ -263,3 +270,62 @@ def test_the_distance_is_the_closest_placement_s_median_by_definition() -> None:
             got = region_distance(x, a, a_boxes, b, b_boxes, (8, 8), chunk=chunk, reference=ref)
             assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6), (got, expected)
     assert float(expected[0]) < 0.5 * float(expected[2])  # the mark is found, noise is not
+
+
+def test_a_text_tag_s_one_pixel_strokes_are_found_in_another_carrier_at_another_offset() -> None:
+    """The benchmark's text tag ("RM1", 1-pixel strokes, painted at a random offset near the
+    bottom-left corner) on cloudy 48x48 backgrounds with 6-pixel tokens, a bright stroke
+    beside the corner in every image: at the images' own resolution each tagged image's corner
+    box is found twice as close in another tagged image as in an untagged one at most pairs.
+    Averaged down to 4 pixels a token the strokes blur into the clouds, differently at each
+    offset (15 of 40 pairs when this was written; 29 of 40 at 6)."""
+    import torch.nn.functional as F
+
+    from lightning_vitrcam.demo.cues import paint
+
+    found = {4: 0, 6: 0}
+    pairs = 0
+    for seed in range(10):
+        g = torch.Generator().manual_seed(seed)
+        clouds = F.interpolate(torch.rand(8, 3, 4, 4, generator=g), size=(48, 48), mode="bilinear")
+        x = 0.25 + 0.25 * clouds + 0.05 * torch.rand(8, 3, 48, 48, generator=g)
+        for i, c in enumerate(torch.randint(15, 26, (8,), generator=g).tolist()):
+            x[i, :, 20:46, c : c + 3] = 0.9
+        paint("text", x, torch.arange(4), torch.zeros(4, dtype=torch.long), 2, g)
+        donors = torch.arange(4).repeat(2)
+        others = torch.cat([(torch.arange(4) + 1) % 4, torch.arange(4, 8)])  # tagged, untagged
+        box = torch.tensor([[5, 8, 0, 3]]).expand(8, 4)
+        whole = torch.tensor([[0, 8, 0, 8]]).expand(8, 4)
+        for side in found:
+            d = region_distance(x, donors, box, others, whole, (8, 8), centre=True,
+                                reference=x.median(dim=0).values, token_pixels=side)  # fmt: skip
+            found[side] += int((2 * d[:4] < d[4:]).sum())
+        pairs += 4
+    assert 2 * found[6] > pairs
+    assert found[4] < found[6]
+
+
+def test_regions_on_an_edge_are_compared_finer_than_regions_inside(monkeypatch) -> None:
+    """A candidate on an edge or spanning the image (a tag, a ruler, stripes) is compared at
+    up to ``_EDGE_PIXELS`` a token; one inside the image, where objects are, at the default."""
+    from types import SimpleNamespace
+
+    from lightning_vitrcam.shortcut import mark
+
+    seen: list[dict] = []
+
+    def record(images, a_rows, *args, **kwargs):
+        seen.append(kwargs)
+        return torch.ones(len(a_rows))
+
+    monkeypatch.setattr(mark, "region_distance", record)
+    probing = SimpleNamespace(images=torch.rand(8, 3, 48, 48), targets=torch.zeros(8).long(),
+                              grid=(8, 8))  # fmt: skip
+    donors, recipients = torch.tensor([1, 5]), torch.tensor([0, 2])
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, 5:, :3] = True
+    for on_edge in (True, False):
+        cand = SimpleNamespace(turned=False, anchored=on_edge)
+        mark.Mark._likeness(None, probing, cand, donors, recipients, donors, masks)
+    assert seen[0]["token_pixels"] == mark._EDGE_PIXELS == 6
+    assert "token_pixels" not in seen[1]

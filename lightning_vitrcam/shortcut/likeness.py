@@ -7,8 +7,11 @@ evidence asks whether the decisive regions of probes of one class are found in e
 against the same place in probes of other classes, compared the same way
 (:func:`carrier_likeness`).
 
-Regions are compared at no more than 4x4 pixels per token: larger images are averaged down,
-which also averages out pixel noise, and a ViT-B/16 costs what the demo does. The distance is
+Regions are compared at no more than 4x4 pixels per token by default: larger images are
+averaged down, which also averages out pixel noise and an object's own fine texture, and a
+ViT-B/16 costs what the demo does. ``token_pixels`` raises it: a tag's strokes are a pixel
+wide, and averaged down they blur into their background, differently at each sub-pixel
+offset (the cost grows with the fourth power of this side). The distance is
 read at the region's median pixel at the closest placement: most of the region, a tag's code
 (which bits are lit) and not only its colours, must be found (a tag that fills less than half
 of its box is not: it is left to the other kinds of evidence). It has no threshold and is
@@ -40,10 +43,12 @@ _SHARE = 0.5  # the share of a region's pixels the distance is read at: its medi
 _FAR = 1e30  # a grey difference off the window: further than any bound but an infinite one
 
 
-def _resized(images: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+def _resized(
+    images: torch.Tensor, grid: tuple[int, int], side: int = _TOKEN_PIXELS
+) -> tuple[torch.Tensor, int, int]:
     h, w = grid
     H, W = images.shape[-2:]
-    th, tw = max(1, min(_TOKEN_PIXELS, H // h)), max(1, min(_TOKEN_PIXELS, W // w))
+    th, tw = max(1, min(side, H // h)), max(1, min(side, W // w))
     if (H, W) != (h * th, w * tw):
         images = F.interpolate(images.float(), size=(h * th, w * tw), mode="area")
     return images.float(), th, tw
@@ -84,6 +89,7 @@ def region_distance(
     chunk: int = 32,
     centre: bool = False,
     reference: torch.Tensor | None = None,
+    token_pixels: int = _TOKEN_PIXELS,
 ) -> torch.Tensor:
     """``[P]``: for each pair, how far the pixels of ``images[a_rows[k]]`` inside the token box
     ``a_boxes[k]`` are from the pixels of ``images[b_rows[k]]`` at the closest placement of that
@@ -99,13 +105,15 @@ def region_distance(
     read on what the region has that a typical image does not (a thin ruler, not the
     background around it); all of it alike where it differs nowhere. The reference must not
     be set by either compared image more than by the other (then both distances read the
-    same pixels for the same reason and the comparison is fair)."""
+    same pixels for the same reason and the comparison is fair).
+    ``token_pixels``: the most pixels a token side is compared at (the images' own where they
+    have fewer)."""
     if not len(a_rows):
         return torch.zeros(0, device=images.device)
     n = len(images)
     if reference is not None:
         images = torch.cat([images, reference[None].to(images)])
-    x, th, tw = _resized(images, grid)
+    x, th, tw = _resized(images, grid, token_pixels)
     if centre:
         x = x - x.flatten(2).median(dim=2).values[:, :, None, None]
     x = x / x[:n].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)

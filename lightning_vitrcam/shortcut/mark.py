@@ -131,6 +131,11 @@ _APART = 2.0  # how much further a line must be from the other classes than they
 # while strokes that every digit has are found at much the same distance in both
 _CLOSER = 2.0
 _PAIRS = 24  # fewest pastes a confirmation rests on (recipients per carrier grow to reach it)
+# the most pixels a token side is compared at where a region lies on an edge or spans the
+# image: what is printed there (a tag's one-pixel strokes, a ruler's ticks) blurs into its
+# background averaged down to the 4 used inside the image, where objects are and averaging
+# keeps two objects' own fine texture from looking alike
+_EDGE_PIXELS = 6
 
 
 def anchored(masks: torch.Tensor) -> torch.Tensor:
@@ -603,9 +608,7 @@ class Mark(Evidence):
         confirmed = moved_more >= alarm.min_margin and p <= alpha
         alike = unlike = 0
         if confirmed and (not cand.anchored or cand.few or cand.turned):
-            alike, unlike = self._likeness(
-                probing, cand.turned, carriers, r[flips], d[flips], m[flips]
-            )
+            alike, unlike = self._likeness(probing, cand, carriers, r[flips], d[flips], m[flips])
             told = alike + unlike
             closer = torch.arange(told) < alike
             # a mark is found near-exactly where it is: twice as close in a carrier at most of
@@ -642,12 +645,13 @@ class Mark(Evidence):
         return finding, tests, run
 
     def _likeness(
-        self, probing: Probing, turned: bool, carriers: torch.Tensor,
+        self, probing: Probing, cand: Candidate, carriers: torch.Tensor,
         recipients: torch.Tensor, donors: torch.Tensor, masks: torch.Tensor,
     ) -> tuple[int, int]:  # fmt: skip
         """For each paste that moved its recipient: the donor's region looked for anywhere in
         another carrier and, as the control, anywhere in that recipient (a probe of another
-        class), in every orientation of both where ``turned``: ``(closer, further)``, the
+        class), in every orientation of both where the candidate is ``turned``, at up to
+        ``_EDGE_PIXELS`` a token where it is ``anchored``: ``(closer, further)``, the
         comparisons that find it ``_CLOSER`` times closer in the carrier, and in the recipient
         (the rest tell them apart too little to count)."""
         mates = carriers.unique()
@@ -678,7 +682,7 @@ class Mark(Evidence):
         # are exchangeable where the region is no more like the carriers than the recipients
         typical = probing.images.median(dim=0).values
         images, n = probing.images, len(probing.images)
-        if turned:
+        if cand.turned:
             # both sides looked for in every orientation of the compared image: the control
             # gets the same chances, so the two distances stay exchangeable
             images = orientations(images)
@@ -688,6 +692,7 @@ class Mark(Evidence):
             images, donors.repeat(2 * k), boxes.repeat(2 * k, 1),
             torch.cat([partners, recipients]).repeat(k) + shift, whole.repeat(k, 1),
             probing.grid, centre=True, reference=typical,
+            **({"token_pixels": _EDGE_PIXELS} if cand.anchored else {}),
         ).view(k, 2, -1).amin(0)  # fmt: skip
         # the rule is the same both ways, so the two counts stay exchangeable
         return int((_CLOSER * own < other).sum()), int((_CLOSER * other < own).sum())
