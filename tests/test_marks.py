@@ -241,12 +241,16 @@ def test_a_ruler_at_any_place_along_any_edge_is_found_as_runs_along_an_edge(p: f
     """A graduated bar 24-32 pixels long (4-5 of 8 tokens) at a random place along a random
     edge, on every positive or on half of them, read wherever it is, flat maps: no fixed
     shape holds it in most donors and no whole line holds it at all; each donor's runs of
-    tokens along its ruler's edge that no negative has anything like do."""
+    tokens along its ruler's edge that no negative has anything like do. Where the rulers
+    along one edge are alike in the donors whose band of that edge holds one, the band,
+    tested first, may be the finding that names it; the runs are built either way."""
     images, _ = probes("ruler", p=p)
     verdict, seen = check_seeing(ruler_model, images, "_segment")
-    found = [f for f in marks(verdict) if f.candidate == RUNS]
-    assert found and found[0].group == 1, [(f.candidate, f.shape) for f in marks(verdict)]
-    assert found[0].shape == "a strip along an edge, at another place in each image"
+    found = [f for f in marks(verdict) if f.group == 1]
+    bands = {f"{edge} band" for edge in ("top", "bottom", "left", "right")}
+    assert found and found[0].candidate in bands | {RUNS}, [(f.candidate, f.shape) for f in found]
+    if found[0].candidate == RUNS:
+        assert found[0].shape == "a strip along an edge, at another place in each image"
     (runs,) = [c for c in seen if c is not None and c.group == 1]
     # each donor's runs lie on the outermost token line of one edge, 3 to 7 tokens long
     outer = torch.ones(GRID, dtype=torch.bool)
