@@ -370,7 +370,9 @@ def replay(
     """The run's records with the verdicts of the alarm as it is now: the monitoring core the
     callback uses (``ViTMonitor``, at the callback's defaults) run on the weights the run
     saved after each evaluation (``--checkpoints``), its probes drawn and rotated as in the
-    run. The training records (accuracies, swap) are the run's own. Cue data only.
+    run. The training records (accuracies, swap) are the run's own. Cue data only. Each row
+    also records what the ``mark`` kind did with each of its candidates where it ran
+    (``mark_trace``: :attr:`~lightning_vitrcam.shortcut.mark.Mark.trace`).
     ``probe_seed``: the monitor's ``seed`` (its alarm draws with ``seed + 1``); 0 draws the
     run's own probes, another value other probes of the same validation set."""
     from lightning_vitrcam import ViTMonitor
@@ -396,9 +398,12 @@ def replay(
             learned = found.scalars.get("vitrcam/shortcut_learned", 1.0) > 0
             # this check's own verdict, so that other release rules can be counted offline
             confirmed = bool(monitor.alarm.last_verdict.suspects) if monitor.alarm else None
+            # what the mark kind did with each candidate, where it ran at this check
+            mark = monitor.alarm.kinds.get("mark") if monitor.alarm else None
+            ran = mark is not None and "vitrcam/shortcut_mark_pairs" in found.scalars
             row.update(warned=found.warning is not None, message=found.warning,
-                       held_back=[] if learned else ["not learned"],
-                       confirmed=confirmed)  # fmt: skip
+                       held_back=[] if learned else ["not learned"], confirmed=confirmed,
+                       mark_trace=[dict(e) for e in mark.trace] if ran else None)  # fmt: skip
     return out
 
 

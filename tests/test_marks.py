@@ -104,6 +104,29 @@ def test_a_band_along_the_bottom_edge_is_named() -> None:
     assert finding.flips > finding.pairs * 0.9 and "band along the bottom edge" in finding.summary()
 
 
+def test_the_trace_says_what_each_candidate_went_through_at_the_last_check() -> None:
+    images, labels = probes("band")
+    alarm = ShortcutAlarm(kinds=["mark"])
+    flat, none = torch.zeros(len(images), *GRID), torch.zeros(len(images), dtype=torch.bool)
+    verdict = alarm.check(band_model, lambda z: z.softmax(-1), images, [flat],
+                          band_model(images).argmax(1), none)  # fmt: skip
+    (finding, *_) = marks(verdict)
+    trace = alarm.kinds["mark"].trace
+    assert all({"group", "candidate", "screened", "carriers"} <= set(e) for e in trace), trace
+    (entry,) = [e for e in trace if (e["group"], e["candidate"]) == (1, finding.candidate)]
+    assert entry["confirmed"] and entry["carriers"] >= 3 and entry["few"] is False
+    assert (entry["pairs"], entry["moved"]) == (finding.pairs, finding.flips)
+    controls = [finding.control_flips, finding.class_flips, finding.blank_flips,
+                finding.brought_flips]  # fmt: skip
+    assert entry["controls"] == controls
+    assert [e for e in trace if e.get("confirmed")] == [entry]
+    # the next check's trace is its own: the clean images confirm nothing
+    clean = probes("none")[0]
+    alarm.check(band_model, lambda z: z.softmax(-1), clean, [flat], labels, none)
+    again = alarm.kinds["mark"].trace
+    assert again and again is not trace and not any(e.get("confirmed") for e in again)
+
+
 def test_the_mark_evidence_leaves_every_random_generator_alone() -> None:
     """``ShortcutAlarm.check`` is public and may run outside the callback's isolated
     generators (``isolate_rng``): its pastes, controls and comparison of looks draw from no

@@ -278,8 +278,20 @@ class Mark(Evidence):
         #: the candidates confirmed at the last check, by (class, name): tested first, on
         #: fresh pairs, at the next one
         self.remembered: list[tuple[int, str]] = []
-        #: the last check's pastes (for study)
-        self.last: dict[str, Any] = {}
+        #: what the last check did with each candidate, in plain numbers (for study; the
+        #: benchmark's replays record it): its screening (``screened`` donors, ``carriers``)
+        #: and, where it went on to its confirmation, ``pairs``, ``moved`` (the pastes that
+        #: moved their recipient), ``controls`` (each control's, where they ran), ``alike``
+        #: and ``unlike`` (the comparison of looks, where it ran) and ``confirmed``
+        self.trace: list[dict[str, Any]] = []
+        self._traced: dict[tuple[int, str], dict[str, Any]] = {}
+
+    def _note(self, cand: Candidate, **values: Any) -> None:
+        entry = self._traced.get(cand.key)
+        if entry is None:
+            entry = self._traced[cand.key] = {"group": cand.group, "candidate": cand.name}
+            self.trace.append(entry)
+        entry.update(values)
 
     # ------------------------------------------------------------------ candidates
     def _candidates(self, probing: Probing) -> list[Candidate]:
@@ -472,16 +484,19 @@ class Mark(Evidence):
         alarm = self.alarm
         tested = 0
         carrying: list[Candidate] = []
+        self.trace, self._traced = [], {}
         for cand in self._candidates(probing):
             carriers, n, screened = self._screen(probing, cand)
             tested += n
             count = int(carriers.donors.unique().numel())
+            self._note(cand, screened=screened, carriers=count)
             if count >= rule.min_hits:
                 # on half of the screened donors or fewer, it may be what some of a class's
                 # objects have (the bar of a 7, read as "7" when it completes a 1) or a mark
                 # on part of the class: a mark looks the same in every carrier, object parts
                 # do not (the comparison of looks decides, as for a mark inside the image)
                 carrying.append(dataclasses.replace(carriers, few=2 * count <= screened))
+                self._note(cand, few=2 * count <= screened)
         findings: list[MarkFinding] = []
         tests: list[PairTest] = []
         done: set[int] = set()
@@ -553,6 +568,7 @@ class Mark(Evidence):
         per = max(alarm.transplants, math.ceil(_PAIRS / max(1, len(cand.donors))))
         pairs = self._pairs(probing, cand, per, 1)
         n = len(pairs["donors"])
+        self._note(cand, pairs=n, confirmed=False)
         if n < rule.min_hits:
             return None, [], 0
         d, r, e, q, m = (pairs[k] for k in ("donors", "recipients", "thirds", "mates", "masks"))
@@ -592,9 +608,9 @@ class Mark(Evidence):
             moved, score, top = (
                 torch.cat([a, b], 1) for a, b in zip((moved, score, top), rest, strict=True)
             )
-        self.last[cand.key] = {"pairs": pairs, "moved": moved}
         run = n * moved.shape[1]
         controls = list(moved[:, 1:].unbind(1))
+        self._note(cand, moved=int(flips.sum()), controls=[int(c.sum()) for c in controls])
         shown = [c.tolist() for c in controls[:2]] if could else [[None] * n] * 2
         tests = [
             PairTest("mark", di, ri, cand.group, fi, ci, None, oi)
@@ -609,6 +625,7 @@ class Mark(Evidence):
         alike = unlike = 0
         if confirmed and (not cand.anchored or cand.few or cand.turned):
             alike, unlike = self._likeness(probing, cand, carriers, r[flips], d[flips], m[flips])
+            self._note(cand, alike=alike, unlike=unlike)
             told = alike + unlike
             closer = torch.arange(told) < alike
             # a mark is found near-exactly where it is: twice as close in a carrier at most of
@@ -622,6 +639,7 @@ class Mark(Evidence):
             )
         if not confirmed:
             return None, tests, run
+        self._note(cand, confirmed=True)
         region = _typical(cand.masks[pairs["index"][flips]])
         finding = MarkFinding(
             group=cand.group,
