@@ -495,8 +495,9 @@ class Mark(Evidence):
                 # objects have (the bar of a 7, read as "7" when it completes a 1) or a mark
                 # on part of the class: a mark looks the same in every carrier, object parts
                 # do not (the comparison of looks decides, as for a mark inside the image)
-                carrying.append(dataclasses.replace(carriers, few=2 * count <= screened))
-                self._note(cand, few=2 * count <= screened)
+                few = 2 * count <= screened
+                carrying.append(dataclasses.replace(carriers, few=few))
+                self._note(cand, few=few)
         findings: list[MarkFinding] = []
         tests: list[PairTest] = []
         done: set[int] = set()
@@ -610,7 +611,8 @@ class Mark(Evidence):
             )
         run = n * moved.shape[1]
         controls = list(moved[:, 1:].unbind(1))
-        self._note(cand, moved=int(flips.sum()), controls=[int(c.sum()) for c in controls])
+        counts = [int(c.sum()) for c in controls]  # each control's moves, read once
+        self._note(cand, moved=int(flips.sum()), controls=counts)
         shown = [c.tolist() for c in controls[:2]] if could else [[None] * n] * 2
         tests = [
             PairTest("mark", di, ri, cand.group, fi, ci, None, oi)
@@ -650,11 +652,11 @@ class Mark(Evidence):
             region=tuple(region.flatten().nonzero().flatten().tolist()),
             pairs=n,
             flips=int(flips.sum()),
-            control_flips=int(controls[0].sum()),
-            class_flips=int(controls[1].sum()),
-            blank_flips=int(controls[2].sum()),
-            brought_flips=int(controls[3].sum()),
-            own_flips=int(controls[4].sum()) if own else None,
+            control_flips=counts[0],
+            class_flips=counts[1],
+            blank_flips=counts[2],
+            brought_flips=counts[3],
+            own_flips=counts[4] if own else None,
             carriers=len(carriers),
             alike=alike,
             unlike=unlike,
