@@ -583,10 +583,11 @@ class Mark(Evidence):
         # p below 2**-moved (a control that moved nothing), so skipping them changes nothing
         moved, score, top = self._moved(probing, paste_regions(images, r, d, m), cand.group, 1)
         flips = moved[:, 0]
+        hits = int(flips.sum())  # the pastes that moved, read once
         carriers = d[flips].unique()
         could = (
             float(flips.float().mean()) >= alarm.min_margin
-            and 0.5 ** int(flips.sum()) <= alpha
+            and 0.5**hits <= alpha
             and len(carriers) >= rule.min_hits
         )
         moved_mask = elsewhere(m)
@@ -612,7 +613,7 @@ class Mark(Evidence):
         run = n * moved.shape[1]
         controls = list(moved[:, 1:].unbind(1))
         counts = [int(c.sum()) for c in controls]  # each control's moves, read once
-        self._note(cand, moved=int(flips.sum()), controls=counts)
+        self._note(cand, moved=hits, controls=counts)
         shown = [c.tolist() for c in controls[:2]] if could else [[None] * n] * 2
         tests = [
             PairTest("mark", di, ri, cand.group, fi, ci, None, oi)
@@ -635,7 +636,7 @@ class Mark(Evidence):
             # class's objects share (a lesion's blotches) is found at much the same distance
             # in both at most of them, and only the few told apart lean to the carriers
             confirmed = (
-                2 * alike > int(flips.sum())
+                2 * alike > hits
                 and margin(closer, ~closer) >= alarm.min_margin
                 and sign_test(closer, ~closer) <= alarm.max_p
             )
@@ -651,7 +652,7 @@ class Mark(Evidence):
             shape=cand.wording or describe(region),
             region=tuple(region.flatten().nonzero().flatten().tolist()),
             pairs=n,
-            flips=int(flips.sum()),
+            flips=hits,
             control_flips=counts[0],
             class_flips=counts[1],
             blank_flips=counts[2],
