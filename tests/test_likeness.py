@@ -41,6 +41,26 @@ def test_what_the_region_has_that_a_typical_image_lacks_is_read_not_the_backgrou
     assert own < 0.1 * other
 
 
+def test_read_in_detail_a_mark_is_found_whatever_the_shade_of_its_background() -> None:
+    """``detail``: each image less its local mean, so a shade added to a whole image changes
+    no distance, and the line the donor and the carrier share is still found in the carrier
+    and not in the recipient, on backgrounds of three shades."""
+    x = _line_images()
+    shaded = x + torch.tensor([0.0, 0.5, 0.25])[:, None, None, None]
+    typical = x.median(dim=0).values
+    box = torch.tensor([[0, 3, 0, 3]]).expand(2, 4)
+    whole = torch.tensor([[0, 8, 0, 8]]).expand(2, 4)
+    donor, others = torch.tensor([0, 0]), torch.tensor([1, 2])  # the carrier, the recipient
+
+    def distances(images: torch.Tensor) -> torch.Tensor:
+        return region_distance(images, donor, box, others, whole, (8, 8), reference=typical,
+                               detail=True)  # fmt: skip
+
+    own, other = distances(shaded)
+    assert torch.allclose(torch.stack([own, other]), distances(x), atol=1e-5)
+    assert own < 0.1 * other
+
+
 def test_a_region_like_the_reference_everywhere_is_read_whole() -> None:
     x = _line_images()
     box = torch.tensor([[0, 3, 0, 3]])
@@ -53,18 +73,20 @@ def test_a_region_like_the_reference_everywhere_is_read_whole() -> None:
 
 def test_each_carrier_is_compared_with_the_others_never_itself(monkeypatch) -> None:
     """The comparison of looks pairs each paste's donor with the other carriers in turn and,
-    as the control, with the paste's recipient: both sides in one call (the probes are resized
-    and normalised once)."""
+    as the control, with the paste's recipient: both sides in one call per reading, in colour
+    and in detail (the probes are resized and normalised once for each)."""
     from types import SimpleNamespace
 
     from lightning_vitrcam.shortcut import mark
 
     seen: list[tuple[list[int], list[int]]] = []
     references: list[torch.Tensor] = []
+    readings: list[tuple[bool, bool]] = []
 
     def record(images, a_rows, a_boxes, b_rows, *args, **kwargs):
         seen.append((a_rows.tolist(), b_rows.tolist()))
         references.append(kwargs["reference"])
+        readings.append((kwargs.get("centre", False), kwargs.get("detail", False)))
         return torch.ones(len(a_rows))
 
     monkeypatch.setattr(mark, "region_distance", record)
@@ -76,7 +98,8 @@ def test_each_carrier_is_compared_with_the_others_never_itself(monkeypatch) -> N
     masks[:, 5:, :3] = True
     carriers = torch.tensor([1, 5, 9])
     mark.Mark._likeness(None, probing, _edge(False), carriers, recipients, donors, masks)
-    assert len(seen) == 1
+    assert len(seen) == 2 and seen[0] == seen[1]
+    assert sorted(readings) == [(False, True), (True, False)]  # in detail; in colour, centred
     rows, looked_in = seen[0]
     assert rows == donors.tolist() * 2
     partners, controls = looked_in[: len(donors)], looked_in[len(donors) :]
@@ -87,7 +110,7 @@ def test_each_carrier_is_compared_with_the_others_never_itself(monkeypatch) -> N
     assert pairs >= {(1, 5), (1, 9), (5, 1), (5, 9), (9, 1), (9, 5)}
     # both distances weigh the pixels by the same image, which neither compared image sets
     # more than the other (the probes' median): the comparison leans towards neither side
-    assert torch.equal(references[0], images.median(dim=0).values)
+    assert all(torch.equal(r, images.median(dim=0).values) for r in references)
 
 
 def _edge(turned: bool) -> object:
@@ -130,6 +153,35 @@ def test_a_comparison_counts_only_where_one_image_is_twice_as_close(monkeypatch)
                                           donors, masks)  # fmt: skip
     # 1 vs 1.5: too close to call; 0.1 vs 3 and 0.1 vs 1: the carrier; 1 vs 0.4: the recipient
     assert (closer, further) == (2, 1)
+
+
+def test_a_comparison_counts_where_one_reading_finds_it_closer_and_the_other_not_the_reverse(
+    monkeypatch,
+) -> None:
+    """Read in colour and in detail: twice as close in one reading counts, unless the other
+    finds it twice as close the other way round (then neither)."""
+    from types import SimpleNamespace
+
+    from lightning_vitrcam.shortcut import mark
+
+    colour = {(1, 5): 1.0, (5, 1): 0.1, (1, 0): 1.2, (5, 2): 3.0}
+    detail = {(1, 5): 0.2, (5, 1): 2.5, (1, 0): 1.0, (5, 2): 1.0}
+
+    def distance(images, a_rows, a_boxes, b_rows, *args, **kwargs):
+        table = detail if kwargs.get("detail") else colour
+        return _lookup(table)(images, a_rows, a_boxes, b_rows)
+
+    monkeypatch.setattr(mark, "region_distance", distance)
+    probing = SimpleNamespace(images=torch.zeros(8, 3, 32, 32), targets=torch.zeros(8).long(),
+                              grid=(8, 8))  # fmt: skip
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, 5:, :3] = True
+    donors, recipients = torch.tensor([1, 5]), torch.tensor([0, 2])
+    closer, further = mark.Mark._likeness(None, probing, _edge(False), donors, recipients,
+                                          donors, masks)  # fmt: skip
+    # donor 1: too close to call in colour, the carrier in detail (0.2 vs 1.0): closer;
+    # donor 5: the carrier in colour (0.1 vs 3.0), the recipient in detail (2.5 vs 1.0): neither
+    assert (closer, further) == (1, 0)
 
 
 def _smallest_median(gap: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -327,5 +379,6 @@ def test_regions_on_an_edge_are_compared_finer_than_regions_inside(monkeypatch) 
     for on_edge in (True, False):
         cand = SimpleNamespace(turned=False, anchored=on_edge)
         mark.Mark._likeness(None, probing, cand, donors, recipients, donors, masks)
-    assert seen[0]["token_pixels"] == mark._EDGE_PIXELS == 6
-    assert "token_pixels" not in seen[1]
+    on_edge, inside = seen[:2], seen[2:]  # each read in colour and in detail
+    assert len(inside) == 2 and all(k["token_pixels"] == mark._EDGE_PIXELS == 6 for k in on_edge)
+    assert all("token_pixels" not in k for k in inside)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -403,6 +404,36 @@ def test_a_thin_ruler_in_a_corner_on_half_of_a_class_is_found() -> None:
     found = marks(check(model, images))
     assert found and found[0].group == 1 and "bottom-left" in found[0].shape
     assert found[0].alike > 3 * found[0].unlike
+
+
+def test_a_line_of_text_is_found_alike_in_its_carriers_on_backgrounds_of_other_shades() -> None:
+    """The tag "RM1" (a one-pixel font painted in its own colour) near the bottom-left corner
+    of half of the handwritten positives, each image's background of its own shade: each
+    tagged positive's corner box is found twice as close in another tagged positive as
+    anywhere in a negative at most comparisons (read relative to each image's typical
+    colour alone, the tag differs from carrier to carrier by the backgrounds' shades: 8 of
+    21); the untagged positives' corners, their digits' own strokes, are not."""
+    images, labels = probes("text", p=0.5)
+    dm = CueDataModule("binary_digits", "none", classes=[1], num_train=4, num_val=32,
+                       num_free=4, seed=3)  # fmt: skip
+    tagged = (images - (dm.val_set.images * 0.5 + 0.5)).abs().flatten(1).amax(1) > 1e-4
+    negatives = (labels == 0).nonzero().flatten()
+    probing = SimpleNamespace(images=images, targets=labels, grid=GRID)
+    cand = SimpleNamespace(turned=False, anchored=True)
+
+    def likeness(carriers: torch.Tensor) -> tuple[int, int, int]:
+        donors = carriers.repeat(3)
+        recipients = negatives[torch.arange(len(donors)) % len(negatives)]
+        corner = torch.zeros(len(donors), *GRID, dtype=torch.bool)
+        corner[:, 5:, :3] = True
+        found = Mark(None)._likeness(probing, cand, carriers, recipients, donors, corner)
+        return (*found, len(donors))
+
+    alike, unlike, pastes = likeness(tagged.nonzero().flatten())
+    assert bool((labels[tagged] == 1).all()) and pastes >= 12
+    assert 2 * alike > pastes and unlike < alike
+    alike, _, pastes = likeness((~tagged & (labels == 1)).nonzero().flatten())
+    assert pastes >= 12 and 2 * alike < pastes
 
 
 def test_an_object_part_some_of_a_class_has_is_not_a_mark() -> None:

@@ -90,6 +90,7 @@ def region_distance(
     centre: bool = False,
     reference: torch.Tensor | None = None,
     token_pixels: int = _TOKEN_PIXELS,
+    detail: bool = False,
 ) -> torch.Tensor:
     """``[P]``: for each pair, how far the pixels of ``images[a_rows[k]]`` inside the token box
     ``a_boxes[k]`` are from the pixels of ``images[b_rows[k]]`` at the closest placement of that
@@ -107,7 +108,13 @@ def region_distance(
     be set by either compared image more than by the other (then both distances read the
     same pixels for the same reason and the comparison is fair).
     ``token_pixels``: the most pixels a token side is compared at (the images' own where they
-    have fewer)."""
+    have fewer).
+    ``detail``: each image is read less its local mean (over 3x3 compared pixels), its fine
+    structure alone (``centre`` then changes nothing): a mark printed in its own colours (a
+    tag's one-pixel strokes, a ruler's ticks) is the same there in every image that carries
+    it, whatever the shade of the background it sits on, while a background's shade and the
+    smooth inside of an object's strokes leave nothing to match (nor does a flat sticker's
+    inside: read its colours without ``detail``)."""
     if not len(a_rows):
         return torch.zeros(0, device=images.device)
     n = len(images)
@@ -116,6 +123,8 @@ def region_distance(
     x, th, tw = _resized(images, grid, token_pixels)
     if centre:
         x = x - x.flatten(2).median(dim=2).values[:, :, None, None]
+    if detail:
+        x = x - F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
     x = x / x[:n].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     h, w = grid
     side_r = int((a_boxes[:, 1] - a_boxes[:, 0]).max()) * th

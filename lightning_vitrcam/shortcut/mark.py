@@ -54,7 +54,11 @@ without necessity, each paste against controls of the same shape:
    each pixel weighed by how much it differs from the probes' typical (per-pixel median)
    image, found in another carrier, anywhere, twice as close as in the recipient at most of
    the pastes that moved, and more often than the other way round
-   (:func:`~lightning_vitrcam.shortcut.likeness.region_distance`); the runs along an edge in
+   (:func:`~lightning_vitrcam.shortcut.likeness.region_distance`), read in colour (each
+   image relative to its typical colour) and in detail (each image less its local mean: a
+   tag's one-pixel strokes on backgrounds of other shades), a comparison counting where
+   one reading finds it twice as close and the other does not find the reverse; the runs
+   along an edge in
    every orientation of the other image, the recipient's as the carrier's (a ruler lies
    along another edge in each image: the same pixels in the edge's frame,
    :func:`~lightning_vitrcam.shortcut.likeness.orientations`). The typical image is set
@@ -673,8 +677,9 @@ class Mark(Evidence):
         another carrier and, as the control, anywhere in that recipient (a probe of another
         class), in every orientation of both where the candidate is ``turned``, at up to
         ``_EDGE_PIXELS`` a token where it is ``anchored``: ``(closer, further)``, the
-        comparisons that find it ``_CLOSER`` times closer in the carrier, and in the recipient
-        (the rest tell them apart too little to count)."""
+        comparisons that find it ``_CLOSER`` times closer in the carrier, and in the recipient,
+        in colour or in detail and not the reverse in the other reading (the rest tell them
+        apart too little, or the two readings disagree)."""
         mates = carriers.unique()
         if len(mates) < 2:
             return 0, 0
@@ -689,8 +694,8 @@ class Mark(Evidence):
         first = lambda t: t.float().argmax(1)
         last = lambda t: t.shape[1] - t.flip(1).float().argmax(1)
         boxes = torch.stack([first(ys), last(ys), first(xs), last(xs)], 1).long()
-        # the other carriers in turn (never the donor itself); both sides in one call, so the
-        # probes are resized and normalised once
+        # the other carriers in turn (never the donor itself); both sides in one call per
+        # reading, so the probes are resized and normalised once for each
         at = torch.searchsorted(mates, donors)
         step = torch.arange(len(donors), device=device) % (len(mates) - 1)
         partners = mates[(at + 1 + step) % len(mates)]
@@ -709,14 +714,22 @@ class Mark(Evidence):
             images = orientations(images)
         k = len(images) // n
         shift = (torch.arange(k, device=device) * n).repeat_interleave(2 * len(donors))
-        own, other = region_distance(
-            images, donors.repeat(2 * k), boxes.repeat(2 * k, 1),
-            torch.cat([partners, recipients]).repeat(k) + shift, whole.repeat(k, 1),
-            probing.grid, centre=True, reference=typical,
-            **({"token_pixels": _EDGE_PIXELS} if cand.anchored else {}),
-        ).view(k, 2, -1).amin(0)  # fmt: skip
+        # a mark is the same pixels in its carriers: its colours (a sticker, a band), read
+        # relative to each image's typical colour, or its fine structure (a tag's one-pixel
+        # strokes, which that centring shifts by the shade of each image's background); found
+        # twice as close in one reading, and not the other way round in the other, counts;
         # the rule is the same both ways, so the two counts stay exchangeable
-        return int((_CLOSER * own < other).sum()), int((_CLOSER * other < own).sum())
+        closer = further = torch.zeros(len(donors), dtype=torch.bool, device=device)
+        for reading in ({"centre": True}, {"detail": True}):
+            own, other = region_distance(
+                images, donors.repeat(2 * k), boxes.repeat(2 * k, 1),
+                torch.cat([partners, recipients]).repeat(k) + shift, whole.repeat(k, 1),
+                probing.grid, reference=typical, **reading,
+                **({"token_pixels": _EDGE_PIXELS} if cand.anchored else {}),
+            ).view(k, 2, -1).amin(0)  # fmt: skip
+            closer = closer | (_CLOSER * own < other)
+            further = further | (_CLOSER * other < own)
+        return int((closer & ~further).sum()), int((further & ~closer).sum())
 
     def state_dict(self) -> dict[str, Any]:
         return {"remembered": [[g, n] for g, n in self.remembered]}
